@@ -1,1 +1,10 @@
-return 0;
+using System.CommandLine;
+using Cas.Cli.Commands;
+
+var root = new RootCommand("cas — cartridges: small trained KV caches that stand in for long documents.")
+{
+    GenerateCommand.Create(),
+    TokenizeCommand.Create(),
+    BenchCommand.Create(),
+};
+return root.Parse(args).Invoke();

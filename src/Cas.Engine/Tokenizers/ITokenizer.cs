@@ -8,6 +8,8 @@ public interface ITokenizer
     int? BosId { get; }
     /// <summary>End-of-sequence id, when the tokenizer has one.</summary>
     int? EosId { get; }
+    /// <summary>Ids put before a single sequence by the tokenizer's post-processor (BOS for llama2.c and Llama; empty for SmolLM2/Qwen).</summary>
+    IReadOnlyList<int> StartTokens { get; }
     int[] Encode(string text);
     string Decode(ReadOnlySpan<int> ids);
     /// <summary>The id of a special/added token by its content (e.g. "&lt;|im_end|&gt;"), or null.</summary>

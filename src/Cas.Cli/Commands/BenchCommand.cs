@@ -1,0 +1,124 @@
+using System.CommandLine;
+using System.Diagnostics;
+using Cas.Engine;
+using Cas.Engine.Compute;
+using Cas.Engine.Models;
+
+namespace Cas.Cli.Commands;
+
+/// <summary>`cas bench …`: speed and memory figures as key=value lines, the headline figure last.</summary>
+static class BenchCommand
+{
+    public static Command Create()
+    {
+        var bench = new Command("bench", "Benchmarks that print key=value figures (headline last).");
+        bench.Subcommands.Add(Engine());
+        return bench;
+    }
+
+    static string DefaultConfig => Path.Combine(Cli.RepoRoot, "..", "shared", "models", "smollm2-135m-instruct-tokenizer");
+
+    static Command Engine()
+    {
+        var config = new Option<string>("--config") { Description = "Folder or config.json of the model shape (random weights). Default: SmolLM2-135M's config in ../shared." };
+        var prefill = new Option<int>("--prefill-tokens") { DefaultValueFactory = _ => 512 };
+        var steps = new Option<int>("--decode-steps") { DefaultValueFactory = _ => 32 };
+        var cmd = new Command("engine", "SGEMM peak, prefill and decode speed, peak memory on a random-weight model.") { config, prefill, steps };
+        cmd.SetAction(pr => Cli.Run(() =>
+        {
+            var cfg = HfModelLoader.ReadConfig(pr.GetValue(config) ?? DefaultConfig);
+            int T = pr.GetValue(prefill), decodeSteps = pr.GetValue(steps);
+            Console.WriteLine($"blas_large={Blas.LargeBackend}");
+            Console.WriteLine($"blas_small={Blas.SmallBackend}");
+            Console.WriteLine($"threads={Environment.ProcessorCount}");
+            double peak = SgemmPeak();
+            Console.WriteLine($"sgemm_peak_gflops={peak:F1}");
+
+            var model = RandomWeights.Create(cfg, seed: 7);
+            var t = new Transformer(model, maxChunkTokens: Math.Max(T, 16));
+            var rng = new Random(3);
+            int[] Prompt(int n) { var a = new int[n]; for (int i = 0; i < n; i++) a[i] = rng.Next(cfg.VocabSize); return a; }
+
+            // Prefill: one sequence of T tokens, logits for the last one (as generation does).
+            var logits = new float[16 * cfg.VocabSize];
+            var prompt = Prompt(T);
+            double best = double.MaxValue;
+            for (int rep = 0; rep < 3; rep++)
+            {
+                var cache = new KvCache(cfg, T + 1);
+                var sw = Stopwatch.StartNew();
+                t.Forward([cache], [prompt], logits);
+                best = Math.Min(best, sw.Elapsed.TotalSeconds);
+            }
+            double flops = PrefillFlops(cfg, T);
+            double prefillGflops = flops / best / 1e9;
+            Console.WriteLine($"prefill_tokens={T}");
+            Console.WriteLine($"prefill_s={best:F3}");
+            Console.WriteLine($"prefill_tok_s={T / best:F1}");
+            Console.WriteLine($"prefill_gflops={prefillGflops:F1}");
+
+            foreach (int batch in new[] { 1, 16 })
+            {
+                double tokS = Decode(t, cfg, batch, decodeSteps, Prompt, logits);
+                Console.WriteLine($"decode_tok_s_b{batch}={tokS:F1}");
+                if (batch == 1)
+                {
+                    double weightBytes = WeightBytes(cfg);
+                    Console.WriteLine($"decode_weight_read_gb_s_b1={weightBytes * tokS / 1e9:F1}");
+                }
+            }
+            Console.WriteLine($"peak_rss_mb={Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024):F0}");
+            Console.WriteLine($"prefill_fraction_of_peak={prefillGflops / peak:F3}");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    static double Decode(Transformer t, ModelConfig cfg, int batch, int steps, Func<int, int[]> prompt, float[] logits)
+    {
+        var caches = new KvCache[batch];
+        var toks = new int[batch][];
+        for (int b = 0; b < batch; b++) { caches[b] = new KvCache(cfg, 16 + steps + 1); toks[b] = prompt(16); }
+        t.Forward(caches, toks, logits); // prefill 16 tokens each
+        for (int b = 0; b < batch; b++) toks[b] = [1];
+        t.Forward(caches, toks, logits); // warm-up step
+        var sw = Stopwatch.StartNew();
+        for (int s = 0; s < steps - 1; s++)
+        {
+            for (int b = 0; b < batch; b++) toks[b][0] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(b * cfg.VocabSize, cfg.VocabSize));
+            t.Forward(caches, toks, logits);
+        }
+        return batch * (steps - 1) / sw.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>Multiply-adds×2 of a T-token prefill with last-token logits: projections, MLP, attention, LM head once.</summary>
+    public static double PrefillFlops(ModelConfig c, int T)
+    {
+        double perTokenLayer = 2.0 * ((double)c.Dim * c.QDim * 2 + 2.0 * c.Dim * c.KvDim + 3.0 * c.Dim * c.HiddenDim);
+        // QKᵀ and PV over the causal triangle (the SGEMM path computes the full square; count only the useful half).
+        double attention = 4.0 * c.HeadDim * c.Heads * (T * (T + 1) / 2.0);
+        return c.Layers * (T * perTokenLayer + attention) + 2.0 * c.Dim * c.VocabSize;
+    }
+
+    static double WeightBytes(ModelConfig c)
+    {
+        double perLayer = (double)c.Dim * c.QDim * 2 + 2.0 * c.Dim * c.KvDim + 3.0 * c.Dim * c.HiddenDim;
+        return 4.0 * (c.Layers * perLayer + (double)c.VocabSize * c.Dim);
+    }
+
+    /// <summary>Best of several large square SGEMMs through the chosen backend, in GFLOP/s.</summary>
+    public static double SgemmPeak(int n = 2048, int reps = 4)
+    {
+        var a = new float[n * n]; var b = new float[n * n]; var c = new float[n * n];
+        for (int i = 0; i < a.Length; i++) { a[i] = (i % 7) * 0.01f; b[i] = (i % 5) * 0.01f; }
+        Blas.Sgemm(false, true, n, n, n, 1f, a, n, b, n, 0f, c, n);
+        double best = double.MaxValue;
+        for (int r = 0; r < reps; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            Blas.Sgemm(false, true, n, n, n, 1f, a, n, b, n, 0f, c, n);
+            best = Math.Min(best, sw.Elapsed.TotalSeconds);
+        }
+        return 2.0 * n * n * n / best / 1e9;
+    }
+}

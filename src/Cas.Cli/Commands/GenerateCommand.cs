@@ -1,0 +1,120 @@
+using System.CommandLine;
+using System.Text;
+using Cas.Engine;
+using Cas.Engine.Tokenizers;
+
+namespace Cas.Cli.Commands;
+
+/// <summary>`cas generate`: continue a prompt (or a chat turn) and print only the completion on stdout.</summary>
+static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = Cli.ModelOption();
+        var tokenizer = Cli.TokenizerOption();
+        var prompt = new Option<string>("--prompt") { Description = "Text to continue; \"\" starts from BOS.", Required = true };
+        var chat = new Option<bool>("--chat") { Description = "Treat --prompt as a user message and format it with the model's chat template." };
+        var chatFormat = new Option<string?>("--chat-format") { Description = "chatml | llama3 | llama2 | plain (default: detected from tokenizer_config.json, else chatml)." };
+        var system = new Option<string?>("--system") { Description = "System message for --chat." };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 256 };
+        var temperature = new Option<float>("--temperature") { Description = "0 = greedy.", DefaultValueFactory = _ => 0f };
+        var topP = new Option<float>("--top-p") { Description = "Nucleus sampling threshold (1 = off).", DefaultValueFactory = _ => 1f };
+        var topK = new Option<int>("--top-k") { Description = "Keep the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
+        var seed = new Option<ulong>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 42UL };
+        var cmd = new Command("generate", "Generate a completion with a model (optionally with cartridges loaded in front).")
+        {
+            model, tokenizer, prompt, chat, chatFormat, system, maxTokens, temperature, topP, topK, seed,
+        };
+        cmd.SetAction(pr => Cli.Run(() =>
+        {
+            var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer));
+            var text = pr.GetValue(prompt) ?? "";
+            int[] ids;
+            IReadOnlyList<int> stops;
+            if (pr.GetValue(chat))
+            {
+                var kind = ParseChatFormat(pr.GetValue(chatFormat)) ?? ChatFormat.Detect(tokPath) ?? ChatFormatKind.ChatML;
+                var messages = new List<ChatMessage>();
+                if (pr.GetValue(system) is { Length: > 0 } sys) messages.Add(new ChatMessage("system", sys));
+                messages.Add(new ChatMessage("user", text));
+                ids = Prompts.Encode(tok, ChatFormat.Render(kind, messages, addGenerationPrompt: true), addStart: false);
+                stops = ChatFormat.StopTokens(kind, tok);
+            }
+            else
+            {
+                ids = Prompts.Encode(tok, text, addStart: true);
+                stops = tok.EosId is int eos ? [eos] : [];
+            }
+            var request = new GenerationRequest(ids)
+            {
+                MaxTokens = pr.GetValue(maxTokens),
+                StopTokens = stops,
+                Sampling = new SamplingOptions
+                {
+                    Temperature = pr.GetValue(temperature), TopP = pr.GetValue(topP), TopK = pr.GetValue(topK), Seed = pr.GetValue(seed),
+                },
+            };
+            var generator = new Generator(new Transformer(m));
+            var stream = new CompletionStream(tok, Console.Out);
+            generator.Generate([request], (_, token, _) => stream.Add(token));
+            stream.Finish();
+            return 0;
+        }));
+        return cmd;
+    }
+
+    static ChatFormatKind? ParseChatFormat(string? s) => s?.ToLowerInvariant() switch
+    {
+        null or "" => null,
+        "chatml" => ChatFormatKind.ChatML,
+        "llama3" => ChatFormatKind.Llama3,
+        "llama2" => ChatFormatKind.Llama2,
+        "plain" => ChatFormatKind.Plain,
+        _ => throw new InvalidRequestException($"unknown --chat-format '{s}'; use chatml, llama3, llama2 or plain."),
+    };
+
+    /// <summary>Prints text as tokens arrive, holding back an incomplete UTF-8 character at the end.</summary>
+    sealed class CompletionStream(ITokenizer tok, TextWriter output)
+    {
+        readonly List<int> _ids = new();
+        int _printed;
+
+        public void Add(int token)
+        {
+            _ids.Add(token);
+            var text = tok.Decode(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_ids));
+            int end = text.Length;
+            if (end > 0 && text[end - 1] == '\uFFFD') return; // wait for the rest of a multi-byte character
+            if (end > _printed) { output.Write(text.AsSpan(_printed, end - _printed)); output.Flush(); _printed = end; }
+        }
+
+        public void Finish()
+        {
+            var text = tok.Decode(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_ids));
+            if (text.Length > _printed) output.Write(text.AsSpan(_printed));
+            output.WriteLine();
+            output.Flush();
+        }
+    }
+}
+
+/// <summary>Prompt encoding shared by commands.</summary>
+static class Prompts
+{
+    /// <summary>
+    /// Encodes text; with addStart, prepends the tokens the tokenizer puts before a sequence (BOS for
+    /// llama2.c and Llama), and for an empty text with none, the BOS/EOS id so generation has a start.
+    /// </summary>
+    public static int[] Encode(ITokenizer tok, string text, bool addStart)
+    {
+        var body = tok.Encode(text);
+        if (!addStart) return body;
+        var start = tok.StartTokens;
+        if (start.Count == 0 && body.Length == 0)
+            start = tok.BosId is int b ? [b] : tok.EosId is int e ? [e] : throw new InvalidRequestException("empty prompt and the tokenizer has no BOS or EOS token to start from.");
+        var ids = new int[start.Count + body.Length];
+        for (int i = 0; i < start.Count; i++) ids[i] = start[i];
+        body.CopyTo(ids, start.Count);
+        return ids;
+    }
+}

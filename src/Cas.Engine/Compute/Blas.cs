@@ -9,9 +9,12 @@ public enum BlasBackend { Managed, Blis, OpenBlas }
 /// <summary>
 /// Row-major single-precision GEMM: C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C.
 /// Uses cblas_sgemm from BLIS or OpenBLAS when installed (loaded at run time with NativeLibrary),
-/// else a managed Vector&lt;float&gt; kernel (logged once). With both installed, small-M products
-/// (decode) go to BLIS and the rest to the backend chosen by <see cref="Select"/>.
-/// Environment: CAS_BLAS=blis|openblas|managed forces one backend.
+/// else a managed kernel (logged once). Measured on the 2-core dev machine (AVX-512): OpenBLAS reaches
+/// ≈245 GFLOP/s at 2048³ where BLIS reaches ≈46, but at M=1 OpenBLAS manages ≈13 GFLOP/s and BLIS ≈35.
+/// So: M = 1 (batch-1 decode) → BLIS; 2 ≤ M ≤ <see cref="SmallRows"/> against a transposed B (small-batch
+/// decode, y = x·Wᵀ) → a managed kernel that reads each weight row once for all M rows (both libraries
+/// are at 10–30 GFLOP/s there); everything larger → OpenBLAS.
+/// Environment: CAS_BLAS=blis|openblas|managed forces one backend for every shape.
 /// </summary>
 public static unsafe class Blas
 {
@@ -21,14 +24,18 @@ public static unsafe class Blas
     static delegate* unmanaged<int, int, int, int, int, int, float, float*, int, float*, int, float, float*, int, void> s_blis;
     static delegate* unmanaged<int, int, int, int, int, int, float, float*, int, float*, int, float, float*, int, void> s_openblas;
     static BlasBackend s_large = BlasBackend.Managed, s_small = BlasBackend.Managed;
+    static bool s_smallKernel = true;
+
+    /// <summary>Most rows of A for which the managed decode kernel is used (when B is transposed).</summary>
+    public const int SmallRows = 8;
     static int s_threads = Environment.ProcessorCount;
 
     /// <summary>Messages about backend choice (written once, to stderr by default).</summary>
     public static Action<string> Log { get; set; } = m => Console.Error.WriteLine(m);
 
-    /// <summary>Backend used for products with M &gt; 4 (prefill, training).</summary>
+    /// <summary>Backend used for large products (prefill, training).</summary>
     public static BlasBackend LargeBackend { get { Init(); return s_large; } }
-    /// <summary>Backend used for products with M ≤ 4 (decode).</summary>
+    /// <summary>Backend used for products with M ≤ 4 that the few-rows kernel does not take (M = 1, or B not transposed).</summary>
     public static BlasBackend SmallBackend { get { Init(); return s_small; } }
 
     static int s_init;
@@ -45,16 +52,14 @@ public static unsafe class Blas
             s_openblas = (delegate* unmanaged<int, int, int, int, int, int, float, float*, int, float*, int, float, float*, int, void>)
                 Load(["libopenblas.so.0", "libopenblas.so"], "openblas_set_num_threads", false);
             string? forced = Environment.GetEnvironmentVariable("CAS_BLAS")?.Trim().ToLowerInvariant();
-            if (forced is "managed") { s_large = s_small = BlasBackend.Managed; }
-            else if (forced is "openblas" && s_openblas != null) { s_large = s_small = BlasBackend.OpenBlas; }
-            else if (forced is "blis" && s_blis != null) { s_large = s_small = BlasBackend.Blis; }
+            if (forced is "managed") { s_large = s_small = BlasBackend.Managed; s_smallKernel = false; }
+            else if (forced is "openblas" && s_openblas != null) { s_large = s_small = BlasBackend.OpenBlas; s_smallKernel = false; }
+            else if (forced is "blis" && s_blis != null) { s_large = s_small = BlasBackend.Blis; s_smallKernel = false; }
             else
             {
                 if (forced is { Length: > 0 }) Log($"cas: CAS_BLAS={forced} is not available here; choosing automatically.");
-                // Measured on the 2-core dev machine: BLIS is as fast as OpenBLAS for large products and much
-                // faster for M ≤ 4, where OpenBLAS's threading overhead dominates.
-                s_large = s_blis != null ? BlasBackend.Blis : s_openblas != null ? BlasBackend.OpenBlas : BlasBackend.Managed;
-                s_small = s_blis != null ? BlasBackend.Blis : s_openblas != null ? BlasBackend.OpenBlas : BlasBackend.Managed;
+                s_large = s_openblas != null ? BlasBackend.OpenBlas : s_blis != null ? BlasBackend.Blis : BlasBackend.Managed;
+                s_small = s_blis != null ? BlasBackend.Blis : s_large;
             }
             if (s_large == BlasBackend.Managed)
                 Log("cas: no BLAS library found (install libblis4-pthread or libopenblas0-pthread); using the managed SGEMM kernel, which is several times slower.");
@@ -78,13 +83,21 @@ public static unsafe class Blas
         return null;
     }
 
-    /// <summary>Forces a backend (tests and benchmarks). Returns false when that library is not installed.</summary>
+    /// <summary>Restores the automatic per-shape choice.</summary>
+    public static void UseAutomatic()
+    {
+        lock (s_lock) { s_init = 0; }
+        Init();
+    }
+
+    /// <summary>Forces one backend for every shape (tests and benchmarks). Returns false when that library is not installed.</summary>
     public static bool TryUse(BlasBackend backend)
     {
         Init();
         if (backend == BlasBackend.Blis && s_blis == null) return false;
         if (backend == BlasBackend.OpenBlas && s_openblas == null) return false;
         s_large = s_small = backend;
+        s_smallKernel = false;
         return true;
     }
 
@@ -97,6 +110,12 @@ public static unsafe class Blas
         CheckSizes(transA, transB, m, n, k, a.Length, lda, b.Length, ldb, c.Length, ldc);
         Init();
         var backend = m <= 4 ? s_small : s_large;
+        if (s_smallKernel && transB && !transA && m >= 2 && m <= SmallRows && k > 0)
+        {
+            fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
+                ManagedGemm.FewRows(m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+            return;
+        }
         fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
         {
             switch (backend)
@@ -170,6 +189,32 @@ static unsafe class ManagedGemm
                         *ci = beta == 0 ? alpha * dot : alpha * dot + beta * *ci;
                     }
                 });
+        }
+    }
+
+    /// <summary>
+    /// C[M,N] = alpha·A[M,K]·B[N,K]ᵀ + beta·C for small M: each row of B (a weight row) is read once and
+    /// dotted with all M rows of A, so the cost is one pass over B whatever M is.
+    /// </summary>
+    public static void FewRows(int m, int n, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    {
+        const int Block = 64;
+        int blocks = (n + Block - 1) / Block;
+        if ((long)n * k < 1 << 15) { FewRowsBlock(0, n, m, k, alpha, a, lda, b, ldb, beta, c, ldc); return; }
+        Parallel.For(0, blocks, blk => FewRowsBlock(blk * Block, Math.Min(n, (blk + 1) * Block), m, k, alpha, a, lda, b, ldb, beta, c, ldc));
+    }
+
+    static void FewRowsBlock(int j0, int j1, int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    {
+        for (int j = j0; j < j1; j++)
+        {
+            var bj = new ReadOnlySpan<float>(b + (long)j * ldb, k);
+            for (int i = 0; i < m; i++)
+            {
+                float dot = System.Numerics.Tensors.TensorPrimitives.Dot(new ReadOnlySpan<float>(a + (long)i * lda, k), bj);
+                float* ci = c + (long)i * ldc + j;
+                *ci = beta == 0 ? alpha * dot : alpha * dot + beta * *ci;
+            }
         }
     }
 

@@ -35,7 +35,8 @@ public sealed record SafeTensorInfo(string Name, SafeTensorDType DType, int[] Sh
 /// <c>{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {string: string}}</c>,
 /// then the raw little-endian tensor data. The header is fully validated on <see cref="Open"/>;
 /// tensors are read on demand with positioned reads (F32 straight into the destination array,
-/// BF16/F16 through a pooled buffer and a vectorised widening).
+/// BF16/F16 through a pooled buffer and a vectorised widening). Reads are positional, so several
+/// threads may read different tensors of one open file at once.
 /// </summary>
 public sealed class SafeTensorsFile : IDisposable
 {
@@ -293,6 +294,9 @@ public sealed class SafeTensorsFile : IDisposable
 
     void CheckReadable(SafeTensorInfo info)
     {
+        ArgumentNullException.ThrowIfNull(info);
+        if (!byName.TryGetValue(info.Name, out var own) || !ReferenceEquals(own, info))
+            throw new ArgumentException($"tensor info '{info.Name}' does not come from {Path}.", nameof(info));
         if (info.DType is not (SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16))
             throw new ModelFormatException(
                 $"{Path}: tensor '{info.Name}' has dtype {info.DType}; only F32, F16 and BF16 weights are supported (convert the checkpoint to one of those).");

@@ -33,6 +33,8 @@ public class SafeTensorsFileTests
         Assert.Equal([1f, -3f, BitConverter.UInt32BitsToSingle(0x00010000)], f.ReadFloats("b"));
         Assert.Equal([0.333251953125f, 65504f], f.ReadFloats("c"));
         Assert.False(f.Contains("d"));
+        using (var other = SafeTensorsFile.Open(dir.File("t.safetensors")))
+            Assert.Throws<ArgumentException>(() => f.ReadFloats(other.GetInfo("a")));   // info from another file
         Assert.Contains("'d'", Assert.Throws<ModelFormatException>(() => f.GetInfo("d")).Message);
     }
 

@@ -171,6 +171,7 @@ public sealed class Transformer
             StoreKv(caches, l, k, v);
             Attend(caches, l);
             Blas.Sgemm(false, true, rows, dim, qd, 1f, _att, qd, w.Wo, qd, 1f, x, dim);
+            if (w.Bo != null) Ops.AddBiasRows(x, w.Bo, rows);
 
             // ---- MLP block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
             Ops.RmsNormRows(x, w.FfnNorm, _c.NormEps, rows, xn);

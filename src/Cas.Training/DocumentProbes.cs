@@ -1,0 +1,278 @@
+using System.Numerics.Tensors;
+using Cas.Engine;
+using Cas.Engine.Models;
+using Cas.Engine.Tokenizers;
+
+namespace Cas.Training;
+
+/// <summary>Which probes to draw: the training ones, or the disjoint held-out ones an evaluation uses.</summary>
+public enum ProbeSplit { Train, HeldOut }
+
+/// <summary>Settings of <see cref="DocumentProbes.Build"/>.</summary>
+public sealed record DocumentProbeOptions
+{
+    /// <summary>Largest chunk (window of document tokens) the teacher sees; shrunk to fit the model's context.</summary>
+    public int ChunkTokens { get; init; } = 400;
+    public int ExamplesPerChunk { get; init; } = 32;
+    /// <summary>Length range of a probe cut from the chunk at a sentence start.</summary>
+    public int MinProbeTokens { get; init; } = 4;
+    public int MaxProbeTokens { get; init; } = 16;
+    /// <summary>Most tokens the teacher writes after a probe (fewer when it ends the text with EOS).</summary>
+    public int ContinuationTokens { get; init; } = 64;
+    /// <summary>Sampling temperature of the teacher's continuation (its targets are its untempered distribution).</summary>
+    public float Temperature { get; init; } = 0.7f;
+    /// <summary>Teacher entries kept per position: at most TopK, cut once their probability reaches <see cref="CumulativeProbability"/>.</summary>
+    public int TopK { get; init; } = 20;
+    public float CumulativeProbability { get; init; } = 0.99f;
+    /// <summary>Share of examples that start from a generic opener instead of a sentence of the chunk.</summary>
+    public double OpenerFraction { get; init; } = 0.25;
+    /// <summary>Text the teacher sees between the chunk and the probe.</summary>
+    public string Separator { get; init; } = "\n";
+    /// <summary>One sentence start in this many (by document position) is reserved for the held-out split.</summary>
+    public int HeldOutEvery { get; init; } = 8;
+    public ulong Seed { get; init; } = 1;
+    public ProbeSplit Split { get; init; } = ProbeSplit.Train;
+    /// <summary>Teacher continuations generated together.</summary>
+    public int GenerationBatch { get; init; } = 16;
+
+    public void Validate()
+    {
+        static void Pos(int v, string name) { if (v <= 0) throw new InvalidRequestException($"{name} must be positive, got {v}."); }
+        Pos(ChunkTokens, "chunk tokens"); Pos(ExamplesPerChunk, "examples per chunk"); Pos(MinProbeTokens, "minimum probe tokens");
+        Pos(ContinuationTokens, "continuation tokens"); Pos(GenerationBatch, "generation batch"); Pos(HeldOutEvery, "held-out spacing");
+        if (MaxProbeTokens < MinProbeTokens) throw new InvalidRequestException($"the probe length range [{MinProbeTokens}, {MaxProbeTokens}] is empty.");
+        if (TopK < 1 || TopK > 255) throw new InvalidRequestException($"teacher top-k must lie in [1, 255], got {TopK}.");
+        if (!(CumulativeProbability > 0 && CumulativeProbability <= 1)) throw new InvalidRequestException($"the cumulative-probability cut must lie in (0, 1], got {CumulativeProbability}.");
+        if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new InvalidRequestException($"the teacher temperature must be ≥ 0, got {Temperature}.");
+        if (!(OpenerFraction >= 0 && OpenerFraction <= 1)) throw new InvalidRequestException($"the opener fraction must lie in [0, 1], got {OpenerFraction}.");
+    }
+}
+
+/// <summary>
+/// Training data made from a plain document, without a dataset: the document is cut into chunks; for each example
+/// a probe (a few tokens starting at a sentence boundary of the chunk, or a generic opener) is given to the TEACHER —
+/// the model with the chunk in its context — which continues it by sampling. The teacher's top-k log-probs at every
+/// continuation position become the targets; the STUDENT input is only start tokens + probe + continuation (the
+/// cartridge stands in for the chunk). Deterministic for a seed. The held-out split draws its probes from sentence
+/// starts and openers the training split never uses, so an evaluation with another seed measures generalisation.
+/// </summary>
+public static class DocumentProbes
+{
+    /// <summary>Openers of the training split (written for this project).</summary>
+    public static readonly string[] TrainOpeners =
+    [
+        "Once upon a time", "This is a story about", "Here is what happened.", "Let me tell you what happened.",
+        "The main character", "It began when", "Tell me the story again.", "What happened first?",
+    ];
+
+    /// <summary>Openers of the held-out split (never used for training).</summary>
+    public static readonly string[] HeldOutOpeners =
+    [
+        "One day,", "In the end,", "Here is a summary of the story:", "The most important thing is",
+        "What did they do next?", "Remember that",
+    ];
+
+    /// <summary>
+    /// Builds the examples. <paramref name="progress"/> receives (examples done, total).
+    /// </summary>
+    public static TrainingExamples Build(Model model, ITokenizer tokenizer, string text, string documentId, DocumentProbeOptions options,
+        Action<int, int>? progress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(model); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(text);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var o = options;
+        var c = model.Config;
+        int[] start = [.. tokenizer.StartTokens];
+        int[] sep = o.Separator.Length > 0 ? tokenizer.Encode(o.Separator) : [];
+        int room = c.MaxSeqLen - start.Length - sep.Length - o.MaxProbeTokens - o.ContinuationTokens;
+        int chunkTokens = Math.Min(o.ChunkTokens, room);
+        if (chunkTokens < 8)
+            throw new InvalidRequestException(
+                $"the model's context ({c.MaxSeqLen}) leaves only {room} tokens for a chunk after the probe ({o.MaxProbeTokens}) and continuation ({o.ContinuationTokens}); shorten them.");
+        var body = tokenizer.Encode(text);
+        if (body.Length < o.MinProbeTokens)
+            throw new InvalidRequestException($"the document {documentId} has {body.Length} tokens; it is too short to make training data from.");
+        var chunks = Chunk(body, chunkTokens);
+        string[] openers = o.Split == ProbeSplit.Train ? TrainOpeners : HeldOutOpeners;
+        int[][] openerTokens = openers.Select(tokenizer.Encode).ToArray();
+        ulong salt = o.Split == ProbeSplit.Train ? 0x7452A1E5UL : 0x4E1D0C7AUL;
+
+        // Plan every example first (probe tokens and sampling seed), then generate in fixed batches.
+        var plans = new List<(int Chunk, int[] Probe, ulong Seed)>(chunks.Count * o.ExamplesPerChunk);
+        int chunkStart = 0;
+        for (int ci = 0; ci < chunks.Count; ci++)
+        {
+            var chunk = chunks[ci];
+            var eligible = new List<int>();
+            foreach (int b in SentenceStarts(tokenizer, chunk))
+            {
+                if (b + o.MinProbeTokens > chunk.Length) continue;
+                bool heldOut = SplitMix64.Mix((ulong)(chunkStart + b) ^ 0x5851F42D4C957F2DUL) % (ulong)o.HeldOutEvery == 0;
+                if (heldOut == (o.Split == ProbeSplit.HeldOut)) eligible.Add(b);
+            }
+            for (int e = 0; e < o.ExamplesPerChunk; e++)
+            {
+                var rng = new SplitMix64(SplitMix64.Mix(o.Seed ^ SplitMix64.Mix(salt + ((ulong)ci << 32) + (ulong)e)));
+                int[] probe;
+                if (eligible.Count == 0 || rng.NextDouble() < o.OpenerFraction)
+                    probe = openerTokens[(int)rng.NextBelow((ulong)openerTokens.Length)];
+                else
+                {
+                    int b = eligible[(int)rng.NextBelow((ulong)eligible.Count)];
+                    int len = o.MinProbeTokens + (int)rng.NextBelow((ulong)(o.MaxProbeTokens - o.MinProbeTokens + 1));
+                    probe = chunk.AsSpan(b, Math.Min(len, chunk.Length - b)).ToArray();
+                }
+                plans.Add((ci, probe, rng.Next()));
+            }
+            chunkStart += chunk.Length;
+        }
+
+        var generator = new Generator(new Transformer(model));
+        IReadOnlyList<int> stops = tokenizer.EosId is int eos ? [eos] : [];
+        var examples = new List<TrainingSequence>(plans.Count);
+        var topIds = new int[o.TopK]; var topLps = new float[o.TopK];
+        var scratch = new float[c.VocabSize];
+        for (int i0 = 0; i0 < plans.Count; i0 += o.GenerationBatch)
+        {
+            cancel.ThrowIfCancellationRequested();
+            int n = Math.Min(o.GenerationBatch, plans.Count - i0);
+            var requests = new GenerationRequest[n];
+            var targets = new List<(int[] Ids, float[] Lps)>[n];
+            for (int j = 0; j < n; j++)
+            {
+                var (ci, probe, seed) = plans[i0 + j];
+                requests[j] = new GenerationRequest([.. start, .. chunks[ci], .. sep, .. probe])
+                {
+                    MaxTokens = o.ContinuationTokens, StopTokens = stops,
+                    Sampling = new SamplingOptions { Temperature = o.Temperature, Seed = seed },
+                };
+                targets[j] = new List<(int[], float[])>(o.ContinuationTokens + 1);
+            }
+            var results = generator.Generate(requests, (r, _, logits) =>
+            {
+                int k = TopK(logits, o.TopK, o.CumulativeProbability, topIds, topLps, scratch);
+                targets[r].Add((topIds[..k], topLps[..k]));
+            }, cancel);
+            for (int j = 0; j < n; j++)
+            {
+                var probe = plans[i0 + j].Probe;
+                var cont = results[j].Tokens;
+                int s0 = start.Length + probe.Length;
+                int[] tokens = [.. start, .. probe, .. cont];
+                // Continuation token j was drawn from the logits after token s0+j-1, so that position predicts it;
+                // a final EOS draw (if any) becomes the target of the last position.
+                var b = new SparseTargets.Builder(tokens.Length);
+                for (int t = 0; t < targets[j].Count && s0 - 1 + t < tokens.Length; t++)
+                    b.Add(s0 - 1 + t, targets[j][t].Ids, targets[j][t].Lps);
+                examples.Add(new TrainingSequence(tokens, b.Build()));
+            }
+            progress?.Invoke(i0 + n, plans.Count);
+        }
+        return new TrainingExamples(examples, [documentId],
+            $"{documentId}: {examples.Count} teacher continuations of probes from {chunks.Count} chunk(s) (seed {o.Seed}, {o.Split.ToString().ToLowerInvariant()} split)");
+    }
+
+    /// <summary>
+    /// The next-token baseline: each chunk of the document (start tokens + at most <paramref name="chunkTokens"/> tokens)
+    /// trained on its own next tokens.
+    /// </summary>
+    public static TrainingExamples NextToken(ITokenizer tokenizer, string text, string documentId, int chunkTokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(text);
+        if (chunkTokens <= 0) throw new InvalidRequestException($"chunk tokens must be positive, got {chunkTokens}.");
+        var body = tokenizer.Encode(text);
+        if (body.Length == 0) throw new InvalidRequestException($"the document {documentId} is empty; there is nothing to train on.");
+        int[] start = [.. tokenizer.StartTokens];
+        var chunks = Chunk(body, chunkTokens);
+        var examples = new List<TrainingSequence>(chunks.Count);
+        foreach (var ch in chunks) examples.Add(TrainingSequence.NextToken([.. start, .. ch]));
+        return new TrainingExamples(examples, [documentId], $"{documentId}: next-token prediction over {chunks.Count} chunk(s)");
+    }
+
+    /// <summary>Cuts tokens into ⌈n/max⌉ consecutive windows of near-equal length (each ≤ max).</summary>
+    public static List<int[]> Chunk(ReadOnlySpan<int> tokens, int maxTokens)
+    {
+        if (maxTokens <= 0) throw new ArgumentOutOfRangeException(nameof(maxTokens));
+        int n = tokens.Length, count = (n + maxTokens - 1) / maxTokens;
+        var chunks = new List<int[]>(count);
+        for (int i = 0; i < count; i++)
+        {
+            int a = (int)((long)n * i / count), b = (int)((long)n * (i + 1) / count);
+            chunks.Add(tokens[a..b].ToArray());
+        }
+        return chunks;
+    }
+
+    /// <summary>
+    /// Indices of tokens that start a sentence: 0, and every token with visible text whose preceding text ends with
+    /// sentence-final punctuation (optionally closed by quotes or brackets) and whitespace, or with a line break.
+    /// Text per token is taken from decoding it together with its predecessor, so tokenizers that drop a leading
+    /// space at the start of a decode still show it.
+    /// </summary>
+    public static List<int> SentenceStarts(ITokenizer tokenizer, ReadOnlySpan<int> tokens)
+    {
+        var starts = new List<int>();
+        if (tokens.Length == 0) return starts;
+        starts.Add(0);
+        string tail = tokenizer.Decode(tokens[..1]);
+        for (int i = 1; i < tokens.Length; i++)
+        {
+            string single = tokenizer.Decode(tokens.Slice(i - 1, 1));
+            string pair = tokenizer.Decode(tokens.Slice(i - 1, 2));
+            string piece = pair.StartsWith(single, StringComparison.Ordinal) ? pair[single.Length..] : tokenizer.Decode(tokens.Slice(i, 1));
+            int lead = 0;
+            while (lead < piece.Length && char.IsWhiteSpace(piece[lead])) lead++;
+            if (lead < piece.Length && EndsSentence(tail + piece[..lead])) starts.Add(i);
+            tail = tail + piece;
+            if (tail.Length > 16) tail = tail[^16..];
+        }
+        return starts;
+    }
+
+    static bool EndsSentence(string s)
+    {
+        int end = s.Length;
+        bool space = false, newline = false;
+        while (end > 0 && char.IsWhiteSpace(s[end - 1])) { space = true; newline |= s[end - 1] == '\n'; end--; }
+        if (newline) return true;
+        if (!space) return false;
+        while (end > 0 && s[end - 1] is '"' or '\'' or '”' or '’' or ')' or ']') end--;
+        return end > 0 && s[end - 1] is '.' or '!' or '?' or '…';
+    }
+
+    /// <summary>
+    /// The teacher's kept distribution at one position: log-softmax of <paramref name="logits"/> (temperature 1), the
+    /// <paramref name="k"/> most likely ids in descending order (ties: lower id first), cut after the entry at which the
+    /// cumulative probability reaches <paramref name="cumulative"/>. Returns the count written to ids/logProbs.
+    /// </summary>
+    public static int TopK(ReadOnlySpan<float> logits, int k, float cumulative, Span<int> ids, Span<float> logProbs, Span<float> scratch)
+    {
+        if (k <= 0 || ids.Length < k || logProbs.Length < k) throw new ArgumentException("ids and logProbs must hold k entries.");
+        float max = TensorPrimitives.Max(logits);
+        var e = scratch[..logits.Length];
+        TensorPrimitives.Subtract(logits, max, e);
+        TensorPrimitives.Exp(e, e);
+        double logZ = max + Math.Log(TensorPrimitives.Sum(e));
+
+        int n = 0;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            float x = logits[i];
+            if (n == k && x <= logProbs[k - 1]) continue;
+            int at = n < k ? n : k - 1;
+            while (at > 0 && logProbs[at - 1] < x) { logProbs[at] = logProbs[at - 1]; ids[at] = ids[at - 1]; at--; }
+            logProbs[at] = x; ids[at] = i;
+            if (n < k) n++;
+        }
+        double cum = 0;
+        for (int j = 0; j < n; j++)
+        {
+            double lp = logProbs[j] - logZ;
+            logProbs[j] = (float)lp;
+            cum += Math.Exp(lp);
+            if (cum >= cumulative) return j + 1;
+        }
+        return n;
+    }
+}

@@ -35,7 +35,7 @@ public sealed record Chunk(ChunkLocation Location, string Text, int[]? Tokens);
 /// reproduces the document exactly (byte-level BPE does) these are exact offsets into
 /// <see cref="Document.Text"/>; they are computed from checkpoints every 256 tokens, falling back to
 /// decoding the whole prefix when the checkpoints cannot be trusted.</para>
-/// Thread-safe after construction.
+/// Thread-safe after construction, provided the tokenizer's Decode is.
 /// </summary>
 public sealed class Chunker
 {

@@ -31,7 +31,7 @@ public static class SeedPrompts
         "Compose a request to turn the key details of one part of the passage into {format}. Point to the part by its " +
         "topic or opening words, and ask that no name, date or number be altered, rounded or left out.",
         "Write a message asking for the entities and figures mentioned in one named part of the passage to be listed " +
-        "as {format}, with a field for each and the original spelling and values kept verbatim.",
+        "as {format}, one field each, with every name, date and value spelled exactly as in the original.",
     ];
 
     static readonly string[] Summarization =

@@ -9,6 +9,7 @@ sealed class CharTokenizer : ITokenizer
     public int VocabSize => 65536;
     public int? BosId => null;
     public int? EosId => null;
+    public IReadOnlyList<int> StartTokens => [];
     public int[] Encode(string text)
     {
         var ids = new int[text.Length];
@@ -35,6 +36,7 @@ sealed class WordTokenizer : ITokenizer
     public int VocabSize => words.Count;
     public int? BosId => null;
     public int? EosId => null;
+    public IReadOnlyList<int> StartTokens => [];
     public int[] Encode(string text)
     {
         var result = new List<int>();
@@ -66,6 +68,7 @@ sealed class LossyTokenizer : ITokenizer
     public int VocabSize => inner.VocabSize;
     public int? BosId => null;
     public int? EosId => null;
+    public IReadOnlyList<int> StartTokens => [];
     public int[] Encode(string text) => inner.Encode(string.Join(' ', text.ToLowerInvariant().Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)) );
     public string Decode(ReadOnlySpan<int> ids) => inner.Decode(ids);
     public int? SpecialTokenId(string content) => null;

@@ -322,7 +322,7 @@ public sealed class EmailResource : IResource
             if (t.StartsWith('>')) { trimmed++; continue; }
             if (t.StartsWith("-----Original Message-----", StringComparison.OrdinalIgnoreCase))
             {
-                trimmed += lines.Length - i;
+                for (int k = i; k < lines.Length; k++) if (lines[k].Trim().Length > 0) trimmed++;
                 break;
             }
             int span = Attribution(lines, i);

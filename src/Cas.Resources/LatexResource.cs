@@ -100,7 +100,9 @@ public sealed class LatexResource : IResource
                 Include(m.Groups[1].Value, m.Groups[2].Value.Trim(), full, display, n + 1, mainDir, stack, sb, report);
             }
             sb.Append(code, at, code.Length - at);
-            if (!hadComment) sb.Append('\n'); // '%' eats the line end, as in TeX
+            // '%' eats the line end, as in TeX ("corpus.%" joins the next line); after a space the line end
+            // would only be another space, so it is kept to keep the lines readable
+            if (!hadComment || (code.Length > 0 && char.IsWhiteSpace(code[^1]))) sb.Append('\n');
         }
         stack.RemoveAt(stack.Count - 1);
         return true;
@@ -165,7 +167,8 @@ public sealed class LatexResource : IResource
         if (end >= 0) body = body[..end];
 
         string? title = Fragment(FindArgument(tex, "title"));
-        string? author = Fragment(FindArgument(tex, "author")?.Replace(@"\and", ", "));
+        var authors = FindArgument(tex, "author");
+        string? author = authors == null ? null : Fragment(Regex.Replace(authors, @"\s*\\and(?![A-Za-z])\s*", ", "));
         string? date = Fragment(FindArgument(tex, "date"));
 
         var c = new LatexText(body);

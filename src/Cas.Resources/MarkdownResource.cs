@@ -81,14 +81,18 @@ public sealed class MarkdownResource : IResource
             if (indent <= 3 && AtxHeading(trimmed, out int level, out var title))
             {
                 if (title.Length > 0) headings.Add((level, title));
+                output.Add(""); // a heading stands apart as its own paragraph (blank runs are collapsed later)
                 output.Add(title);
+                output.Add("");
                 setextCandidate = false;
                 continue;
             }
             if (indent <= 3 && setextCandidate && SetextUnderline(trimmed, out int slevel))
             {
                 var heading = output[^1].Trim();
-                output[^1] = heading;
+                output[^1] = "";
+                output.Add(heading);
+                output.Add("");
                 headings.Add((slevel, heading));
                 setextCandidate = false;
                 continue;
@@ -165,6 +169,12 @@ public sealed class MarkdownResource : IResource
                 if (open < 0) { sb.Append(line, i, line.Length - i); break; }
                 sb.Append(line, i, open - i);
                 i = open + 4;
+                // "a <!-- x --> b" becomes "a b", not "a  b"
+                if (sb.Length > 0 && sb[^1] == ' ')
+                {
+                    int close = line.IndexOf("-->", i, StringComparison.Ordinal);
+                    if (close >= 0 && close + 3 < line.Length && line[close + 3] == ' ') sb.Length--;
+                }
                 inComment = true;
             }
         }

@@ -130,7 +130,7 @@ public sealed class SlackResource : IResource
         string[] days;
         try
         {
-            days = Directory.GetFiles(dir, "*.json");
+            days = Directory.Exists(dir) ? Directory.GetFiles(dir, "*.json") : []; // no folder: no messages
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

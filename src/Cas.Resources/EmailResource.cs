@@ -122,6 +122,7 @@ public sealed class EmailResource : IResource
                 var line = mem.Span;
                 if (first)
                 {
+                    if (line.Length == 0) continue; // blank lines before the first "From " line
                     first = false;
                     isMbox = line.StartsWith("From "u8);
                     if (!isMbox) { start = 0; startLine = 0; }
@@ -279,7 +280,13 @@ public sealed class EmailResource : IResource
     {
         try
         {
-            if (m.Length < 0) return File.ReadAllBytes(m.File);
+            if (m.Length < 0)
+            {
+                var whole = File.ReadAllBytes(m.File);
+                int skip = 0;
+                while (skip < whole.Length && (whole[skip] == '\n' || whole[skip] == '\r')) skip++; // as in the scan
+                return skip == 0 ? whole : whole[skip..];
+            }
             using var fs = new FileStream(m.File, FileMode.Open, FileAccess.Read, FileShare.Read, 1);
             fs.Seek(m.Offset, SeekOrigin.Begin);
             var bytes = new byte[m.Length];

@@ -174,7 +174,7 @@ internal static class Mime
         var cte = encoding?.Trim().ToLowerInvariant();
         if (cte == "base64")
         {
-            var chars = new char[body.Length];
+            var chars = new char[body.Length + 3]; // room for missing '=' padding
             int n = 0;
             foreach (var b in body)
                 if (char.IsAsciiLetterOrDigit((char)b) || b == '+' || b == '/') chars[n++] = (char)b;

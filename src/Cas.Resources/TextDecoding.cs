@@ -37,8 +37,7 @@ internal static class TextDecoding
 
     /// <summary>
     /// Decodes <paramref name="bytes"/> (a whole file, or one line starting at <paramref name="firstLine"/>).
-    /// Returns the text; invalid UTF-8 is replaced and reported unless <paramref name="alreadyReported"/>
-    /// says this file was reported before (then only the replacement count grows).
+    /// Invalid UTF-8 is replaced, counted and reported with the line of the first bad byte.
     /// </summary>
     public static string Decode(ReadOnlySpan<byte> bytes, string path, int firstLine, ResourceReport report)
     {
@@ -46,6 +45,10 @@ internal static class TextDecoding
         return Decode(bytes, path, firstLine, report, ref reported);
     }
 
+    /// <summary>
+    /// As above, for a file decoded piece by piece (JSONL lines): the file is reported once, when
+    /// <paramref name="alreadyReported"/> is still false; later pieces only add to the replacement count.
+    /// </summary>
     public static string Decode(ReadOnlySpan<byte> bytes, string path, int firstLine, ResourceReport report, ref bool alreadyReported)
     {
         if (bytes.Length >= 2 && bytes[0] == 0xFF && bytes[1] == 0xFE) return Encoding.Unicode.GetString(bytes[2..]);

@@ -98,6 +98,11 @@ public sealed class SlackResource : IResource
                 var name = Str(c, "name");
                 var folder = name ?? id;
                 if (folder == null || !seen.Add(folder)) continue;
+                if (folder is "." or ".." || folder.IndexOfAny(['/', '\\']) >= 0)
+                {
+                    report.Add(ResourceIssueKind.MalformedMessage, path, 0, $"channel name '{folder}' is not a folder name; skipped");
+                    continue;
+                }
                 string? purpose = c.TryGetProperty("purpose", out var pu) && pu.ValueKind == JsonValueKind.Object ? Str(pu, "value") : null;
                 list.Add(new Channel(id ?? folder, name ?? folder, folder, direct || name == null, string.IsNullOrWhiteSpace(purpose) ? null : purpose));
             }

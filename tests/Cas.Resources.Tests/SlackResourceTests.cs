@@ -58,7 +58,7 @@ public class SlackResourceTests
     public void MalformedDayFileAndMissingUsersAreReported()
     {
         using var t = new TempDir();
-        t.Write("channels.json", """[{"id": "C1", "name": "team"}]""");
+        t.Write("channels.json", """[{"id": "C1", "name": "team"}, {"id": "C2", "name": "../outside"}]""");
         t.Write("team/2024-01-01.json", """[{"user": "U5", "user_profile": {"display_name": "dee"}, "text": "hi", "ts": "1704103200.000100"}, {"user": "U6", "text": "no ts"}]""");
         t.Write("team/2024-01-02.json", """[{"user": "U5", "text": "broken", """);
         var report = new ResourceReport();
@@ -68,9 +68,10 @@ public class SlackResourceTests
         Assert.Equal(1, report.MalformedJsonLines);
         Assert.EndsWith("2024-01-02.json", report.IssuesOf(ResourceIssueKind.MalformedJson).Single().Path);
         var messages = report.IssuesOf(ResourceIssueKind.MalformedMessage).ToList();
-        Assert.Equal(2, messages.Count);
+        Assert.Equal(3, messages.Count);
         Assert.Contains("users.json is missing", messages[0].Message);
-        Assert.Contains("no valid \"ts\"", messages[1].Message);
+        Assert.Contains("'../outside' is not a folder name", messages[1].Message);
+        Assert.Contains("no valid \"ts\"", messages[2].Message);
     }
 
     [Fact]

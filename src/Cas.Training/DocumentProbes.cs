@@ -26,7 +26,7 @@ public sealed record DocumentProbeOptions
     public float CumulativeProbability { get; init; } = 0.99f;
     /// <summary>Share of examples that start from a generic opener instead of a sentence of the chunk.</summary>
     public double OpenerFraction { get; init; } = 0.25;
-    /// <summary>Text the teacher sees between the chunk and the probe.</summary>
+    /// <summary>Text between the chunk and the probe (the first tokens of every student input).</summary>
     public string Separator { get; init; } = "\n";
     /// <summary>One sentence start in this many (by document position) is reserved for the held-out split.</summary>
     public int HeldOutEvery { get; init; } = 8;
@@ -51,10 +51,13 @@ public sealed record DocumentProbeOptions
 /// <summary>
 /// Training data made from a plain document, without a dataset: the document is cut into chunks; for each example
 /// a probe (a few tokens starting at a sentence boundary of the chunk, or a generic opener) is given to the TEACHER —
-/// the model with the chunk in its context — which continues it by sampling. The teacher's top-k log-probs at every
-/// continuation position become the targets; the STUDENT input is only start tokens + probe + continuation (the
-/// cartridge stands in for the chunk). Deterministic for a seed. The held-out split draws its probes from sentence
-/// starts and openers the training split never uses, so an evaluation with another seed measures generalisation.
+/// the model reading start tokens + chunk + separator + probe — which continues it by sampling. The teacher's top-k
+/// log-probs at every continuation position become the targets. The STUDENT input is separator + probe +
+/// continuation: the cartridge stands in for start tokens + chunk (its frozen slot 0 is the start token), exactly as
+/// in self-study datasets, whose conversations also follow the cartridge directly. Deterministic for a seed.
+/// The held-out split draws its probes from sentence starts and openers the training split never uses (which
+/// sentence starts are held out depends only on their document position, not on the seed), so an evaluation with
+/// another seed measures generalisation rather than recall of training probes.
 /// </summary>
 public static class DocumentProbes
 {
@@ -84,8 +87,9 @@ public static class DocumentProbes
         var o = options;
         var c = model.Config;
         int[] start = [.. tokenizer.StartTokens];
-        int[] sep = o.Separator.Length > 0 ? tokenizer.Encode(o.Separator) : [];
-        int room = c.MaxSeqLen - start.Length - sep.Length - o.MaxProbeTokens - o.ContinuationTokens;
+        int[] sep = EncodeContinuation(tokenizer, o.Separator);
+        int longestOpener = Math.Max(TrainOpeners.Max(t => tokenizer.Encode(t).Length), HeldOutOpeners.Max(t => tokenizer.Encode(t).Length));
+        int room = c.MaxSeqLen - start.Length - sep.Length - Math.Max(o.MaxProbeTokens, longestOpener) - o.ContinuationTokens;
         int chunkTokens = Math.Min(o.ChunkTokens, room);
         if (chunkTokens < 8)
             throw new InvalidRequestException(
@@ -158,8 +162,8 @@ public static class DocumentProbes
             {
                 var probe = plans[i0 + j].Probe;
                 var cont = results[j].Tokens;
-                int s0 = start.Length + probe.Length;
-                int[] tokens = [.. start, .. probe, .. cont];
+                int s0 = sep.Length + probe.Length;
+                int[] tokens = [.. sep, .. probe, .. cont];
                 // Continuation token j was drawn from the logits after token s0+j-1, so that position predicts it;
                 // a final EOS draw (if any) becomes the target of the last position.
                 var b = new SparseTargets.Builder(tokens.Length);
@@ -174,8 +178,8 @@ public static class DocumentProbes
     }
 
     /// <summary>
-    /// The next-token baseline: each chunk of the document (start tokens + at most <paramref name="chunkTokens"/> tokens)
-    /// trained on its own next tokens.
+    /// The next-token baseline: each chunk of the document (at most <paramref name="chunkTokens"/> tokens, following the
+    /// cartridge directly) trained on its own next tokens.
     /// </summary>
     public static TrainingExamples NextToken(ITokenizer tokenizer, string text, string documentId, int chunkTokens)
     {
@@ -183,10 +187,9 @@ public static class DocumentProbes
         if (chunkTokens <= 0) throw new InvalidRequestException($"chunk tokens must be positive, got {chunkTokens}.");
         var body = tokenizer.Encode(text);
         if (body.Length == 0) throw new InvalidRequestException($"the document {documentId} is empty; there is nothing to train on.");
-        int[] start = [.. tokenizer.StartTokens];
         var chunks = Chunk(body, chunkTokens);
         var examples = new List<TrainingSequence>(chunks.Count);
-        foreach (var ch in chunks) examples.Add(TrainingSequence.NextToken([.. start, .. ch]));
+        foreach (var ch in chunks) examples.Add(TrainingSequence.NextToken(ch));
         return new TrainingExamples(examples, [documentId], $"{documentId}: next-token prediction over {chunks.Count} chunk(s)");
     }
 
@@ -274,5 +277,17 @@ public static class DocumentProbes
             if (cum >= cumulative) return j + 1;
         }
         return n;
+    }
+
+    /// <summary>
+    /// Encodes text that follows other text: drops a leading token some tokenizers add for a dummy-prefix space
+    /// (llama2.c/SentencePiece) when the rest alone decodes to the text.
+    /// </summary>
+    public static int[] EncodeContinuation(ITokenizer tokenizer, string text)
+    {
+        if (text.Length == 0) return [];
+        var ids = tokenizer.Encode(text);
+        if (ids.Length > 1 && tokenizer.Decode(ids.AsSpan(1)) == text) return ids[1..];
+        return ids;
     }
 }

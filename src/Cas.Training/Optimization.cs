@@ -17,13 +17,13 @@ public readonly record struct ParameterRange(int Array, int Start, int Length);
 /// </summary>
 public sealed class AdamW
 {
-    public AdamW(IReadOnlyList<int> sizes, IReadOnlyList<ParameterRange> trainable, float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, float weightDecay = 0f)
+    public AdamW(IReadOnlyList<int> sizes, IReadOnlyList<ParameterRange> trainable, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weightDecay = 0)
     {
         ArgumentNullException.ThrowIfNull(sizes); ArgumentNullException.ThrowIfNull(trainable);
         if (!(beta1 >= 0 && beta1 < 1)) throw new InvalidRequestException($"AdamW β1 must lie in [0, 1), got {beta1}.");
         if (!(beta2 >= 0 && beta2 < 1)) throw new InvalidRequestException($"AdamW β2 must lie in [0, 1), got {beta2}.");
         if (!(eps > 0)) throw new InvalidRequestException($"AdamW ε must be positive, got {eps}.");
-        if (!(weightDecay >= 0) || float.IsInfinity(weightDecay)) throw new InvalidRequestException($"weight decay must be ≥ 0, got {weightDecay}.");
+        if (!(weightDecay >= 0) || double.IsInfinity(weightDecay)) throw new InvalidRequestException($"weight decay must be ≥ 0, got {weightDecay}.");
         foreach (var r in trainable)
             if (r.Array < 0 || r.Array >= sizes.Count || r.Start < 0 || r.Length < 0 || r.Start + r.Length > sizes[r.Array])
                 throw new ArgumentException($"trainable range {r} lies outside the parameter arrays.");
@@ -33,10 +33,11 @@ public sealed class AdamW
         for (int i = 0; i < sizes.Count; i++) { M[i] = new float[sizes[i]]; V[i] = new float[sizes[i]]; }
     }
 
-    public float Beta1 { get; }
-    public float Beta2 { get; }
-    public float Eps { get; }
-    public float WeightDecay { get; }
+    // Hyper-parameters are doubles, as in PyTorch, and rounded to fp32 where it rounds them (1 − β is formed in double).
+    public double Beta1 { get; }
+    public double Beta2 { get; }
+    public double Eps { get; }
+    public double WeightDecay { get; }
     public IReadOnlyList<ParameterRange> Trainable { get; }
     /// <summary>First moments, one array per parameter array.</summary>
     public float[][] M { get; }
@@ -54,8 +55,8 @@ public sealed class AdamW
         double bc1 = 1 - Math.Pow(Beta1, Step), bc2 = 1 - Math.Pow(Beta2, Step);
         float stepSize = (float)(lr / bc1);
         float bc2Sqrt = (float)Math.Sqrt(bc2);
-        float decay = 1f - lr * WeightDecay;
-        float b1 = Beta1, b2 = Beta2, a1 = 1f - Beta1, a2 = 1f - Beta2, eps = Eps;
+        float decay = (float)(1 - lr * WeightDecay);
+        float b1 = (float)Beta1, b2 = (float)Beta2, a1 = (float)(1 - Beta1), a2 = (float)(1 - Beta2), eps = (float)Eps;
         foreach (var r in Trainable)
         {
             var p = parameters[r.Array].AsSpan(r.Start, r.Length);

@@ -25,10 +25,10 @@ public sealed record TrainingOptions
     public float FloorFraction { get; init; } = 0.02f;
     /// <summary>Global gradient-norm limit; ≤ 0 disables clipping.</summary>
     public float ClipNorm { get; init; } = 1f;
-    public float WeightDecay { get; init; }
-    public float Beta1 { get; init; } = 0.9f;
-    public float Beta2 { get; init; } = 0.999f;
-    public float Eps { get; init; } = 1e-8f;
+    public double WeightDecay { get; init; }
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.999;
+    public double Eps { get; init; } = 1e-8;
     /// <summary>Leading cartridge slots that never change (attention sink).</summary>
     public int FrozenSlots { get; init; } = 1;
     /// <summary>Seeds the order examples are visited in.</summary>
@@ -97,7 +97,7 @@ public sealed class TrainingState
     }
 
     public Cartridge Cartridge { get; }
-    public TrainingOptions Options { get; }
+    public TrainingOptions Options { get; private set; }
     public AdamW Optimizer { get; }
     /// <summary>Updates done so far.</summary>
     public int Step => (int)Optimizer.Step;
@@ -154,6 +154,16 @@ public sealed class TrainingState
             throw new InvalidRequestException(
                 $"{where} was made with other training data ({DataCount} examples, fingerprint {Cartridge.ShortFingerprint(DataFingerprint)}); " +
                 $"this run has {data.Count} examples, fingerprint {Cartridge.ShortFingerprint(data.Fingerprint)}. Use the same --data, --seed and data options, or start over without --resume.");
+    }
+
+    /// <summary>
+    /// Prepares a loaded checkpoint to continue: checks <see cref="EnsureSameRun"/> and adopts <paramref name="options"/>
+    /// (which may differ only in <see cref="TrainingOptions.CheckpointEvery"/>, a setting checkpoints do not store).
+    /// </summary>
+    public void ContinueWith(TrainingOptions options, TrainingExamples data, string? checkpointPath = null)
+    {
+        EnsureSameRun(options, data, checkpointPath);
+        Options = options;
     }
 
     // ------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def main():
     out.append("C" + ";".join(f"{s:X}-{e:X}:{c}" for s, e, c in ccc_ranges))
     items = []
     for cp, compat, mapping in decomps:
-        flag = "k" if compat else ("p" if cp in comp_set else "c")
+        flag = "k" if compat else ("p" if cp in comp_set else "n")
         items.append(f"{cp:X}{flag}" + ",".join(f"{m:X}" for m in mapping))
     out.append("D" + ";".join(items))
     body = "\n".join(out)
@@ -61,7 +61,7 @@ internal static class UnicodeNormalizationData
     public const string UnicodeVersion = "{unicodedata.unidata_version}";
 
     /// <summary>"C" + ranges "start-end:ccc" joined by ';', a newline, then "D" + entries
-    /// "cp" + flag (k = compatibility, p = canonical primary composite, c = canonical) + mapping, joined by ';'.</summary>
+    /// "cp" + flag (k = compatibility, p = canonical primary composite, n = other canonical) + mapping, joined by ';'.</summary>
     public static string Data => string.Concat(Chunks);
 
     static readonly string[] Chunks =

@@ -135,8 +135,12 @@ public sealed class HfTokenizer : ITokenizer
         var addedContents = new HashSet<string>(_added.Select(a => a.Content), StringComparer.Ordinal);
         _decoder = root.TryGetProperty("decoder", out var dec) ? HfDecoder.Create(dec, "decoder", addedContents) : null;
 
-        BosId = SpecialFromConfig(config, "bos_token") ?? TemplateBos(root) ?? FirstKnown("<|begin_of_text|>", "<s>", "<bos>");
-        EosId = SpecialFromConfig(config, "eos_token") ?? FirstKnown("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>");
+        // tokenizer_config.json decides when it names the token (null there means "none"); otherwise
+        // the post-processor template, then well-known token names.
+        BosId = SpecialFromConfig(config, "bos_token", out var bos) ? bos
+            : TemplateBos(root) ?? FirstKnown("<|begin_of_text|>", "<s>", "<bos>");
+        EosId = SpecialFromConfig(config, "eos_token", out var eos) ? eos
+            : FirstKnown("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>");
     }
 
     int? FirstKnown(params string[] contents)
@@ -145,16 +149,18 @@ public sealed class HfTokenizer : ITokenizer
         return null;
     }
 
-    int? SpecialFromConfig(JsonElement? config, string name)
+    bool SpecialFromConfig(JsonElement? config, string name, out int? id)
     {
-        if (config is not { ValueKind: JsonValueKind.Object } c || !c.TryGetProperty(name, out var v)) return null;
+        id = null;
+        if (config is not { ValueKind: JsonValueKind.Object } c || !c.TryGetProperty(name, out var v)) return false;
         string? content = v.ValueKind switch
         {
             JsonValueKind.String => v.GetString(),
             JsonValueKind.Object => HfJson.Str(v, "content"),
             _ => null,
         };
-        return content != null && _tokenToId.TryGetValue(content, out var id) ? id : null;
+        if (content != null && _tokenToId.TryGetValue(content, out var found)) id = found;
+        return true;
     }
 
     // A TemplateProcessing post-processor whose "single" template starts with a special token names the BOS.
@@ -204,6 +210,15 @@ public sealed class HfTokenizer : ITokenizer
             }
         }
         return output.ToArray();
+    }
+
+    /// <summary>The pre-tokens of a text holding no added token: normalizer, then pre-tokenizer (for tests and diagnostics).</summary>
+    internal List<string> PreTokenize(string text, int sectionIndex = 0)
+    {
+        string normalized = _normalizer != null ? _normalizer.Normalize(text) : text;
+        var pieces = new List<string>();
+        if (_preTokenizer != null) _preTokenizer.Split(normalized, sectionIndex, pieces); else pieces.Add(normalized);
+        return pieces;
     }
 
     // lstrip trims the whitespace before an added token, rstrip the whitespace after it (JavaScript trim).

@@ -45,7 +45,8 @@ public sealed class HfTokenizer : ITokenizer
         string? config = null;
         var configPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(tokenizerJsonPath))!, "tokenizer_config.json");
         if (File.Exists(configPath)) config = File.ReadAllText(configPath);
-        try { return FromJson(json, config); }
+        int bom = json.Length >= 3 && json[0] == 0xEF && json[1] == 0xBB && json[2] == 0xBF ? 3 : 0;
+        try { return FromJson(json.AsMemory(bom), config); }
         catch (ModelFormatException e) { throw new ModelFormatException($"{tokenizerJsonPath}: {e.Message}", e); }
     }
 

@@ -121,6 +121,27 @@ public class TokenizerGoldenTests
         Assert.True(idCount > 0);
     }
 
+    [Theory]
+    [MemberData(nameof(All))]
+    public void RandomFragmentCombinations_MatchTokenizersJs(string name)
+    {
+        var tok = Load(name);
+        using var fuzz = TokenizerCorpus.ReadGolden("fuzz");
+        var texts = fuzz.RootElement.GetProperty("texts").EnumerateArray().Select(t => t.GetString()!).ToArray();
+        var failures = new List<string>();
+        var results = fuzz.RootElement.GetProperty("results").GetProperty(name);
+        for (int i = 0; i < texts.Length; i++)
+        {
+            var expected = results[i].GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            var actual = tok.Encode(texts[i]);
+            if (!actual.SequenceEqual(expected))
+                failures.Add($"{JsonSerializer.Serialize(texts[i], Readable)}: [{string.Join(",", actual)}] != [{string.Join(",", expected)}]");
+            if (TokenizerCorpus.Hash(tok.Decode(expected)) != results[i].GetProperty("d").GetString())
+                failures.Add($"{JsonSerializer.Serialize(texts[i], Readable)}: Decode differs: {JsonSerializer.Serialize(tok.Decode(expected), Readable)}");
+        }
+        Assert.True(failures.Count == 0, $"{name}: {failures.Count} mismatches over {texts.Length} texts:\n" + string.Join("\n", failures.Take(12)));
+    }
+
     [Fact]
     public void EncodingTheWholeCorpus_TakesWellUnderASecond()
     {

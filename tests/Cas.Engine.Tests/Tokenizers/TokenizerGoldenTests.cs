@@ -143,6 +143,22 @@ public class TokenizerGoldenTests
     }
 
     [Fact]
+    public void ConcurrentEncoding_GivesTheSameIds()
+    {
+        // A fresh instance so that the threads race on an empty BPE cache.
+        var tok = HfTokenizer.FromFile(TestPaths.RequireShared("models/smollm2-135m-instruct-tokenizer/tokenizer.json"));
+        using var golden = TokenizerCorpus.ReadGolden("smollm2");
+        var entries = golden.RootElement.GetProperty("extra");
+        var lines = TokenizerCorpus.Extra;
+        var expected = Enumerable.Range(0, lines.Length)
+            .Select(i => entries[i].GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
+        var actual = new int[lines.Length * 4][];
+        Parallel.For(0, actual.Length, new ParallelOptions { MaxDegreeOfParallelism = 8 }, k => actual[k] = tok.Encode(lines[k % lines.Length]));
+        for (int k = 0; k < actual.Length; k++)
+            Assert.True(expected[k % lines.Length].SequenceEqual(actual[k]), $"entry {k % lines.Length} differs under concurrency");
+    }
+
+    [Fact]
     public void EncodingTheWholeCorpus_TakesWellUnderASecond()
     {
         var tok = Load("smollm2");

@@ -6,5 +6,6 @@ var root = new RootCommand("cas — cartridges: small trained KV caches that sta
     GenerateCommand.Create(),
     TokenizeCommand.Create(),
     BenchCommand.Create(),
+    TrainCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -25,12 +25,15 @@ public sealed class TrainingExamples
         _items = list.ToArray();
         DocumentIds = documentIds;
         Description = description;
+        double entropy = 0;
         foreach (var s in _items)
         {
             MaxLength = Math.Max(MaxLength, s.Tokens.Length);
             Tokens += s.Tokens.Length;
             TargetPositions += s.Targets.TargetPositions;
+            foreach (float lp in s.Targets.LogProbs) entropy -= Math.Exp(lp) * lp;
         }
+        LossFloor = entropy / TargetPositions;
         Fingerprint = ComputeFingerprint(_items);
     }
 
@@ -42,6 +45,11 @@ public sealed class TrainingExamples
     public int MaxLength { get; }
     public long Tokens { get; }
     public long TargetPositions { get; }
+    /// <summary>
+    /// The smallest mean loss any cartridge could reach on these examples: −Σ p·log p of the teacher's kept entries per
+    /// target position (the loss is this plus the KL divergence to the teacher on its support); 0 for next-token data.
+    /// </summary>
+    public double LossFloor { get; }
     /// <summary>Hex SHA-256 over every example's tokens, target offsets, ids and log-prob bits, in order.</summary>
     public string Fingerprint { get; }
 

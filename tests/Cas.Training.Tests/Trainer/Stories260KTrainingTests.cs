@@ -1,0 +1,162 @@
+using System.Diagnostics;
+using System.Globalization;
+using Cas.Engine;
+using Cas.Engine.Cartridges;
+using Cas.Engine.Models;
+using Cas.Engine.Tokenizers;
+using Cas.Tests.Common;
+
+namespace Cas.Training.Tests.Trainer;
+
+/// <summary>Training on the real pretrained stories260K model, in process and through the CLI (with a real kill -9).</summary>
+public class Stories260KTrainingTests
+{
+    static (Model Model, ITokenizer Tok, string ModelPath, string TokPath) Load()
+    {
+        string mp = TestPaths.RequireShared("models/stories260K/stories260K.bin");
+        string tp = TestPaths.RequireShared("models/stories260K/tok512.bin");
+        return (ModelLoader.Load(mp), TokenizerLoader.Load(tp), mp, tp);
+    }
+
+    /// <summary>A story the model samples itself (deterministic for the seed): the document to train on.</summary>
+    static string SampledStory(Model model, ITokenizer tok, int tokens = 300, ulong seed = 7)
+    {
+        var gen = new Generator(new Transformer(model));
+        var r = gen.Generate([new GenerationRequest([tok.BosId!.Value])
+        {
+            MaxTokens = tokens, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = seed },
+        }]);
+        return tok.Decode(r[0].Tokens);
+    }
+
+    [Fact]
+    public void DistillationClosesMostOfTheGapToTheTeacherOnHeldOutProbes()
+    {
+        var (model, tok, _, _) = Load();
+        string story = SampledStory(model, tok);
+        var probes = new DocumentProbeOptions { ExamplesPerChunk = 24, ContinuationTokens = 48 };
+        var train = DocumentProbes.Build(model, tok, story, "story", probes);
+        var held = DocumentProbes.Build(model, tok, story, "story", probes with { Split = ProbeSplit.HeldOut, ExamplesPerChunk = 8, Seed = 1000 });
+        var cart = Cartridge.ForModel(model, CartridgeInit.RandomText(model, tok, 32), CartridgeInitKind.RandomText);
+        var state = TrainingState.Start(cart, new TrainingOptions { Steps = 100, BatchSize = 4, LearningRate = 5e-2f }, train);
+        var r = new CartridgeTrainer(model).Run(state, train, held);
+
+        // Loss = teacher entropy on its support (the floor) + KL(teacher ‖ student): the KL part must mostly go.
+        double klBefore = r.HeldOutInitial!.Value - held.LossFloor, klAfter = r.HeldOutFinal!.Value - held.LossFloor;
+        Assert.True(klBefore > 0.1, $"held-out KL before training {klBefore}");
+        Assert.True(klAfter < 0.5 * klBefore, $"held-out KL {klBefore:F4} → {klAfter:F4}");
+        Assert.True(r.FinalLoss - train.LossFloor < 0.5 * (r.InitialLoss - train.LossFloor), $"train loss {r.InitialLoss} → {r.FinalLoss} (floor {train.LossFloor})");
+    }
+
+    [Fact]
+    public void KilledCliRunResumesFromItsCheckpointAndEndsBitIdentical()
+    {
+        var (model, tok, modelPath, tokPath) = Load();
+        string dll = BuildCli();
+        var dir = TrainerFixtures.TempDir();
+        string docPath = Path.Combine(dir, "story.txt");
+        File.WriteAllText(docPath, SampledStory(model, tok));
+        string[] Args(string outFile, bool resume) =>
+        [
+            dll, "train", "--model", modelPath, "--tokenizer", tokPath, "--data", docPath, "--out", outFile, "--tokens", "16",
+            "--steps", "150", "--batch", "4", "--checkpoint-every", "10", "--examples-per-chunk", "16", "--continuation-tokens", "32",
+            "--held-out", "0", "--lr", "0.05", .. resume ? new[] { "--resume" } : [],
+        ];
+
+        // Uninterrupted reference run.
+        string a = Path.Combine(dir, "a.safetensors");
+        var (rcA, outA, errA) = RunToEnd(Args(a, false));
+        Assert.True(rcA == 0, errA);
+        Assert.Contains("steps=150", outA);
+        Assert.False(File.Exists(a + ".ckpt"));
+
+        // Same run, killed (SIGKILL) once its checkpoint reaches step 20 or more.
+        string b = Path.Combine(dir, "b.safetensors"), ckpt = b + ".ckpt";
+        using (var proc = Start(Args(b, false)))
+        {
+            var clock = Stopwatch.StartNew();
+            while (CheckpointStep(ckpt) < 20)
+            {
+                if (proc.HasExited) Assert.Fail($"the run ended before it could be killed:\n{proc.StandardError.ReadToEnd()}");
+                Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), "no checkpoint appeared within 60 s");
+                Thread.Sleep(5);
+            }
+            proc.Kill(entireProcessTree: false); // SIGKILL: no chance to clean up
+            proc.WaitForExit();
+            Assert.NotEqual(0, proc.ExitCode);
+        }
+        Assert.False(File.Exists(b));
+        int k = CheckpointStep(ckpt);
+        Assert.InRange(k, 20, 140);
+        Assert.Equal(0, k % 10);
+
+        var (rcB, outB, errB) = RunToEnd(Args(b, true));
+        Assert.True(rcB == 0, errB);
+        Assert.Contains($"resumed_from_step={k}", outB);
+        Assert.Contains("steps=150", outB);
+        Assert.Contains($"resuming from {ckpt} at step {k}/150", errB);
+        Assert.False(File.Exists(ckpt));
+
+        // Same final cartridge, value for value; same metadata apart from the creation time.
+        using var fa = SafeTensorsFile.Open(a);
+        using var fb = SafeTensorsFile.Open(b);
+        Assert.Equal(fa.Tensors.Select(t => t.Name), fb.Tensors.Select(t => t.Name));
+        foreach (var t in fa.Tensors) Assert.Equal(fa.ReadFloats(t.Name), fb.ReadFloats(t.Name));
+        foreach (var kv in fa.Metadata.Where(kv => kv.Key != "cas.created")) Assert.Equal(kv.Value, fb.Metadata[kv.Key]);
+        Assert.Equal("150", fb.Metadata["cas.steps"]);
+        Assert.Equal(ModelFingerprint.Compute(model), fb.Metadata["cas.model.fingerprint"]);
+
+        // Resuming against another model is refused clearly.
+        string c = Path.Combine(dir, "c.safetensors");
+        File.Copy(a, c + ".ckpt"); // a finished cartridge is not a checkpoint
+        var (rcC, _, errC) = RunToEnd(Args(c, true));
+        Assert.Equal(2, rcC);
+        Assert.Contains("not a training checkpoint", errC);
+        Directory.Delete(dir, true);
+    }
+
+    /// <summary>Step of a checkpoint file, or −1 while there is none (the file appears atomically).</summary>
+    static int CheckpointStep(string path)
+    {
+        if (!File.Exists(path)) return -1;
+        try
+        {
+            using var f = SafeTensorsFile.Open(path);
+            return int.Parse(f.Metadata["cas.checkpoint.step"], CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is IOException or ModelFormatException) { return -1; } // replaced while opening
+    }
+
+    static Process Start(string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        return Process.Start(psi)!;
+    }
+
+    static (int Rc, string Out, string Err) RunToEnd(string[] args)
+    {
+        using var p = Start(args);
+        var err = p.StandardError.ReadToEndAsync();
+        string o = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return (p.ExitCode, o, err.Result);
+    }
+
+    /// <summary>The CLI as ./cas runs it (Release, rebuilt when a source is newer).</summary>
+    static string BuildCli()
+    {
+        string root = TestPaths.RepoRoot;
+        var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(root, "cas"));
+        psi.ArgumentList.Add("--help");
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, "building the CLI failed: " + err.Result);
+        string dll = Path.Combine(root, "src", "Cas.Cli", "bin", "Release", "net10.0", "cas.dll");
+        Assert.True(File.Exists(dll), $"{dll} was not built");
+        return dll;
+    }
+}

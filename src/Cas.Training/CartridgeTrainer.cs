@@ -6,8 +6,14 @@ using Cas.Engine.Models;
 namespace Cas.Training;
 
 /// <summary>After each step: where the run stands.</summary>
+/// <param name="Loss">Mean loss per target token of this step's batch (before its update).</param>
+/// <param name="ExcessLoss">
+/// Loss minus the teacher's entropy −Σ p·log p on the same batch: the KL divergence to the teacher on its kept support,
+/// 0 when the student matches the teacher (slightly negative is possible when the kept mass s &lt; 1: the bound is s·log s).
+/// Equals Loss for next-token data.</param>
+/// <param name="GradNorm">Global gradient norm before clipping.</param>
 public readonly record struct TrainingProgress(
-    int Step, int TotalSteps, float Loss, float LearningRate, double GradNorm,
+    int Step, int TotalSteps, float Loss, double ExcessLoss, float LearningRate, double GradNorm,
     double TokensPerSecond, TimeSpan Elapsed, TimeSpan Eta, bool Checkpointed);
 
 /// <summary>What a call to <see cref="CartridgeTrainer.Run"/> did.</summary>
@@ -86,12 +92,15 @@ public sealed class CartridgeTrainer
                 cancel.ThrowIfCancellationRequested();
                 var cursor = state.Cursor;
                 int divisor = 0;
+                double entropy = 0;
                 for (int a = 0; a < micro.Length; a++)
                 {
                     micro[a].Clear();
                     for (int b = 0; b < o.BatchSize; b++)
                     {
-                        var ex = data[order.Next(ref cursor)];
+                        int index = order.Next(ref cursor);
+                        var ex = data[index];
+                        entropy += data.EntropySum(index);
                         micro[a].Add(ex);
                         divisor += ex.Targets.TargetPositions;
                         tokens += ex.Tokens.Length;
@@ -126,7 +135,7 @@ public sealed class CartridgeTrainer
                     var elapsed = clock.Elapsed;
                     int done = state.Step - firstStep;
                     var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / done * (o.Steps - state.Step));
-                    progress(new TrainingProgress(state.Step, o.Steps, loss, lr, norm, tokens / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, checkpointed));
+                    progress(new TrainingProgress(state.Step, o.Steps, loss, (lossSum - entropy) / divisor, lr, norm, tokens / Math.Max(1e-9, elapsed.TotalSeconds), elapsed, eta, checkpointed));
                 }
             }
         }

@@ -11,6 +11,7 @@ namespace Cas.Training;
 public sealed class TrainingExamples
 {
     readonly TrainingSequence[] _items;
+    readonly double[] _entropy; // Σ over the example's target positions of −Σ p·log p
 
     /// <param name="items">Examples; ones without any target position are dropped (they teach nothing).</param>
     /// <param name="documentIds">Ids of the source documents (recorded in the cartridge).</param>
@@ -25,13 +26,18 @@ public sealed class TrainingExamples
         _items = list.ToArray();
         DocumentIds = documentIds;
         Description = description;
+        _entropy = new double[_items.Length];
         double entropy = 0;
-        foreach (var s in _items)
+        for (int i = 0; i < _items.Length; i++)
         {
+            var s = _items[i];
             MaxLength = Math.Max(MaxLength, s.Tokens.Length);
             Tokens += s.Tokens.Length;
             TargetPositions += s.Targets.TargetPositions;
-            foreach (float lp in s.Targets.LogProbs) entropy -= Math.Exp(lp) * lp;
+            double e = 0;
+            foreach (float lp in s.Targets.LogProbs) e -= Math.Exp(lp) * lp;
+            _entropy[i] = e;
+            entropy += e;
         }
         LossFloor = entropy / TargetPositions;
         Fingerprint = ComputeFingerprint(_items);
@@ -50,6 +56,8 @@ public sealed class TrainingExamples
     /// target position (the loss is this plus the KL divergence to the teacher on its support); 0 for next-token data.
     /// </summary>
     public double LossFloor { get; }
+    /// <summary>Σ over example <paramref name="index"/>'s target positions of −Σ p·log p (its part of the loss floor).</summary>
+    public double EntropySum(int index) => _entropy[index];
     /// <summary>Hex SHA-256 over every example's tokens, target offsets, ids and log-prob bits, in order.</summary>
     public string Fingerprint { get; }
 

@@ -45,12 +45,13 @@ static class TrainCommand
         var examplesPerChunk = new Option<int>("--examples-per-chunk") { Description = "Document data: probes per chunk.", DefaultValueFactory = _ => 32 };
         var chunkTokens = new Option<int>("--chunk-tokens") { Description = "Document data: largest chunk the teacher sees.", DefaultValueFactory = _ => 400 };
         var continuation = new Option<int>("--continuation-tokens") { Description = "Document data: most tokens the teacher writes per probe.", DefaultValueFactory = _ => 64 };
+        var log = new Option<string?>("--log") { Description = "Append one CSV line per step (step,loss,kl,lr,grad_norm,tokens_per_s,elapsed_s) to this file; kl = loss − the batch's teacher entropy." };
         var heldOut = new Option<int>("--held-out") { Description = "Document data: held-out probes per chunk to measure loss before and after (0 = none).", DefaultValueFactory = _ => 8 };
 
         var cmd = new Command("train", "Train a cartridge (a KV prefix) for a frozen model by context distillation.")
         {
             model, tokenizer, data, output, tokens, init, objective, steps, epochs, lr, batch, accumulate, warmup, schedule, clip,
-            weightDecay, frozen, checkpointEvery, seed, resume, dtype, document, examplesPerChunk, chunkTokens, continuation, heldOut,
+            weightDecay, frozen, checkpointEvery, seed, resume, dtype, document, examplesPerChunk, chunkTokens, continuation, heldOut, log,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -59,7 +60,8 @@ static class TrainCommand
                 pr.GetValue(init)!, pr.GetValue(objective)!, pr.GetValue(steps), pr.GetValue(epochs), pr.GetValue(lr), pr.GetValue(batch),
                 pr.GetValue(accumulate), pr.GetValue(warmup), pr.GetValue(schedule)!, pr.GetValue(clip), pr.GetValue(weightDecay),
                 pr.GetValue(frozen), pr.GetValue(checkpointEvery), pr.GetValue(seed), pr.GetValue(resume), pr.GetValue(dtype)!,
-                pr.GetValue(document), pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation), pr.GetValue(heldOut));
+                pr.GetValue(document), pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation), pr.GetValue(heldOut),
+                pr.GetValue(log));
             using var cts = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cts.Cancel(); };
             Console.CancelKeyPress += onCancel;
@@ -81,7 +83,8 @@ static class TrainCommand
     sealed record Args(
         string? Model, string? Tokenizer, string Data, string Out, int? Tokens, string Init, string Objective, int? Steps, double? Epochs,
         float Lr, int Batch, int Accumulate, double Warmup, string Schedule, float Clip, double WeightDecay, int Frozen, int CheckpointEvery,
-        ulong Seed, bool Resume, string DType, string? Document, int ExamplesPerChunk, int ChunkTokens, int Continuation, int HeldOut);
+        ulong Seed, bool Resume, string DType, string? Document, int ExamplesPerChunk, int ChunkTokens, int Continuation, int HeldOut,
+        string? Log);
 
     static int Execute(Args a, IReporter report, CancellationToken cancel)
     {
@@ -198,11 +201,16 @@ static class TrainCommand
 
         // ---- train
         report.Phase("train", "training");
+        using var logFile = a.Log is null ? null : new StreamWriter(a.Log, append: resumedFrom > 0) { AutoFlush = true };
+        if (logFile != null && resumedFrom == 0) logFile.WriteLine("step,loss,kl,lr,grad_norm,tokens_per_s,elapsed_s");
         var trainer = new CartridgeTrainer(m);
-        var result = trainer.Run(state, examples, heldOut, options.CheckpointEvery > 0 ? ckptPath : null,
-            pg => report.Update(pg.Step, pg.TotalSteps,
-                $"step {pg.Step}/{pg.TotalSteps}  loss {pg.Loss:F4}  lr {pg.LearningRate:G3}  {pg.TokensPerSecond:F0} tok/s  eta {Eta(pg.Eta)}{(pg.Checkpointed ? "  (checkpoint)" : "")}"),
-            cancel: cancel);
+        var result = trainer.Run(state, examples, heldOut, options.CheckpointEvery > 0 ? ckptPath : null, pg =>
+        {
+            logFile?.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{pg.Step},{pg.Loss:R},{pg.ExcessLoss:G6},{pg.LearningRate:R},{pg.GradNorm:G6},{pg.TokensPerSecond:F1},{pg.Elapsed.TotalSeconds:F3}"));
+            report.Update(pg.Step, pg.TotalSteps,
+                $"step {pg.Step}/{pg.TotalSteps}  loss {pg.Loss:F4}  kl {pg.ExcessLoss:F4}  lr {pg.LearningRate:G3}  {pg.TokensPerSecond:F0} tok/s  eta {Eta(pg.Eta)}{(pg.Checkpointed ? "  (checkpoint)" : "")}");
+        }, cancel: cancel);
 
         var final = state.Cartridge;
         final.CreatedUtc = DateTime.UtcNow;

@@ -187,6 +187,27 @@ public class TrainerTests
     }
 
     [Fact]
+    public void ExcessLossIsTheLossAboveTheTeachersEntropy()
+    {
+        var (model, data) = RandomSetup(count: 6);
+        var seen = new List<TrainingProgress>();
+        // One batch = every example once, so the batch's teacher entropy is the data's loss floor.
+        new CartridgeTrainer(model).Run(TrainingState.Start(NewCartridge(model), new TrainingOptions { Steps = 2, BatchSize = 6 }, data), data, progress: seen.Add);
+        double floor = 0;
+        for (int i = 0; i < data.Count; i++)
+            foreach (float lp in data[i].Targets.LogProbs) floor -= Math.Exp(lp) * lp;
+        floor /= data.TargetPositions;
+        Assert.Equal(floor, data.LossFloor, 1e-12);
+        Assert.All(seen, p => Assert.Equal(floor, p.Loss - p.ExcessLoss, 1e-5));
+
+        var ntp = new TrainingExamples([TrainingSequence.NextToken([3, 4, 5, 6, 7, 8])], ["x"], "ntp");
+        Assert.Equal(0, ntp.LossFloor);
+        seen.Clear();
+        new CartridgeTrainer(model).Run(TrainingState.Start(NewCartridge(model), new TrainingOptions { Steps = 1, BatchSize = 1 }, ntp), ntp, progress: seen.Add);
+        Assert.Equal(seen[0].Loss, seen[0].ExcessLoss, 1e-6);
+    }
+
+    [Fact]
     public void CancellationWritesACheckpointFirst()
     {
         var (model, data) = RandomSetup();

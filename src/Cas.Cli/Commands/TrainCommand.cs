@@ -126,8 +126,11 @@ static class TrainCommand
         string fingerprint = Cartridge.Fingerprint(m);
         string dataName = Path.GetFileName(a.Data);
 
-        // ---- training data
+        // ---- training data (and, for a new first-k cartridge, its document: checked before the slow part)
         string? text = isDataset ? null : ReadDocument(a.Data);
+        bool resuming = a.Resume && File.Exists(ckptPath);
+        int[] docTokens = resuming || initKind != CartridgeInitKind.FirstK ? [] : InitDocument(a, tok, text, isDataset);
+        if (docTokens.Length > 0 && docTokens.Length < p) CartridgeInit.FirstK(m, docTokens, p); // throws the clear error
         TrainingExamples examples;
         TrainingExamples? heldOut = null;
         var probeOptions = new DocumentProbeOptions
@@ -168,7 +171,7 @@ static class TrainCommand
         // ---- the state: resumed from OUT.ckpt or new
         TrainingState state;
         int resumedFrom = 0;
-        if (a.Resume && File.Exists(ckptPath))
+        if (resuming)
         {
             state = TrainingState.LoadCheckpoint(ckptPath, m, fingerprint);
             var c = state.Cartridge;
@@ -184,7 +187,6 @@ static class TrainCommand
         {
             if (a.Resume) report.Note($"no checkpoint at {ckptPath}; starting from step 0");
             else if (File.Exists(ckptPath)) report.Note($"{ckptPath} exists from an earlier run; starting over (use --resume to continue it)");
-            int[] docTokens = initKind != CartridgeInitKind.FirstK ? [] : InitDocument(a, tok, text, isDataset);
             var prefix = CartridgeInit.Create(initKind, m, tok, docTokens, p, a.Seed);
             var cart = Cartridge.ForModel(m, prefix, initKind, a.Frozen);
             cart.Objective = ntp ? "ntp" : "distill";

@@ -34,8 +34,10 @@ public sealed record ModelConfig
     public RopeStyle Rope { get; init; } = RopeStyle.Halves;
     public Llama3RopeScaling? RopeScaling { get; init; }
     public bool TiedEmbeddings { get; init; }
-    /// <summary>Qwen2: q/k/v projections carry biases.</summary>
+    /// <summary>q/k/v projections carry biases (Qwen2 always; Llama/Qwen3 when attention_bias = true).</summary>
     public bool QkvBias { get; init; }
+    /// <summary>Llama/Qwen3 with attention_bias = true: o_proj carries a bias too (<see cref="LayerWeights.Bo"/>).</summary>
+    public bool AttnOutBias { get; init; }
     /// <summary>Qwen3: per-head RMSNorm on q and k before RoPE.</summary>
     public bool QkNorm { get; init; }
     public int? BosTokenId { get; init; }

@@ -11,6 +11,8 @@ public sealed class LayerWeights
     public required float[] Wk { get; init; }         // [kv_heads*head_dim, dim]
     public required float[] Wv { get; init; }         // [kv_heads*head_dim, dim]
     public required float[] Wo { get; init; }         // [dim, heads*head_dim]
+    /// <summary>o_proj bias [dim]: only Llama/Qwen3 configs with attention_bias = true (<see cref="ModelConfig.AttnOutBias"/>).</summary>
+    public float[]? Bo { get; init; }
     public float[]? Bq { get; init; }                 // [heads*head_dim]    (Qwen2)
     public float[]? Bk { get; init; }                 // [kv_heads*head_dim] (Qwen2)
     public float[]? Bv { get; init; }                 // [kv_heads*head_dim] (Qwen2)

@@ -46,11 +46,18 @@ public sealed class CartridgeBackprop
     // LM head blocks
     readonly float[] _logits, _xb, _dxb, _invF, _rowLoss; // [B, vocab], [B, dim], [B, dim], [B], [B]
     int[] _tRow = [], _tSeq = [], _tPos = [];           // [cap] target rows of the current batch
-    // attention scratch, [T, p+T]; grows to the largest sequence seen
-    float[] _s = [], _dp = [];
+    // attention scratch: S and dP blocks [rows, p+T]; packed q, o (or dO) and dq of one KV group [T, group·head_dim].
+    // They grow to the largest sequence seen.
+    float[] _s = [], _dp = [], _qp = [], _op = [], _dqp = [];
 
     readonly List<Seq> _seqs = new();
     record struct Seq(int Row, int Count);
+
+    /// <summary>Where the time of the calls so far went (seconds per phase); see <see cref="Phase"/>.</summary>
+    public double[] PhaseSeconds { get; } = new double[(int)Phase.Count];
+    public enum Phase { Projections, Attention, Elementwise, LmHead, Loss, BackwardProjections, BackwardAttention, BackwardElementwise, Count }
+    long _mark;
+    void Mark(Phase p) { long now = System.Diagnostics.Stopwatch.GetTimestamp(); PhaseSeconds[(int)p] += (now - _mark) / (double)System.Diagnostics.Stopwatch.Frequency; _mark = now; }
 
     sealed class LayerSaves
     {
@@ -134,6 +141,7 @@ public sealed class CartridgeBackprop
     {
         int rows = Prepare(prefix, batch, null, null);
         if (rows == 0 || LastTargetPositions == 0) { LastLossSum = 0; return 0f; }
+        _mark = System.Diagnostics.Stopwatch.GetTimestamp();
         var x = Forward(prefix, rows, save: false);
         double sum = Head(x, rows, grad: false, 0f);
         LastLossSum = sum;
@@ -156,6 +164,7 @@ public sealed class CartridgeBackprop
             for (int l = 0; l < _c.Layers; l++) { Array.Clear(dKeys[l]); Array.Clear(dValues[l]); }
         if (rows == 0 || LastTargetPositions == 0) { LastLossSum = 0; return 0f; }
         float inv = 1f / (divisor > 0 ? divisor : LastTargetPositions);
+        _mark = System.Diagnostics.Stopwatch.GetTimestamp();
         var x = Forward(prefix, rows, save: true);
         double sum = Head(x, rows, grad: true, inv);
         LastLossSum = sum;
@@ -215,8 +224,15 @@ public sealed class CartridgeBackprop
             row += T;
         }
         _batch = batch;
-        long att = (long)maxT * (p + maxT);
+        int group = _c.Heads / _c.KvHeads;
+        long att = (long)Math.Min(maxT, TokenBlock(group)) * group * (p + maxT);
         if (_s.Length < att) { _s = GC.AllocateUninitializedArray<float>(checked((int)att)); if (_training) _dp = GC.AllocateUninitializedArray<float>(_s.Length); }
+        long packed = (long)maxT * group * _c.HeadDim;
+        if (_qp.Length < packed)
+        {
+            _qp = GC.AllocateUninitializedArray<float>(checked((int)packed)); _op = GC.AllocateUninitializedArray<float>(_qp.Length);
+            if (_training) _dqp = GC.AllocateUninitializedArray<float>(_qp.Length);
+        }
         return rows;
     }
 
@@ -245,10 +261,12 @@ public sealed class CartridgeBackprop
                 for (int r = r0; r < r1; r++)
                     sv.Inv1[r] = Ops.RmsNorm(xin.AsSpan(r * dim, dim), w.AttnNorm, eps, _xn.AsSpan(r * dim, dim));
             });
+            Mark(Phase.Elementwise);
             var xn = _xn.AsSpan(0, rows * dim);
             Ops.Linear(xn, rows, w.Wq, qd, dim, (sv.QPre ?? sv.Q).AsSpan(0, rows * qd), w.Bq);
             Ops.Linear(xn, rows, w.Wk, kvd, dim, (sv.KPre ?? sv.K).AsSpan(0, rows * kvd), w.Bk);
             Ops.Linear(xn, rows, w.Wv, kvd, dim, sv.V.AsSpan(0, rows * kvd), w.Bv);
+            Mark(Phase.Projections);
             ParallelRows(rows, (r0, r1) =>
             {
                 for (int r = r0; r < r1; r++)
@@ -268,11 +286,14 @@ public sealed class CartridgeBackprop
                     }
                 }
             });
+            Mark(Phase.Elementwise);
             foreach (var sq in _seqs)
-                for (int h = 0; h < heads; h++)
-                    AttendForward(prefix, l, sv, sq, h);
+                for (int g = 0; g < kvHeads; g++)
+                    AttendForward(prefix, l, sv, sq, g);
+            Mark(Phase.Attention);
             if (xmid != xin) xin.AsSpan(0, rows * dim).CopyTo(xmid);
             Blas.Sgemm(false, true, rows, dim, qd, 1f, _att, qd, w.Wo, qd, 1f, xmid, dim);
+            Mark(Phase.Projections);
 
             // ---- MLP block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
             ParallelRows(rows, (r0, r1) =>
@@ -280,8 +301,10 @@ public sealed class CartridgeBackprop
                 for (int r = r0; r < r1; r++)
                     sv.Inv2[r] = Ops.RmsNorm(xmid.AsSpan(r * dim, dim), w.FfnNorm, eps, _xn.AsSpan(r * dim, dim));
             });
+            Mark(Phase.Elementwise);
             Ops.Linear(xn, rows, w.WGate, hidden, dim, sv.Gate.AsSpan(0, rows * hidden));
             Ops.Linear(xn, rows, w.WUp, hidden, dim, sv.Up.AsSpan(0, rows * hidden));
+            Mark(Phase.Projections);
             ParallelRows(rows, (r0, r1) =>
             {
                 var g = sv.Gate.AsSpan(r0 * hidden, (r1 - r0) * hidden);
@@ -292,46 +315,82 @@ public sealed class CartridgeBackprop
                 TensorPrimitives.Multiply(h, u, h); // silu(g)·u
             });
             if (xout != xmid) xmid.AsSpan(0, rows * dim).CopyTo(xout);
+            Mark(Phase.Elementwise);
             Blas.Sgemm(false, true, rows, dim, hidden, 1f, _h, hidden, w.WDown, hidden, 1f, xout, dim);
+            Mark(Phase.Projections);
         }
         return save ? _xF : _saves[0].XIn;
     }
 
     /// <summary>
-    /// One head of one sequence: S = scale·Q_h·[Kp; Kt]ᵀ (causal over the tokens), P = softmax(S), O_h = P·[Vp; Vt].
+    /// Attention of the query heads of KV group g for one sequence. Their queries are packed as rows (t, j)
+    /// (token t, j-th head of the group), so one SGEMM serves the whole group (GQA), and processed in blocks of
+    /// consecutive tokens [t0, t1): such a block sees the prefix and tokens 0..t1-1 only, so the masked upper
+    /// triangle beyond the block is never computed. Per block:
+    ///   S = scale·Q·[Kp; Kt[:t1]]ᵀ,  P = softmax(S) (causal),  O = P·[Vp; Vt[:t1]].
     /// The prefix and token parts are separate SGEMMs writing side by side into S (no concatenation).
     /// </summary>
-    void AttendForward(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int h)
+    void AttendForward(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int g)
     {
-        int p = prefix.Length, T = sq.Count, L = p + T, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim;
-        int g = h / (_c.Heads / _c.KvHeads);
-        var S = _s.AsSpan(0, T * L);
-        Probabilities(prefix, l, sv, sq, h, S);
-        var o = _att.AsSpan(sq.Row * qd + h * hd);
-        if (p > 0) Blas.Sgemm(false, false, T, hd, p, 1f, S, L, prefix.Values[l].AsSpan(g * p * hd, p * hd), hd, 0f, o, qd);
-        Blas.Sgemm(false, false, T, hd, T, 1f, S.Slice(p), L, sv.V.AsSpan(sq.Row * kvd + g * hd), kvd, p > 0 ? 1f : 0f, o, qd);
+        int p = prefix.Length, T = sq.Count, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim;
+        int group = _c.Heads / _c.KvHeads, gw = group * hd; // gw: width of the group's columns in a q row
+        var vp = prefix.Values[l].AsSpan(g * p * hd, p * hd);
+        var vt = sv.V.AsSpan(sq.Row * kvd + g * hd);
+        Pack(sv.Q, qd, sq, g * gw, gw, _qp);
+        int tb = TokenBlock(group);
+        for (int t0 = 0; t0 < T; t0 += tb)
+        {
+            int t1 = Math.Min(T, t0 + tb), m = (t1 - t0) * group, L = p + t1;
+            var S = _s.AsSpan(0, m * L);
+            Probabilities(prefix, l, sv, sq, g, t0, t1, S);
+            var o = _op.AsSpan(t0 * gw, m * hd);
+            if (p > 0) Blas.Sgemm(false, false, m, hd, p, 1f, S, L, vp, hd, 0f, o, hd);
+            Blas.Sgemm(false, false, m, hd, t1, 1f, S.Slice(p), L, vt, kvd, p > 0 ? 1f : 0f, o, hd);
+        }
+        Unpack(_op, gw, sq, g * gw, _att, qd);
     }
 
-    /// <summary>P [T, p+T] of one head: scores, causal mask (zeros past the diagonal), row softmax.</summary>
-    void Probabilities(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int h, Span<float> S)
+    /// <summary>
+    /// Packed query rows per attention block (tokens per block × group size). Larger blocks give larger SGEMMs,
+    /// smaller ones skip more of the causal triangle; 384 suits 2-core CPUs. Tests set it small to exercise blocking.
+    /// </summary>
+    internal int AttentionBlockRows { get; set; } = 384;
+
+    int TokenBlock(int group) => Math.Max(1, (AttentionBlockRows + group - 1) / group);
+
+    /// <summary>P [(t1-t0)·group, p+t1] for the packed queries in _qp: scores, causal mask, row softmax.</summary>
+    void Probabilities(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int g, int t0, int t1, Span<float> S)
     {
-        int p = prefix.Length, T = sq.Count, L = p + T, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim;
-        int g = h / (_c.Heads / _c.KvHeads);
+        int p = prefix.Length, hd = _c.HeadDim, kvd = _c.KvDim, group = _c.Heads / _c.KvHeads;
+        int m = (t1 - t0) * group, L = p + t1;
         float scale = 1f / MathF.Sqrt(hd);
-        var q = sv.Q.AsSpan(sq.Row * qd + h * hd);
-        if (p > 0) Blas.Sgemm(false, true, T, p, hd, scale, q, qd, prefix.Keys[l].AsSpan(g * p * hd, p * hd), hd, 0f, S, L);
-        Blas.Sgemm(false, true, T, T, hd, scale, q, qd, sv.K.AsSpan(sq.Row * kvd + g * hd), kvd, 0f, S.Slice(p), L);
+        var q = _qp.AsSpan(t0 * group * hd, m * hd);
+        if (p > 0) Blas.Sgemm(false, true, m, p, hd, scale, q, hd, prefix.Keys[l].AsSpan(g * p * hd, p * hd), hd, 0f, S, L);
+        Blas.Sgemm(false, true, m, t1, hd, scale, q, hd, sv.K.AsSpan(sq.Row * kvd + g * hd), kvd, 0f, S.Slice(p), L);
         var s = _s;
-        ParallelRows(T, (i0, i1) =>
+        ParallelRows(m, (i0, i1) =>
         {
             for (int i = i0; i < i1; i++)
             {
-                int visible = p + i + 1;
+                int visible = p + t0 + i / group + 1;
                 var row = s.AsSpan(i * L, L);
                 Ops.Softmax(row.Slice(0, visible));
                 row.Slice(visible).Clear();
             }
         });
+    }
+
+    /// <summary>dst[(t, j)] rows of width w = src[row0+t][col .. col+w) for the sequence's tokens.</summary>
+    static void Pack(float[] src, int srcStride, Seq sq, int col, int w, float[] dst)
+    {
+        for (int t = 0; t < sq.Count; t++)
+            src.AsSpan((sq.Row + t) * srcStride + col, w).CopyTo(dst.AsSpan(t * w, w));
+    }
+
+    static void Unpack(float[] src, int w, Seq sq, int col, float[] dst, int dstStride)
+    {
+        for (int t = 0; t < sq.Count; t++)
+            src.AsSpan(t * w, w).CopyTo(dst.AsSpan((sq.Row + t) * dstStride + col, w));
     }
 
     /// <summary>
@@ -352,7 +411,9 @@ public sealed class CartridgeBackprop
                 for (int i = i0; i < i1; i++)
                     _invF[i] = Ops.RmsNorm(x.AsSpan(_tRow[b0 + i] * dim, dim), _w.FinalNorm, eps, _xb.AsSpan(i * dim, dim));
             });
+            Mark(Phase.Elementwise);
             Ops.Linear(_xb.AsSpan(0, nb * dim), nb, _w.LmHead, vocab, dim, _logits.AsSpan(0, nb * vocab));
+            Mark(Phase.LmHead);
             var batch = _batch;
             ParallelRows(nb, (i0, i1) =>
             {
@@ -364,9 +425,11 @@ public sealed class CartridgeBackprop
                 }
             });
             for (int i = 0; i < nb; i++) sum += _rowLoss[i];
+            Mark(Phase.Loss);
             if (!grad) continue;
             // dxn = dlogits · W   ([nb, vocab] · [vocab, dim])
             Blas.Sgemm(false, false, nb, dim, vocab, 1f, _logits, vocab, _w.LmHead, dim, 0f, _dxb, dim);
+            Mark(Phase.LmHead);
             ParallelRows(nb, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++)
@@ -393,12 +456,16 @@ public sealed class CartridgeBackprop
             // _dx holds dLoss/d(layer output).
 
             // ---- MLP: out = mid + Wdown·(silu(g)·u), g = Wg·n2, u = Wu·n2, n2 = norm(mid)
+            Mark(Phase.BackwardElementwise);
             Blas.Sgemm(false, false, rows, hidden, dim, 1f, _dx, dim, w.WDown, hidden, 0f, _dg, hidden); // dh
+            Mark(Phase.BackwardProjections);
             ParallelRows(rows, (r0, r1) =>
                 SwiGluBackward(sv.Gate.AsSpan(r0 * hidden, (r1 - r0) * hidden), sv.Up.AsSpan(r0 * hidden, (r1 - r0) * hidden),
                     _dg.AsSpan(r0 * hidden, (r1 - r0) * hidden), _du.AsSpan(r0 * hidden, (r1 - r0) * hidden)));
+            Mark(Phase.BackwardElementwise);
             Blas.Sgemm(false, false, rows, dim, hidden, 1f, _dg, hidden, w.WGate, dim, 0f, _dxn, dim);
             Blas.Sgemm(false, false, rows, dim, hidden, 1f, _du, hidden, w.WUp, dim, 1f, _dxn, dim);
+            Mark(Phase.BackwardProjections);
             ParallelRows(rows, (r0, r1) =>
             {
                 for (int r = r0; r < r1; r++)
@@ -407,12 +474,15 @@ public sealed class CartridgeBackprop
             // _dx now holds dLoss/d(mid).
 
             // ---- attention: mid = in + Wo·att
+            Mark(Phase.BackwardElementwise);
             Blas.Sgemm(false, false, rows, qd, dim, 1f, _dx, dim, w.Wo, qd, 0f, _dAtt, qd);
+            Mark(Phase.BackwardProjections);
             bool bottom = l == 0; // below layer 0 only the prefix gradient is wanted: skip dq and token dk/dv
             if (!bottom) { Array.Clear(_dk, 0, rows * kvd); Array.Clear(_dv, 0, rows * kvd); }
             foreach (var sq in _seqs)
-                for (int h = 0; h < heads; h++)
-                    AttendBackward(prefix, l, sv, sq, h, dKeys[l], dValues[l], bottom);
+                for (int g = 0; g < kvHeads; g++)
+                    AttendBackward(prefix, l, sv, sq, g, dKeys[l], dValues[l], bottom);
+            Mark(Phase.BackwardAttention);
             if (bottom) break;
 
             // RoPE backward (inverse rotation), then the Qwen3 per-head RMSNorm backward.
@@ -436,9 +506,11 @@ public sealed class CartridgeBackprop
                 }
             });
             // dn1 = dq·Wq + dk·Wk + dv·Wv
+            Mark(Phase.BackwardElementwise);
             Blas.Sgemm(false, false, rows, dim, qd, 1f, _dq, qd, w.Wq, dim, 0f, _dxn, dim);
             Blas.Sgemm(false, false, rows, dim, kvd, 1f, _dk, kvd, w.Wk, dim, 1f, _dxn, dim);
             Blas.Sgemm(false, false, rows, dim, kvd, 1f, _dv, kvd, w.Wv, dim, 1f, _dxn, dim);
+            Mark(Phase.BackwardProjections);
             ParallelRows(rows, (r0, r1) =>
             {
                 for (int r = r0; r < r1; r++)
@@ -446,58 +518,69 @@ public sealed class CartridgeBackprop
             });
             // _dx now holds dLoss/d(layer input) = dLoss/d(output of layer l-1).
         }
+        Mark(Phase.BackwardElementwise);
     }
 
     /// <summary>
-    /// Backward of one head of one sequence, with P recomputed:
+    /// Backward of one KV group of one sequence (same packing and token blocks as <see cref="AttendForward"/>),
+    /// with P recomputed:
     ///   dP = dO·Vᵀ;  dS = P∘(dP − rowsum(P∘dP));  dV += Pᵀ·dO;  dK += scale·dSᵀ·Q;  dQ = scale·dS·K.
-    /// The prefix parts go to dKp/dVp (summed over the query heads of the group by accumulation);
-    /// the token parts to _dk/_dv/_dq (skipped at the bottom layer).
+    /// The sums over the group's query heads (GQA) happen inside the SGEMMs (their rows are stacked).
+    /// The prefix parts go to dKp/dVp; the token parts to _dk/_dv/_dq (skipped at the bottom layer).
     /// </summary>
-    void AttendBackward(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int h, float[] dKp, float[] dVp, bool bottom)
+    void AttendBackward(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int g, float[] dKp, float[] dVp, bool bottom)
     {
-        int p = prefix.Length, T = sq.Count, L = p + T, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim;
-        int g = h / (_c.Heads / _c.KvHeads);
+        int p = prefix.Length, T = sq.Count, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim;
+        int group = _c.Heads / _c.KvHeads, gw = group * hd;
         float scale = 1f / MathF.Sqrt(hd);
-        var P = _s.AsSpan(0, T * L);
-        var dS = _dp.AsSpan(0, T * L);
-        Probabilities(prefix, l, sv, sq, h, P);
-
-        var dO = _dAtt.AsSpan(sq.Row * qd + h * hd);
-        var q = sv.Q.AsSpan(sq.Row * qd + h * hd);
         var kp = prefix.Keys[l].AsSpan(g * p * hd, p * hd); var vp = prefix.Values[l].AsSpan(g * p * hd, p * hd);
+        var dkp = dKp.AsSpan(g * p * hd, p * hd); var dvp = dVp.AsSpan(g * p * hd, p * hd);
         var kt = sv.K.AsSpan(sq.Row * kvd + g * hd); var vt = sv.V.AsSpan(sq.Row * kvd + g * hd);
-
-        // dP [T, L] = dO [T, hd] · [Vp; Vt]ᵀ
-        if (p > 0) Blas.Sgemm(false, true, T, p, hd, 1f, dO, qd, vp, hd, 0f, dS, L);
-        Blas.Sgemm(false, true, T, T, hd, 1f, dO, qd, vt, kvd, 0f, dS.Slice(p), L);
-        // dV += Pᵀ · dO
-        if (p > 0) Blas.Sgemm(true, false, p, hd, T, 1f, P, L, dO, qd, 1f, dVp.AsSpan(g * p * hd, p * hd), hd);
-        if (!bottom) Blas.Sgemm(true, false, T, hd, T, 1f, P.Slice(p), L, dO, qd, 1f, _dv.AsSpan(sq.Row * kvd + g * hd), kvd);
-        // dS = P ∘ (dP − Σ_j P·dP), zero past the diagonal
-        var s = _s; var dp = _dp;
-        ParallelRows(T, (i0, i1) =>
+        var dkt = _dk.AsSpan(sq.Row * kvd + g * hd); var dvt = _dv.AsSpan(sq.Row * kvd + g * hd);
+        Pack(sv.Q, qd, sq, g * gw, gw, _qp);
+        Pack(_dAtt, qd, sq, g * gw, gw, _op);
+        int tb = TokenBlock(group);
+        for (int t0 = 0; t0 < T; t0 += tb)
         {
-            for (int i = i0; i < i1; i++)
+            int t1 = Math.Min(T, t0 + tb), m = (t1 - t0) * group, L = p + t1;
+            var P = _s.AsSpan(0, m * L);
+            var dS = _dp.AsSpan(0, m * L);
+            Probabilities(prefix, l, sv, sq, g, t0, t1, P);
+            var q = _qp.AsSpan(t0 * gw, m * hd);
+            var dO = _op.AsSpan(t0 * gw, m * hd);
+
+            // dP [m, L] = dO [m, hd] · [Vp; Vt[:t1]]ᵀ
+            if (p > 0) Blas.Sgemm(false, true, m, p, hd, 1f, dO, hd, vp, hd, 0f, dS, L);
+            Blas.Sgemm(false, true, m, t1, hd, 1f, dO, hd, vt, kvd, 0f, dS.Slice(p), L);
+            // dV += Pᵀ · dO
+            if (p > 0) Blas.Sgemm(true, false, p, hd, m, 1f, P, L, dO, hd, 1f, dvp, hd);
+            if (!bottom) Blas.Sgemm(true, false, t1, hd, m, 1f, P.Slice(p), L, dO, hd, 1f, dvt, kvd);
+            // dS = P ∘ (dP − Σ_j P·dP), zero past the diagonal
+            var s = _s; var dp = _dp;
+            ParallelRows(m, (i0, i1) =>
             {
-                int visible = p + i + 1;
-                var pr = s.AsSpan(i * L, visible);
-                var dr = dp.AsSpan(i * L, L);
-                var dv = dr.Slice(0, visible);
-                float dot = TensorPrimitives.Dot(pr, dv);
-                TensorPrimitives.Subtract(dv, dot, dv);
-                TensorPrimitives.Multiply(dv, pr, dv);
-                dr.Slice(visible).Clear();
-            }
-        });
-        // dK += scale · dSᵀ · Q
-        if (p > 0) Blas.Sgemm(true, false, p, hd, T, scale, dS, L, q, qd, 1f, dKp.AsSpan(g * p * hd, p * hd), hd);
-        if (bottom) return;
-        Blas.Sgemm(true, false, T, hd, T, scale, dS.Slice(p), L, q, qd, 1f, _dk.AsSpan(sq.Row * kvd + g * hd), kvd);
-        // dQ = scale · dS · [Kp; Kt]
-        var dq = _dq.AsSpan(sq.Row * qd + h * hd);
-        if (p > 0) Blas.Sgemm(false, false, T, hd, p, scale, dS, L, kp, hd, 0f, dq, qd);
-        Blas.Sgemm(false, false, T, hd, T, scale, dS.Slice(p), L, kt, kvd, p > 0 ? 1f : 0f, dq, qd);
+                for (int i = i0; i < i1; i++)
+                {
+                    int visible = p + t0 + i / group + 1;
+                    var pr = s.AsSpan(i * L, visible);
+                    var dr = dp.AsSpan(i * L, L);
+                    var dv = dr.Slice(0, visible);
+                    float dot = TensorPrimitives.Dot(pr, dv);
+                    TensorPrimitives.Subtract(dv, dot, dv);
+                    TensorPrimitives.Multiply(dv, pr, dv);
+                    dr.Slice(visible).Clear();
+                }
+            });
+            // dK += scale · dSᵀ · Q
+            if (p > 0) Blas.Sgemm(true, false, p, hd, m, scale, dS, L, q, hd, 1f, dkp, hd);
+            if (bottom) continue;
+            Blas.Sgemm(true, false, t1, hd, m, scale, dS.Slice(p), L, q, hd, 1f, dkt, kvd);
+            // dQ = scale · dS · [Kp; Kt[:t1]]   (into the packed rows; dO of this block is no longer needed)
+            var dq = _dqp.AsSpan(t0 * gw, m * hd);
+            if (p > 0) Blas.Sgemm(false, false, m, hd, p, scale, dS, L, kp, hd, 0f, dq, hd);
+            Blas.Sgemm(false, false, m, hd, t1, scale, dS.Slice(p), L, kt, kvd, p > 0 ? 1f : 0f, dq, hd);
+        }
+        if (!bottom) Unpack(_dqp, gw, sq, g * gw, _dq, qd);
     }
 
     // ------------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ public static class TrainingBenchmark
         for (int l = 0; l < c.Layers; l++) { dK[l] = new float[prefix.Keys[l].Length]; dV[l] = new float[dK[l].Length]; }
 
         float loss = bp.LossAndGradient(prefix, batch, dK, dV); // warm-up (JIT, BLAS threads, page faults)
+        Array.Clear(bp.PhaseSeconds);
         var times = new double[steps];
         for (int i = 0; i < steps; i++)
         {
@@ -60,6 +61,8 @@ public static class TrainingBenchmark
             times[i] = sw.Elapsed.TotalSeconds;
             log?.Invoke($"step {i + 1}/{steps}: {times[i]:F3} s, loss {loss:F4}");
         }
+        LastPhases = Enum.GetValues<CartridgeBackprop.Phase>().Where(p => p != CartridgeBackprop.Phase.Count)
+            .ToDictionary(p => p.ToString(), p => bp.PhaseSeconds[(int)p] / steps);
         Array.Sort(times);
         double best = times[0], median = times[steps / 2];
 
@@ -78,6 +81,9 @@ public static class TrainingBenchmark
             best, median, flops / 1e9, flops / best / 1e9, rows / best, fwd, rows / fwd,
             CartridgeBackprop.ActivationBytes(c, rows), loss);
     }
+
+    /// <summary>Seconds per phase, averaged over the timed steps of the last <see cref="Run"/>.</summary>
+    public static IReadOnlyDictionary<string, double> LastPhases { get; private set; } = new Dictionary<string, double>();
 
     /// <summary>A cartridge with N(0, std²) keys and values.</summary>
     public static KvPrefix RandomPrefix(ModelConfig c, int length, Random rng, float std)

@@ -22,7 +22,8 @@ public class FiniteDifferenceTests(ITestOutputHelper output)
         var c = m.Config;
         var prefix = Tiny.Prefix(c, p, seed: 11);
         var batch = Tiny.Batch(c, seed: 5, k: 4, 9, 4, 6);
-        var bp = new CartridgeBackprop(m, maxTokens: 8);
+        // Small attention blocks so sequences span several causal blocks; maxTokens below the batch so buffers grow.
+        var bp = new CartridgeBackprop(m, maxTokens: 8) { AttentionBlockRows = 8 };
         var (dK, dV) = Tiny.GradBuffers(prefix);
         float loss32 = bp.LossAndGradient(prefix, batch, dK, dV);
 

@@ -1,0 +1,181 @@
+using Cas.Engine;
+using Cas.Engine.Models;
+
+namespace Cas.Training.Tests.Training;
+
+public class CartridgeBackpropTests
+{
+    /// <summary>
+    /// The training forward agrees with the engine's inference forward: logits from Transformer.ForwardAll over a
+    /// KvCache holding the cartridge, scored with DistillationLoss, give the same mean loss (float32, 1e-5 relative).
+    /// </summary>
+    [Theory]
+    [InlineData(Architecture.Llama, RopeStyle.Halves)]
+    [InlineData(Architecture.Qwen2, RopeStyle.Interleaved)]
+    [InlineData(Architecture.Qwen3, RopeStyle.Halves)]
+    public void LossEqualsEngineForward(Architecture arch, RopeStyle rope)
+    {
+        var m = Tiny.Create(arch, rope);
+        var c = m.Config;
+        var prefix = Tiny.Prefix(c, 6, seed: 2);
+        var batch = Tiny.Batch(c, seed: 9, k: 3, 10, 3, 17);
+
+        double sum = 0; int n = 0;
+        var t = new Transformer(m);
+        foreach (var s in batch)
+        {
+            var cache = new KvCache(c, prefix.Length + s.Tokens.Length, prefix);
+            var logits = new float[s.Tokens.Length * c.VocabSize];
+            t.ForwardAll(cache, s.Tokens, logits);
+            for (int i = 0; i < s.Tokens.Length; i++)
+                if (s.Targets.HasTarget(i))
+                {
+                    sum += DistillationLoss.Compute(logits.AsSpan(i * c.VocabSize, c.VocabSize), s.Targets.IdsAt(i), s.Targets.LogProbsAt(i), default);
+                    n++;
+                }
+        }
+        double expect = sum / n;
+
+        var train = new CartridgeBackprop(m, maxTokens: 64) { AttentionBlockRows = 8 };
+        var (dK, dV) = Tiny.GradBuffers(prefix);
+        float withGrad = train.LossAndGradient(prefix, batch, dK, dV);
+        float trainLoss = train.Loss(prefix, batch);
+        float evalLoss = new CartridgeBackprop(m, maxTokens: 4, training: false).Loss(prefix, batch);
+        Assert.Equal(n, train.LastTargetPositions);
+        foreach (var (what, v) in new[] { ("LossAndGradient", withGrad), ("Loss", trainLoss), ("loss-only instance", evalLoss) })
+            Assert.True(Math.Abs(v - expect) <= 1e-5 * Math.Abs(expect), $"{what}: {v} vs engine {expect}");
+    }
+
+    /// <summary>
+    /// Micro-batches: gradients of two halves accumulated with the total divisor equal the gradient of the whole
+    /// batch (1e-5 of the max-abs gradient), and the losses add up. Also checks that accumulate: false overwrites.
+    /// </summary>
+    [Fact]
+    public void AccumulatedMicroBatchesEqualTheWholeBatch()
+    {
+        var m = Tiny.Create(Architecture.Qwen2, RopeStyle.Halves);
+        var c = m.Config;
+        var prefix = Tiny.Prefix(c, 5, seed: 4);
+        var batch = Tiny.Batch(c, seed: 3, k: 4, 8, 5, 11, 6);
+        var bp = new CartridgeBackprop(m, maxTokens: 32);
+
+        var (wk, wv) = Tiny.GradBuffers(prefix);
+        float whole = bp.LossAndGradient(prefix, batch, wk, wv);
+        int total = bp.LastTargetPositions;
+
+        var (ak, av) = Tiny.GradBuffers(prefix);
+        foreach (var g in ak.Concat(av)) Array.Fill(g, 123f); // must be overwritten by the first call
+        float a = bp.LossAndGradient(prefix, batch[..2], ak, av, accumulate: false, divisor: total);
+        float b = bp.LossAndGradient(prefix, batch[2..], ak, av, accumulate: true, divisor: total);
+        Assert.True(Math.Abs(a + b - whole) <= 1e-5 * Math.Abs(whole), $"{a} + {b} vs {whole}");
+        for (int l = 0; l < c.Layers; l++)
+            foreach (var (x, y) in new[] { (wk[l], ak[l]), (wv[l], av[l]) })
+            {
+                float max = x.Max(Math.Abs);
+                Assert.True(max > 0);
+                for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - y[i]) <= 1e-5f * max, $"layer {l} [{i}]: {x[i]} vs {y[i]}");
+            }
+    }
+
+    /// <summary>Packed sequences do not see each other: the batch's loss sum is the sum of each sequence's alone.</summary>
+    [Fact]
+    public void PackedSequencesAreIndependent()
+    {
+        var m = Tiny.Create(Architecture.Llama, RopeStyle.Halves, kvHeads: 1);
+        var prefix = Tiny.Prefix(m.Config, 4, seed: 8);
+        var batch = Tiny.Batch(m.Config, seed: 6, k: 2, 12, 7, 9);
+        var bp = new CartridgeBackprop(m, 64, training: false);
+        bp.Loss(prefix, batch);
+        double together = bp.LastLossSum, alone = 0;
+        foreach (var s in batch) { bp.Loss(prefix, [s]); alone += bp.LastLossSum; }
+        Assert.True(Math.Abs(together - alone) <= 1e-5 * Math.Abs(alone), $"{together} vs {alone}");
+    }
+
+    /// <summary>A few plain SGD steps on the prefix with our gradient lower the loss on a fixed batch, every step.</summary>
+    [Theory]
+    [InlineData(Architecture.Llama)]
+    [InlineData(Architecture.Qwen3)]
+    public void GradientDescentLowersTheLoss(Architecture arch)
+    {
+        var m = Tiny.Create(arch, RopeStyle.Halves);
+        var c = m.Config;
+        var prefix = Tiny.Prefix(c, 8, seed: 1);
+        var batch = Tiny.Batch(c, seed: 2, k: 5, 14, 9);
+        var bp = new CartridgeBackprop(m, 32);
+        var (dK, dV) = Tiny.GradBuffers(prefix);
+        float first = bp.LossAndGradient(prefix, batch, dK, dV), last = first;
+        for (int step = 0; step < 6; step++)
+        {
+            for (int l = 0; l < c.Layers; l++)
+                for (int i = 0; i < dK[l].Length; i++) { prefix.Keys[l][i] -= 2f * dK[l][i]; prefix.Values[l][i] -= 2f * dV[l][i]; }
+            float loss = bp.LossAndGradient(prefix, batch, dK, dV);
+            Assert.True(loss < last, $"step {step}: loss went from {last} to {loss}");
+            last = loss;
+        }
+        Assert.True(last < first - 1e-3f, $"loss only moved from {first} to {last}");
+    }
+
+    /// <summary>An empty cartridge (p = 0) is plain causal LM training: loss equals the float64 reference.</summary>
+    [Fact]
+    public void EmptyPrefixWorks()
+    {
+        var m = Tiny.Create(Architecture.Qwen3, RopeStyle.Interleaved);
+        var prefix = KvPrefix.Zeros(m.Config, 0);
+        var batch = Tiny.Batch(m.Config, seed: 4, k: 3, 6, 10);
+        var (dK, dV) = Tiny.GradBuffers(prefix);
+        float loss = new CartridgeBackprop(m, 16) { AttentionBlockRows = 4 }.LossAndGradient(prefix, batch, dK, dV);
+        double expect = Reference64.Loss(m, Tiny.ToDouble(prefix.Keys), Tiny.ToDouble(prefix.Values), 0, batch);
+        Assert.True(Math.Abs(loss - expect) <= 1e-4 * expect, $"{loss} vs {expect}");
+    }
+
+    [Fact]
+    public void BadInputsAreRejectedWithClearErrors()
+    {
+        var m = Tiny.Create(Architecture.Llama, RopeStyle.Halves);
+        var c = m.Config;
+        var prefix = Tiny.Prefix(c, 4, seed: 1);
+        var bp = new CartridgeBackprop(m, 16);
+        var (dK, dV) = Tiny.GradBuffers(prefix);
+
+        var e = Assert.Throws<InvalidRequestException>(() => bp.Loss(prefix, [TrainingSequence.NextToken([1, 2, c.VocabSize])]));
+        Assert.Contains("vocabulary", e.Message);
+        var far = new TrainingSequence([1, 2], new SparseTargets([0, 1, 1], [c.VocabSize + 5], [0f]));
+        Assert.Contains("target token id", Assert.Throws<InvalidRequestException>(() => bp.Loss(prefix, [far])).Message);
+        var tooLong = TrainingSequence.NextToken(new int[c.MaxSeqLen - 3]);
+        Assert.Contains("context", Assert.Throws<InvalidRequestException>(() => bp.Loss(prefix, [tooLong])).Message);
+        var otherShape = KvPrefix.Zeros(c with { KvHeads = 4 }, 4);
+        Assert.Contains("does not match the model", Assert.Throws<InvalidRequestException>(() => bp.Loss(otherShape, [TrainingSequence.NextToken([1, 2])])).Message);
+        var (smallK, smallV) = Tiny.GradBuffers(KvPrefix.Zeros(c, 3));
+        Assert.Throws<ArgumentException>(() => bp.LossAndGradient(prefix, [TrainingSequence.NextToken([1, 2])], smallK, smallV));
+        Assert.Throws<InvalidOperationException>(() => new CartridgeBackprop(m, 4, training: false).LossAndGradient(prefix, [TrainingSequence.NextToken([1, 2])], dK, dV));
+    }
+
+    /// <summary>A batch without any target has loss 0 and (when not accumulating) a zero gradient.</summary>
+    [Fact]
+    public void NoTargetsGiveZero()
+    {
+        var m = Tiny.Create(Architecture.Llama, RopeStyle.Halves);
+        var prefix = Tiny.Prefix(m.Config, 4, seed: 1);
+        var (dK, dV) = Tiny.GradBuffers(prefix);
+        Array.Fill(dK[0], 1f);
+        var seq = new TrainingSequence([3, 4, 5], SparseTargets.None(3));
+        Assert.Equal(0f, new CartridgeBackprop(m, 8).LossAndGradient(prefix, [seq], dK, dV));
+        Assert.All(dK[0], v => Assert.Equal(0f, v));
+    }
+
+    /// <summary>The benchmark entry point runs on a small shape and reports self-consistent figures.</summary>
+    [Fact]
+    public void BenchmarkReportsConsistentFigures()
+    {
+        var r = TrainingBenchmark.Run(Tiny.Config(Architecture.Llama, RopeStyle.Halves) with { MaxSeqLen = 256 },
+            prefixLength: 16, sequences: 2, sequenceLength: 24, topK: 4, steps: 2);
+        Assert.True(r.SecondsPerStep > 0 && r.SecondsPerStep <= r.MedianSecondsPerStep);
+        Assert.Equal(r.GFlopPerStep / r.SecondsPerStep, r.GFlops, 6);
+        Assert.Equal(48 / r.SecondsPerStep, r.TokensPerSecond, 6);
+        Assert.True(float.IsFinite(r.Loss) && r.Loss > 0);
+        // StepFlops counts the LM head on all 48 target positions, forward and backward.
+        var c = Tiny.Config(Architecture.Llama, RopeStyle.Halves);
+        double withHead = CartridgeBackprop.StepFlops(c, 16, [24, 24], 48), noHead = CartridgeBackprop.StepFlops(c, 16, [24, 24], 0);
+        Assert.Equal(4.0 * 48 * c.Dim * c.VocabSize, withHead - noHead, 6);
+    }
+}

@@ -1,0 +1,99 @@
+using System.Text.Json;
+using Cas.Engine;
+using Cas.Engine.Compute;
+using Cas.Engine.Models;
+using Cas.Tests.Common;
+
+namespace Cas.Training.Tests.Training;
+
+/// <summary>
+/// Loss and prefix gradient against PyTorch float64 autograd (tests/reference/make_backprop_goldens.py) on tiny
+/// Hugging Face folders loaded with <see cref="ModelLoader"/>: Llama (GQA, tied), Qwen2 (biases), Qwen3 (q/k norm,
+/// explicit head_dim). Two sequences of different lengths packed in one batch, sparse top-5 targets, masked positions.
+/// </summary>
+public class TorchGoldenTests(ITestOutputHelper output)
+{
+    [Theory]
+    [InlineData("llama", BlasBackend.Managed)]
+    [InlineData("qwen2", BlasBackend.Managed)]
+    [InlineData("qwen3", BlasBackend.Managed)]
+    [InlineData("llama", BlasBackend.Blis)]
+    [InlineData("qwen3", BlasBackend.Blis)]
+    [InlineData("qwen2", BlasBackend.OpenBlas)]
+    public void LossAndGradientMatchPyTorch(string arch, BlasBackend backend)
+    {
+        if (!Blas.TryUse(backend)) Assert.Skip($"{backend} is not installed here.");
+        try { Check(arch); }
+        finally { Blas.TryUse(BlasBackend.Managed); } // the assembly's default (see TestSetup)
+    }
+
+    void Check(string arch)
+    {
+        string dir = Path.Combine(TestPaths.RepoRoot, "tests", "goldens", "backprop", arch);
+        var model = ModelLoader.Load(dir);
+        var c = model.Config;
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
+        var root = doc.RootElement;
+        int p = root.GetProperty("prefix_length").GetInt32();
+        Assert.Equal(c.Layers, root.GetProperty("layers").GetInt32());
+        Assert.Equal(c.HeadDim, root.GetProperty("head_dim").GetInt32());
+
+        var batch = new List<TrainingSequence>();
+        foreach (var s in root.GetProperty("sequences").EnumerateArray())
+        {
+            int[] Ints(string n) => s.GetProperty(n).EnumerateArray().Select(e => e.GetInt32()).ToArray();
+            var lps = s.GetProperty("log_probs").EnumerateArray().Select(e => (float)e.GetDouble()).ToArray();
+            batch.Add(new TrainingSequence(Ints("tokens"), new SparseTargets(Ints("offsets"), Ints("ids"), lps)));
+        }
+        Assert.Equal(2, batch.Count);
+        Assert.NotEqual(batch[0].Tokens.Length, batch[1].Tokens.Length);
+
+        var prefix = new KvPrefix(c.Layers, c.KvHeads, c.HeadDim, p,
+            Split(ReadF32(Path.Combine(dir, "prefix_k.f32")), c.Layers), Split(ReadF32(Path.Combine(dir, "prefix_v.f32")), c.Layers));
+        var gk = Split(ReadF64(Path.Combine(dir, "grad_k.f64")), c.Layers);
+        var gv = Split(ReadF64(Path.Combine(dir, "grad_v.f64")), c.Layers);
+
+        var bp = new CartridgeBackprop(model, maxTokens: 32) { AttentionBlockRows = 10 };
+        var (dK, dV) = Tiny.GradBuffers(prefix);
+        float loss = bp.LossAndGradient(prefix, batch, dK, dV);
+
+        // Loss: 1e-4 relative. The divisor is the number of positions with targets.
+        double refLoss = root.GetProperty("loss").GetDouble();
+        Assert.Equal(root.GetProperty("target_positions").GetInt32(), bp.LastTargetPositions);
+        Assert.True(Math.Abs(loss - refLoss) <= 1e-4 * Math.Abs(refLoss), $"{arch}: loss {loss} vs PyTorch {refLoss}");
+
+        // Gradient: per tensor (layer, K or V), max |ours − torch| ≤ 1e-3 · max |torch|.
+        for (int l = 0; l < c.Layers; l++)
+            foreach (var (name, ours, theirs) in new[] { ("K", dK[l], gk[l]), ("V", dV[l], gv[l]) })
+            {
+                double maxRef = theirs.Max(Math.Abs), maxErr = 0;
+                for (int i = 0; i < theirs.Length; i++) maxErr = Math.Max(maxErr, Math.Abs(ours[i] - theirs[i]));
+                output.WriteLine($"{arch} layer {l} d{name}: max|ref| {maxRef:E3} max err {maxErr:E3} ({maxErr / maxRef:E2})");
+                Assert.True(maxRef > 1e-6, "the reference gradient is ~0; the golden would be vacuous");
+                Assert.True(maxErr <= 1e-3 * maxRef, $"{arch} layer {l} d{name}: max error {maxErr:E3} > 1e-3 × {maxRef:E3}");
+            }
+        output.WriteLine($"{arch}: loss {loss} vs {refLoss}");
+    }
+
+    static float[] ReadF32(string path)
+    {
+        var b = File.ReadAllBytes(path);
+        var a = new float[b.Length / 4];
+        for (int i = 0; i < a.Length; i++) a[i] = BitConverter.ToSingle(b, 4 * i); // little-endian files, little-endian CPUs
+        return a;
+    }
+
+    static double[] ReadF64(string path)
+    {
+        var b = File.ReadAllBytes(path);
+        var a = new double[b.Length / 8];
+        for (int i = 0; i < a.Length; i++) a[i] = BitConverter.ToDouble(b, 8 * i);
+        return a;
+    }
+
+    static T[][] Split<T>(T[] all, int layers)
+    {
+        int n = all.Length / layers;
+        return Enumerable.Range(0, layers).Select(l => all.AsSpan(l * n, n).ToArray()).ToArray();
+    }
+}

@@ -1,0 +1,202 @@
+using System.Collections.Concurrent;
+using System.Text;
+using System.Text.Json;
+
+namespace Cas.Engine.Tokenizers;
+
+/// <summary>
+/// Byte-pair encoding over one pre-token, merges applied lowest rank first (leftmost on ties), as
+/// Tokenizers.js and the Rust crate do. Symbols are interned strings; merges map a pair of symbols
+/// to (rank, merged symbol). Results are cached per pre-token in a bounded cache.
+/// </summary>
+internal sealed class BpeModel
+{
+    readonly Dictionary<string, int> _symbolIds = new(StringComparer.Ordinal);
+    readonly List<string> _symbols = new();
+    readonly Dictionary<long, (int Rank, int Merged)> _merges = new();
+    readonly Dictionary<string, int> _tokenToId;           // tokens_to_ids (added tokens included)
+    readonly int[] _byteTokenIds = new int[256];            // <0xNN> ids when byte_fallback, else -1
+    readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    const int CacheCapacity = 50_000;
+
+    public readonly string? UnkToken;
+    public readonly bool ByteFallback;
+    public readonly bool IgnoreMerges;
+    public readonly bool FuseUnk;
+    public readonly string? EndOfWordSuffix;
+
+    /// <summary>Symbol index -> token id (or -1 when the symbol is not a vocabulary entry).</summary>
+    int[] _symbolTokenId = Array.Empty<int>();
+
+    /// <summary>Symbol index of every single UTF-16 character that is a symbol (-1 otherwise): avoids a lookup per character.</summary>
+    readonly int[] _charSymbol = new int[65536];
+
+    public BpeModel(JsonElement model, Dictionary<string, int> tokenToId)
+    {
+        _tokenToId = tokenToId;
+        UnkToken = HfJson.Str(model, "unk_token");
+        ByteFallback = HfJson.Bool(model, "byte_fallback", false);
+        IgnoreMerges = HfJson.Bool(model, "ignore_merges", false);
+        FuseUnk = HfJson.Bool(model, "fuse_unk", false);
+        EndOfWordSuffix = HfJson.Str(model, "end_of_word_suffix");
+        if (EndOfWordSuffix is { Length: 0 }) EndOfWordSuffix = null;
+        if (HfJson.Str(model, "continuing_subword_prefix") is { Length: > 0 } csp)
+            throw new ModelFormatException($"tokenizer.json model.continuing_subword_prefix \"{csp}\" is not supported (only an empty or null prefix is).");
+        if (model.TryGetProperty("dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
+            throw new ModelFormatException("tokenizer.json model.dropout > 0 (BPE dropout) is not supported for inference; set it to null.");
+
+        foreach (var tok in tokenToId.Keys) Intern(tok);
+
+        if (!model.TryGetProperty("merges", out var merges) || merges.ValueKind != JsonValueKind.Array)
+            throw new ModelFormatException("tokenizer.json model.merges is missing or not an array; a BPE model needs its merges list.");
+        int rank = 0;
+        foreach (var m in merges.EnumerateArray())
+        {
+            string a, b;
+            if (m.ValueKind == JsonValueKind.String)
+            {
+                var s = m.GetString()!;
+                int sp = s.IndexOf(' ');
+                if (sp < 0) throw new ModelFormatException($"tokenizer.json model.merges[{rank}] \"{s}\" is not of the form \"a b\".");
+                a = s[..sp];
+                int sp2 = s.IndexOf(' ', sp + 1);
+                b = sp2 < 0 ? s[(sp + 1)..] : s[(sp + 1)..sp2]; // JS split(" ", 2) keeps two parts
+            }
+            else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2
+                     && m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
+            {
+                a = m[0].GetString()!;
+                b = m[1].GetString()!;
+            }
+            else throw new ModelFormatException($"tokenizer.json model.merges[{rank}] must be \"a b\" or [\"a\", \"b\"].");
+            int ia = Intern(a), ib = Intern(b), iab = Intern(a + b);
+            _merges[Key(ia, ib)] = (rank, iab); // a later duplicate wins, as in Tokenizers.js's Map
+            rank++;
+        }
+
+        Array.Fill(_charSymbol, -1);
+        for (int i = 0; i < _symbols.Count; i++)
+            if (_symbols[i].Length == 1) _charSymbol[_symbols[i][0]] = i;
+        RefreshTokenIds();
+    }
+
+    /// <summary>Recomputes symbol -> id after the tokens_to_ids map changed (added tokens).</summary>
+    public void RefreshTokenIds()
+    {
+        _symbolTokenId = new int[_symbols.Count];
+        for (int i = 0; i < _symbols.Count; i++)
+            _symbolTokenId[i] = _tokenToId.TryGetValue(_symbols[i], out var id) ? id : -1;
+        for (int b = 0; b < 256; b++)
+            _byteTokenIds[b] = ByteFallback && _tokenToId.TryGetValue($"<0x{b:X2}>", out var id) ? id : -1;
+        _cache.Clear();
+    }
+
+    int Intern(string s)
+    {
+        if (_symbolIds.TryGetValue(s, out var id)) return id;
+        id = _symbols.Count;
+        _symbols.Add(s);
+        _symbolIds.Add(s, id);
+        return id;
+    }
+
+    static long Key(int a, int b) => ((long)a << 32) | (uint)b;
+
+    int? UnkId => UnkToken != null && _tokenToId.TryGetValue(UnkToken, out var u) ? u : null;
+
+    /// <summary>Appends the ids of one pre-token.</summary>
+    public void Encode(string preToken, List<int> output)
+    {
+        if (preToken.Length == 0) return;
+        if (IgnoreMerges && _tokenToId.TryGetValue(preToken, out var whole)) { output.Add(whole); return; }
+        if (_cache.TryGetValue(preToken, out var cached)) { output.AddRange(cached); return; }
+        var ids = EncodeUncached(preToken);
+        if (_cache.Count >= CacheCapacity) _cache.Clear();
+        _cache[preToken] = ids;
+        output.AddRange(ids);
+    }
+
+    // One symbol of the word being merged.
+    struct Sym
+    {
+        public int Symbol;   // interned symbol index, or -1 for a character outside every table
+        public int Start;    // UTF-16 offset of its first character in the pre-token
+        public int End;      // offset past its last character
+        public int Prev, Next;
+        public bool Alive;
+    }
+
+    int[] EncodeUncached(string word)
+    {
+        // Split into code points (Array.from semantics: a lone surrogate is its own character).
+        var arr = new Sym[word.Length];
+        int n = 0;
+        for (int i = 0; i < word.Length;)
+        {
+            int len = char.IsHighSurrogate(word[i]) && i + 1 < word.Length && char.IsLowSurrogate(word[i + 1]) ? 2 : 1;
+            arr[n++] = new Sym { Start = i, End = i + len, Alive = true };
+            i += len;
+        }
+        for (int k = 0; k < n; k++)
+        {
+            if (arr[k].End - arr[k].Start == 1 && (k < n - 1 || EndOfWordSuffix == null))
+                arr[k].Symbol = _charSymbol[word[arr[k].Start]];
+            else
+            {
+                string piece = word.Substring(arr[k].Start, arr[k].End - arr[k].Start);
+                if (k == n - 1 && EndOfWordSuffix != null) piece += EndOfWordSuffix;
+                arr[k].Symbol = _symbolIds.TryGetValue(piece, out var sid) ? sid : -1;
+            }
+            arr[k].Prev = k - 1;
+            arr[k].Next = k + 1 < n ? k + 1 : -1;
+        }
+
+        if (n > 1)
+        {
+            // Min-heap on (rank, position of the left symbol).
+            var heap = new PriorityQueue<(int Pos, int Left, int Right, int Merged), long>();
+            for (int k = 0; k + 1 < n; k++) Push(heap, arr, k);
+            while (heap.TryDequeue(out var top, out _))
+            {
+                ref var left = ref arr[top.Pos];
+                if (!left.Alive || left.Symbol != top.Left || left.Next < 0) continue;
+                ref var right = ref arr[left.Next];
+                if (right.Symbol != top.Right) continue;
+                left.Symbol = top.Merged;
+                left.End = right.End;
+                right.Alive = false;
+                left.Next = right.Next;
+                if (left.Next >= 0) arr[left.Next].Prev = top.Pos;
+                if (left.Prev >= 0) Push(heap, arr, left.Prev);
+                if (left.Next >= 0) Push(heap, arr, top.Pos);
+            }
+        }
+
+        var result = new List<int>(n);
+        for (int k = 0; k >= 0 && k < n; k = arr[k].Next)
+        {
+            int sym = arr[k].Symbol;
+            int id = sym >= 0 ? _symbolTokenId[sym] : -1;
+            if (id >= 0) { result.Add(id); continue; }
+            string piece = sym >= 0 ? _symbols[sym] : word.Substring(arr[k].Start, arr[k].End - arr[k].Start)
+                + (arr[k].Next < 0 && EndOfWordSuffix != null ? EndOfWordSuffix : "");
+            if (ByteFallback)
+            {
+                var bytes = Encoding.UTF8.GetBytes(piece);
+                bool all = true;
+                foreach (var b in bytes) if (_byteTokenIds[b] < 0) { all = false; break; }
+                if (all) { foreach (var b in bytes) result.Add(_byteTokenIds[b]); continue; }
+            }
+            if (UnkToken != null && UnkId is { } unk) result.Add(unk);
+        }
+        return result.ToArray();
+    }
+
+    void Push(PriorityQueue<(int Pos, int Left, int Right, int Merged), long> heap, Sym[] arr, int pos)
+    {
+        int l = arr[pos].Symbol, r = arr[arr[pos].Next].Symbol;
+        if (l < 0 || r < 0) return;
+        if (_merges.TryGetValue(Key(l, r), out var m))
+            heap.Enqueue((pos, l, r, m.Merged), ((long)m.Rank << 32) | (uint)pos);
+    }
+}

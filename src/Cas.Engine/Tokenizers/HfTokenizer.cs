@@ -1,0 +1,322 @@
+using System.Text;
+using System.Text.Json;
+
+namespace Cas.Engine.Tokenizers;
+
+/// <summary>One entry of tokenizer.json "added_tokens".</summary>
+public sealed record AddedToken(int Id, string Content, bool Special, bool LStrip, bool RStrip, bool SingleWord, bool Normalized);
+
+/// <summary>
+/// A Hugging Face tokenizer.json tokenizer (BPE model), encoding exactly as Tokenizers.js does:
+/// added tokens are split out of the raw text first (longest match), the rest is normalized,
+/// pre-tokenized and byte-pair encoded. Encode never adds BOS/EOS. Decode is the decoder chain
+/// without clean-up of tokenization spaces, so Decode(Encode(x)) == x for byte-level tokenizers
+/// without a normalizer.
+/// </summary>
+public sealed class HfTokenizer : ITokenizer
+{
+    readonly HfNormalizer? _normalizer;
+    readonly HfPreTokenizer? _preTokenizer;
+    readonly HfDecoder? _decoder;
+    readonly BpeModel _model;
+    readonly Dictionary<string, int> _tokenToId;
+    readonly string?[] _idToToken;
+    readonly List<AddedToken> _added = new();
+    readonly Dictionary<string, AddedToken> _addedByText = new(StringComparer.Ordinal); // content and normalized content
+    readonly Dictionary<string, int> _addedIdByContent = new(StringComparer.Ordinal);
+    readonly AddedTokenSplitter _splitUnnormalized;
+    readonly AddedTokenSplitter _splitNormalized;
+
+    public int VocabSize => _idToToken.Length;
+    public int? BosId { get; }
+    public int? EosId { get; }
+
+    /// <summary>The added tokens, in file order.</summary>
+    public IReadOnlyList<AddedToken> AddedTokens => _added;
+
+    /// <summary>Loads tokenizer.json; a tokenizer_config.json beside it (if any) supplies bos_token/eos_token.</summary>
+    public static HfTokenizer FromFile(string tokenizerJsonPath)
+    {
+        if (!File.Exists(tokenizerJsonPath))
+            throw new ModelFormatException($"tokenizer.json not found at {tokenizerJsonPath}.");
+        string json;
+        try { json = File.ReadAllText(tokenizerJsonPath); }
+        catch (IOException e) { throw new ModelFormatException($"cannot read {tokenizerJsonPath}: {e.Message}", e); }
+        string? config = null;
+        var configPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(tokenizerJsonPath))!, "tokenizer_config.json");
+        if (File.Exists(configPath)) config = File.ReadAllText(configPath);
+        try { return FromJson(json, config); }
+        catch (ModelFormatException e) { throw new ModelFormatException($"{tokenizerJsonPath}: {e.Message}", e); }
+    }
+
+    /// <summary>Builds a tokenizer from tokenizer.json text and, optionally, tokenizer_config.json text.</summary>
+    public static HfTokenizer FromJson(string tokenizerJson, string? tokenizerConfigJson = null)
+    {
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(tokenizerJson, new JsonDocumentOptions { MaxDepth = 256 }); }
+        catch (JsonException e) { throw new ModelFormatException($"tokenizer.json is not valid JSON: {e.Message}", e); }
+        JsonDocument? config = null;
+        if (tokenizerConfigJson != null)
+        {
+            try { config = JsonDocument.Parse(tokenizerConfigJson); }
+            catch (JsonException e) { throw new ModelFormatException($"tokenizer_config.json is not valid JSON: {e.Message}", e); }
+        }
+        using (doc)
+        using (config)
+            return new HfTokenizer(doc.RootElement, config?.RootElement);
+    }
+
+    HfTokenizer(JsonElement root, JsonElement? config)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException("tokenizer.json must be a JSON object.");
+        if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException("tokenizer.json has no \"model\" object.");
+        string modelType = HfJson.Str(model, "type")
+            ?? (model.TryGetProperty("merges", out _) ? "BPE" : throw new ModelFormatException("tokenizer.json model has no \"type\"; supported: BPE."));
+        if (modelType != "BPE")
+            throw new ModelFormatException($"tokenizer.json model.type \"{modelType}\" is not supported; supported: BPE.");
+        if (!model.TryGetProperty("vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException("tokenizer.json model.vocab is missing or not an object of token -> id.");
+
+        _tokenToId = new Dictionary<string, int>(StringComparer.Ordinal);
+        int maxId = -1;
+        foreach (var p in vocab.EnumerateObject())
+        {
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out int id) || id < 0)
+                throw new ModelFormatException($"tokenizer.json model.vocab[\"{p.Name}\"] is not a non-negative integer id.");
+            _tokenToId[p.Name] = id;
+            if (id > maxId) maxId = id;
+        }
+
+        if (root.TryGetProperty("added_tokens", out var addedArr) && addedArr.ValueKind == JsonValueKind.Array)
+        {
+            int k = 0;
+            foreach (var a in addedArr.EnumerateArray())
+            {
+                if (!a.TryGetProperty("id", out var idEl) || !idEl.TryGetInt32(out int id) || id < 0 || HfJson.Str(a, "content") is not { } content)
+                    throw new ModelFormatException($"tokenizer.json added_tokens[{k}] needs an integer \"id\" and a string \"content\".");
+                bool special = HfJson.Bool(a, "special", false);
+                _added.Add(new AddedToken(id, content, special, HfJson.Bool(a, "lstrip", false), HfJson.Bool(a, "rstrip", false),
+                    HfJson.Bool(a, "single_word", false), HfJson.Bool(a, "normalized", !special)));
+                if (id > maxId) maxId = id;
+                k++;
+            }
+        }
+
+        _idToToken = new string?[maxId + 1];
+        foreach (var (tok, id) in _tokenToId) _idToToken[id] = tok;
+
+        _normalizer = root.TryGetProperty("normalizer", out var norm) ? HfNormalizer.Create(norm, "normalizer") : null;
+        _preTokenizer = root.TryGetProperty("pre_tokenizer", out var pre) ? HfPreTokenizer.Create(pre, "pre_tokenizer") : null;
+
+        // Tokenizers.js: added tokens join tokens_to_ids and the id -> token table, overriding the vocab.
+        var unnormalized = new List<string>();
+        var normalized = new List<string>();
+        foreach (var t in _added)
+        {
+            _tokenToId[t.Content] = t.Id;
+            _idToToken[t.Id] = t.Content;
+            _addedByText[t.Content] = t;
+            _addedIdByContent.TryAdd(t.Content, t.Id);
+            if (t.Normalized && _normalizer != null)
+            {
+                string nc = _normalizer.Normalize(t.Content);
+                normalized.Add(nc);
+                _addedByText[nc] = t;
+            }
+            else unnormalized.Add(t.Content);
+        }
+        _splitUnnormalized = new AddedTokenSplitter(unnormalized);
+        _splitNormalized = new AddedTokenSplitter(normalized);
+
+        _model = new BpeModel(model, _tokenToId);
+
+        var addedContents = new HashSet<string>(_added.Select(a => a.Content), StringComparer.Ordinal);
+        _decoder = root.TryGetProperty("decoder", out var dec) ? HfDecoder.Create(dec, "decoder", addedContents) : null;
+
+        // tokenizer_config.json decides when it names the token (null there means "none"); otherwise
+        // the post-processor template, then well-known token names.
+        BosId = SpecialFromConfig(config, "bos_token", out var bos) ? bos
+            : TemplateBos(root) ?? FirstKnown("<|begin_of_text|>", "<s>", "<bos>");
+        EosId = SpecialFromConfig(config, "eos_token", out var eos) ? eos
+            : FirstKnown("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>");
+    }
+
+    int? FirstKnown(params string[] contents)
+    {
+        foreach (var c in contents) if (_tokenToId.TryGetValue(c, out var id)) return id;
+        return null;
+    }
+
+    bool SpecialFromConfig(JsonElement? config, string name, out int? id)
+    {
+        id = null;
+        if (config is not { ValueKind: JsonValueKind.Object } c || !c.TryGetProperty(name, out var v)) return false;
+        string? content = v.ValueKind switch
+        {
+            JsonValueKind.String => v.GetString(),
+            JsonValueKind.Object => HfJson.Str(v, "content"),
+            _ => null,
+        };
+        if (content != null && _tokenToId.TryGetValue(content, out var found)) id = found;
+        return true;
+    }
+
+    // A TemplateProcessing post-processor whose "single" template starts with a special token names the BOS.
+    int? TemplateBos(JsonElement root)
+    {
+        if (!root.TryGetProperty("post_processor", out var pp) || pp.ValueKind != JsonValueKind.Object) return null;
+        if (HfJson.Str(pp, "type") != "TemplateProcessing" || !pp.TryGetProperty("single", out var single)
+            || single.ValueKind != JsonValueKind.Array || single.GetArrayLength() == 0) return null;
+        var first = single[0];
+        if (!first.TryGetProperty("SpecialToken", out var st) || HfJson.Str(st, "id") is not { } tok) return null;
+        return _tokenToId.TryGetValue(tok, out var id) ? id : null;
+    }
+
+    public int? SpecialTokenId(string content) => _addedIdByContent.TryGetValue(content, out var id) ? id : null;
+
+    /// <summary>The vocabulary id of a token string (added tokens included), or null.</summary>
+    public int? TokenToId(string token) => _tokenToId.TryGetValue(token, out var id) ? id : null;
+
+    /// <summary>The token string of an id, or null when the id is unused.</summary>
+    public string? IdToToken(int id) => id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
+
+    public int[] Encode(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var output = new List<int>(text.Length / 3 + 4);
+        var pieces = new List<string>();
+        var sections = _splitUnnormalized.Split(text);
+        ApplyStrips(sections);
+        for (int i = 0; i < sections.Count; i++)
+        {
+            string section = sections[i];
+            if (section.Length == 0) continue;
+            if (_addedByText.TryGetValue(section, out var tok)) { output.Add(tok.Id); continue; }
+            string normalized = _normalizer != null ? _normalizer.Normalize(section) : section;
+            if (normalized.Length == 0) continue;
+            var subs = _splitNormalized.Split(normalized);
+            ApplyStrips(subs);
+            foreach (var sub in subs)
+            {
+                if (sub.Length == 0) continue;
+                if (_addedByText.TryGetValue(sub, out var t2)) { output.Add(t2.Id); continue; }
+                pieces.Clear();
+                if (_preTokenizer != null) _preTokenizer.Split(sub, i, pieces); else pieces.Add(sub);
+                int start = output.Count;
+                foreach (var p in pieces) _model.Encode(p, output);
+                if (_model.FuseUnk) FuseUnknowns(output, start);
+            }
+        }
+        return output.ToArray();
+    }
+
+    /// <summary>The pre-tokens of a text holding no added token: normalizer, then pre-tokenizer (for tests and diagnostics).</summary>
+    internal List<string> PreTokenize(string text, int sectionIndex = 0)
+    {
+        string normalized = _normalizer != null ? _normalizer.Normalize(text) : text;
+        var pieces = new List<string>();
+        if (_preTokenizer != null) _preTokenizer.Split(normalized, sectionIndex, pieces); else pieces.Add(normalized);
+        return pieces;
+    }
+
+    // lstrip trims the whitespace before an added token, rstrip the whitespace after it (JavaScript trim).
+    void ApplyStrips(List<string> sections)
+    {
+        for (int i = 0; i < sections.Count; i++)
+        {
+            if (!_addedByText.TryGetValue(sections[i], out var t)) continue;
+            if (t.LStrip && i > 0) sections[i - 1] = JsText.TrimEnd(sections[i - 1]);
+            if (t.RStrip && i < sections.Count - 1) sections[i + 1] = JsText.TrimStart(sections[i + 1]);
+        }
+    }
+
+    void FuseUnknowns(List<int> ids, int start)
+    {
+        if (_model.UnkToken == null || !_tokenToId.TryGetValue(_model.UnkToken, out int unk)) return;
+        int w = start;
+        for (int r = start; r < ids.Count; r++)
+        {
+            if (ids[r] == unk && w > start && ids[w - 1] == unk) continue;
+            ids[w++] = ids[r];
+        }
+        ids.RemoveRange(w, ids.Count - w);
+    }
+
+    public string Decode(ReadOnlySpan<int> ids)
+    {
+        var tokens = new List<string>(ids.Length);
+        foreach (int id in ids)
+        {
+            string? t = id >= 0 && id < _idToToken.Length ? _idToToken[id] : null;
+            t ??= _model.UnkToken;
+            if (t != null) tokens.Add(t);
+        }
+        string decoded = _decoder != null ? string.Concat(_decoder.DecodeChain(tokens)) : string.Join(' ', tokens);
+        if (_decoder != null && _model.EndOfWordSuffix != null) decoded = decoded.Replace(_model.EndOfWordSuffix, " ", StringComparison.Ordinal);
+        return decoded;
+    }
+}
+
+/// <summary>Splits text around added-token contents, longest match first, scanning left to right (Tokenizers.js DictionarySplitter).</summary>
+internal sealed class AddedTokenSplitter
+{
+    sealed class Node
+    {
+        public Dictionary<char, Node>? Children;
+        public string? End;
+    }
+
+    readonly Node _root = new();
+    readonly bool _empty;
+
+    public AddedTokenSplitter(IEnumerable<string> words)
+    {
+        _empty = true;
+        foreach (var w in words)
+        {
+            var node = _root;
+            foreach (char c in w)
+            {
+                node.Children ??= new Dictionary<char, Node>();
+                if (!node.Children.TryGetValue(c, out var next)) node.Children[c] = next = new Node();
+                node = next;
+            }
+            node.End = w;
+            _empty = false;
+        }
+    }
+
+    public List<string> Split(string text)
+    {
+        var result = new List<string>();
+        if (_empty) { result.Add(text); return result; }
+        int start = 0, i = 0, n = text.Length;
+        var rootChildren = _root.Children!;
+        while (i < n)
+        {
+            string? match = null;
+            if (rootChildren.TryGetValue(text[i], out var node))
+            {
+                int j = i;
+                while (true)
+                {
+                    if (node.End != null) match = node.End;
+                    j++;
+                    if (j >= n || node.Children == null || !node.Children.TryGetValue(text[j], out node)) break;
+                }
+            }
+            if (match != null)
+            {
+                if (i > start) result.Add(text.Substring(start, i - start));
+                result.Add(match);
+                i += match.Length;
+                start = i;
+            }
+            else i++;
+        }
+        if (start < n) result.Add(start == 0 ? text : text[start..]);
+        return result;
+    }
+}

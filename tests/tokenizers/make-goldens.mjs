@@ -112,6 +112,23 @@ const tokenizers = [
   },
 ];
 
+// Random combinations of awkward fragments (seeded, so the file is reproducible): stored verbatim in
+// goldens/fuzz.json.gz with each main tokenizer's ids, to probe boundaries the corpus lines may not.
+const fragments = ["a", "Z", "é", "e\u0301", " ", "  ", "   ", "\t", "\n", "\r\n", "'s", "'S", "'ll", "'", "1", "23", "4567",
+  "😀", "👍🏽", "\u200d", "𝐀", "𝟏", "你好", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<s>", "</s>", ".", "!!", "-",
+  "_", "\u00a0", "\u3000", "\u0085", "\ufeff", "\u017f", "\u0130", "\u03a3", "\ufb01", "\u200b", "x", "The", " the", "<", ">", "|",
+  "\u2581", "Ġ", "<0x41>", "\\n", "١٢", "ﾊ", "\u0000"];
+let seed = 0x9e3779b9;
+const rand = (n) => { seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0; return seed % n; };
+const fuzz = [];
+for (let i = 0; i < 600; i++) {
+  let s = "";
+  const k = 1 + rand(14);
+  for (let j = 0; j < k; j++) s += fragments[rand(fragments.length)];
+  fuzz.push(s);
+}
+const fuzzOut = { texts: fuzz, results: {} };
+
 const tokenizersJsVersion = pkgVersion("@huggingface/tokenizers");
 for (const t of tokenizers) {
   const json = readJson(resolve(repoRoot, t.path));
@@ -141,10 +158,13 @@ for (const t of tokenizers) {
     const a = Math.floor(e.ids.length / 3), b = Math.floor((2 * e.ids.length) / 3) + 1;
     out.slices.push([part, i, a, b, hash(tok.decode(e.ids.slice(a, b)))]);
   }
+  fuzzOut.results[t.name] = encodeAll(fuzz);
   const count = out.extra.reduce((n, e) => n + e.ids.length, 0) + out.dataset.reduce((n, e) => n + e.ids.length, 0);
   writeFileSync(join(goldens, `${t.name}.json.gz`), gzipSync(JSON.stringify(out), { level: 9, mtime: 0 }));
   console.log(`${t.name}: ${out.extra.length + out.dataset.length} entries, ${count} ids, ${out.slices.length} slices, encode ${ms.toFixed(0)} ms`);
 }
+
+writeFileSync(join(goldens, "fuzz.json.gz"), gzipSync(JSON.stringify(fuzzOut), { level: 9, mtime: 0 }));
 
 // ------------------------------------------------------------------ Unicode normalization and lowercase
 

@@ -11,13 +11,14 @@ namespace Cas.Engine.Tokenizers;
 /// </summary>
 internal sealed class BpeModel
 {
-    readonly Dictionary<string, int> _symbolIds = new(StringComparer.Ordinal);
-    readonly List<string> _symbols = new();
-    readonly Dictionary<long, (int Rank, int Merged)> _merges = new();
+    readonly Dictionary<string, int> _symbolIds;
+    readonly List<string> _symbols;
+    readonly Dictionary<long, (int Rank, int Merged)> _merges;
     readonly Dictionary<string, int> _tokenToId;           // tokens_to_ids (added tokens included)
     readonly int[] _byteTokenIds = new int[256];            // <0xNN> ids when byte_fallback, else -1
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
     const int CacheCapacity = 50_000;
+    const int MaxCachedLength = 256;
 
     public readonly string? UnkToken;
     public readonly bool ByteFallback;
@@ -45,10 +46,14 @@ internal sealed class BpeModel
         if (model.TryGetProperty("dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
             throw new ModelFormatException("tokenizer.json model.dropout > 0 (BPE dropout) is not supported for inference; set it to null.");
 
-        foreach (var tok in tokenToId.Keys) Intern(tok);
-
         if (!model.TryGetProperty("merges", out var merges) || merges.ValueKind != JsonValueKind.Array)
             throw new ModelFormatException("tokenizer.json model.merges is missing or not an array; a BPE model needs its merges list.");
+        int mergeCount = merges.GetArrayLength();
+        _symbolIds = new Dictionary<string, int>(tokenToId.Count + mergeCount / 4, StringComparer.Ordinal);
+        _symbols = new List<string>(tokenToId.Count + mergeCount / 4);
+        _merges = new Dictionary<long, (int Rank, int Merged)>(mergeCount);
+        foreach (var tok in tokenToId.Keys) Intern(tok);
+
         int rank = 0;
         foreach (var m in merges.EnumerateArray())
         {
@@ -111,8 +116,11 @@ internal sealed class BpeModel
         if (IgnoreMerges && _tokenToId.TryGetValue(preToken, out var whole)) { output.Add(whole); return; }
         if (_cache.TryGetValue(preToken, out var cached)) { output.AddRange(cached); return; }
         var ids = EncodeUncached(preToken);
-        if (_cache.Count >= CacheCapacity) _cache.Clear();
-        _cache[preToken] = ids;
+        if (preToken.Length <= MaxCachedLength)
+        {
+            if (_cache.Count >= CacheCapacity) _cache.Clear();
+            _cache[preToken] = ids;
+        }
         output.AddRange(ids);
     }
 

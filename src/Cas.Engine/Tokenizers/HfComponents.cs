@@ -45,6 +45,7 @@ internal sealed class HfPattern
 {
     readonly string? _literal;
     readonly CodePointRegex? _regex;
+    CodePointRegex? _literalRegex; // a literal pattern with a "$" substitution in its content
 
     public HfPattern(string? literal, CodePointRegex? regex)
     {
@@ -66,7 +67,8 @@ internal sealed class HfPattern
     {
         if (_regex == null && content.IndexOf('$') < 0) return text.Replace(_literal!, content, StringComparison.Ordinal);
         if (_regex != null) return _regex.Replace(text, content);
-        return new CodePointRegex(PatternTranslator.Literal(_literal!)).Replace(text, content);
+        _literalRegex ??= new CodePointRegex(PatternTranslator.Literal(_literal!));
+        return _literalRegex.Replace(text, content);
     }
 }
 

@@ -39,21 +39,26 @@ public sealed class HfTokenizer : ITokenizer
     {
         if (!File.Exists(tokenizerJsonPath))
             throw new ModelFormatException($"tokenizer.json not found at {tokenizerJsonPath}.");
-        string json;
-        try { json = File.ReadAllText(tokenizerJsonPath); }
+        byte[] json;
+        try { json = File.ReadAllBytes(tokenizerJsonPath); }
         catch (IOException e) { throw new ModelFormatException($"cannot read {tokenizerJsonPath}: {e.Message}", e); }
         string? config = null;
         var configPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(tokenizerJsonPath))!, "tokenizer_config.json");
         if (File.Exists(configPath)) config = File.ReadAllText(configPath);
-        try { return FromJson(json, config); }
+        int bom = json.Length >= 3 && json[0] == 0xEF && json[1] == 0xBB && json[2] == 0xBF ? 3 : 0;
+        try { return FromJson(json.AsMemory(bom), config); }
         catch (ModelFormatException e) { throw new ModelFormatException($"{tokenizerJsonPath}: {e.Message}", e); }
     }
 
     /// <summary>Builds a tokenizer from tokenizer.json text and, optionally, tokenizer_config.json text.</summary>
-    public static HfTokenizer FromJson(string tokenizerJson, string? tokenizerConfigJson = null)
+    public static HfTokenizer FromJson(string tokenizerJson, string? tokenizerConfigJson = null) =>
+        FromJson(System.Text.Encoding.UTF8.GetBytes(tokenizerJson), tokenizerConfigJson);
+
+    /// <summary>Builds a tokenizer from tokenizer.json UTF-8 bytes and, optionally, tokenizer_config.json text.</summary>
+    public static HfTokenizer FromJson(ReadOnlyMemory<byte> tokenizerJsonUtf8, string? tokenizerConfigJson = null)
     {
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(tokenizerJson, new JsonDocumentOptions { MaxDepth = 256 }); }
+        try { doc = JsonDocument.Parse(tokenizerJsonUtf8, new JsonDocumentOptions { MaxDepth = 256 }); }
         catch (JsonException e) { throw new ModelFormatException($"tokenizer.json is not valid JSON: {e.Message}", e); }
         JsonDocument? config = null;
         if (tokenizerConfigJson != null)

@@ -21,6 +21,8 @@ internal static class UnicodeNormalizer
         public readonly Dictionary<int, int[]> Canonical = new();     // full (recursive) canonical decomposition
         public readonly Dictionary<int, int[]> Compatibility = new(); // full compatibility decomposition
         public readonly Dictionary<long, int> Compose = new();        // (first << 21 | second) -> composite
+        /// <summary>Per form, the BMP characters that may change under it (see <see cref="BuildUnsafe"/>).</summary>
+        public readonly bool[][] Unsafe = new bool[4][];
     }
 
     static readonly Lazy<Tables> Data = new(Load);
@@ -56,7 +58,29 @@ internal static class UnicodeNormalizer
             Expand(cp, single, true, compat);
             t.Compatibility[cp] = compat.ToArray();
         }
+        var seconds = new HashSet<int>();
+        foreach (var key in t.Compose.Keys) seconds.Add((int)(key & 0x1FFFFF));
+        foreach (NormalForm f in Enum.GetValues<NormalForm>()) t.Unsafe[(int)f] = BuildUnsafe(t, f, seconds);
         return t;
+    }
+
+    // A BMP character is "unsafe" for a form when it could make the form differ from the input: it has a
+    // decomposition, a non-zero combining class, could compose with what precedes it (composing forms),
+    // is Hangul, or is a surrogate (astral characters take the full path). Text with no unsafe character
+    // is already normalized.
+    static bool[] BuildUnsafe(Tables t, NormalForm form, HashSet<int> seconds)
+    {
+        bool compat = form is NormalForm.NFKC or NormalForm.NFKD;
+        bool composing = form is NormalForm.NFC or NormalForm.NFKC;
+        var u = new bool[65536];
+        for (int c = 0; c < 65536; c++)
+        {
+            u[c] = (c >= 0xD800 && c <= 0xDFFF) || (c >= 0x1100 && c <= 0x11FF) || (c >= SBase && c < SBase + SCount)
+                || t.Ccc.ContainsKey(c)
+                || (compat ? t.Compatibility.ContainsKey(c) : t.Canonical.ContainsKey(c))
+                || (composing && seconds.Contains(c));
+        }
+        return u;
     }
 
     static void Expand(int cp, Dictionary<int, (bool compat, int[] map)> single, bool allowCompat, List<int> into)
@@ -91,6 +115,10 @@ internal static class UnicodeNormalizer
     {
         if (QuickUnchanged(text, form)) return text;
         var t = Data.Value;
+        var unsafeChars = t.Unsafe[(int)form];
+        bool any = false;
+        foreach (char c in text) if (unsafeChars[c]) { any = true; break; }
+        if (!any) return text;
         bool compat = form is NormalForm.NFKC or NormalForm.NFKD;
         var cps = new List<int>(text.Length);
         for (int i = 0; i < text.Length; i++)

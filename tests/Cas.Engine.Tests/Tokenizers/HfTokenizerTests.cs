@@ -63,6 +63,15 @@ public class HfTokenizerTests
     }
 
     [Fact]
+    public void EndOfWordSuffix_MarksTheLastSymbolOfEachPreToken()
+    {
+        var model = Model(new[] { "a", "b", "b</w>", "ab</w>", "a</w>" }, Strings("a b</w>"), m => m["end_of_word_suffix"] = "</w>");
+        var t = Build(model, new JsonObject { ["type"] = "WhitespaceSplit" }, dec: new JsonObject { ["type"] = "BPEDecoder", ["suffix"] = "</w>" });
+        Assert.Equal(new[] { 3, 0, 4, 2 }, t.Encode("ab aa b"));
+        Assert.Equal("ab aa b", t.Decode(t.Encode("ab aa b")));
+    }
+
+    [Fact]
     public void ByteFallback_Unknown_AndFuseUnk()
     {
         var vocab = new List<string> { "<unk>", "a" };

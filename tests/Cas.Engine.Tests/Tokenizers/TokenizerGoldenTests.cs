@@ -121,6 +121,43 @@ public class TokenizerGoldenTests
         Assert.True(idCount > 0);
     }
 
+    [Theory]
+    [MemberData(nameof(All))]
+    public void RandomFragmentCombinations_MatchTokenizersJs(string name)
+    {
+        var tok = Load(name);
+        using var fuzz = TokenizerCorpus.ReadGolden("fuzz");
+        var texts = fuzz.RootElement.GetProperty("texts").EnumerateArray().Select(t => t.GetString()!).ToArray();
+        var failures = new List<string>();
+        var results = fuzz.RootElement.GetProperty("results").GetProperty(name);
+        for (int i = 0; i < texts.Length; i++)
+        {
+            var expected = results[i].GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            var actual = tok.Encode(texts[i]);
+            if (!actual.SequenceEqual(expected))
+                failures.Add($"{JsonSerializer.Serialize(texts[i], Readable)}: [{string.Join(",", actual)}] != [{string.Join(",", expected)}]");
+            if (TokenizerCorpus.Hash(tok.Decode(expected)) != results[i].GetProperty("d").GetString())
+                failures.Add($"{JsonSerializer.Serialize(texts[i], Readable)}: Decode differs: {JsonSerializer.Serialize(tok.Decode(expected), Readable)}");
+        }
+        Assert.True(failures.Count == 0, $"{name}: {failures.Count} mismatches over {texts.Length} texts:\n" + string.Join("\n", failures.Take(12)));
+    }
+
+    [Fact]
+    public void ConcurrentEncoding_GivesTheSameIds()
+    {
+        // A fresh instance so that the threads race on an empty BPE cache.
+        var tok = HfTokenizer.FromFile(TestPaths.RequireShared("models/smollm2-135m-instruct-tokenizer/tokenizer.json"));
+        using var golden = TokenizerCorpus.ReadGolden("smollm2");
+        var entries = golden.RootElement.GetProperty("extra");
+        var lines = TokenizerCorpus.Extra;
+        var expected = Enumerable.Range(0, lines.Length)
+            .Select(i => entries[i].GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
+        var actual = new int[lines.Length * 4][];
+        Parallel.For(0, actual.Length, new ParallelOptions { MaxDegreeOfParallelism = 8 }, k => actual[k] = tok.Encode(lines[k % lines.Length]));
+        for (int k = 0; k < actual.Length; k++)
+            Assert.True(expected[k % lines.Length].SequenceEqual(actual[k]), $"entry {k % lines.Length} differs under concurrency");
+    }
+
     [Fact]
     public void EncodingTheWholeCorpus_TakesWellUnderASecond()
     {

@@ -141,13 +141,14 @@ public sealed class SelfStudySynthesizer
         ArgumentNullException.ThrowIfNull(sink);
         var run = new RunState(this, progress);
         var wave = new List<long>(Options.Concurrency);
+        var chunks = new Dictionary<long, ChunkContext>(); // the previous wave's, reused when a chunk spans two waves
         for (long i = 0; i < Options.Conversations; i++)
         {
             if (alreadyPresent != null && alreadyPresent(ConversationIds.For(Options.Seed, i))) { run.AlreadyPresent++; continue; }
             wave.Add(i);
-            if (wave.Count == Options.Concurrency) { RunWave(wave, run, sink, cancel); wave.Clear(); }
+            if (wave.Count == Options.Concurrency) { chunks = RunWave(wave, chunks, run, sink, cancel); wave.Clear(); }
         }
-        if (wave.Count > 0) RunWave(wave, run, sink, cancel);
+        if (wave.Count > 0) RunWave(wave, chunks, run, sink, cancel);
         run.Report(force: true);
         return run.Summary();
     }
@@ -159,6 +160,19 @@ public sealed class SelfStudySynthesizer
         TimeSpan lastReport;
         public long AlreadyPresent, Written, DroppedEmptyMessage, DroppedEmptyAnswer, DroppedNoRoom, CutShort, AnswersTruncated,
             ChunkPrefills, UserTokens, AnswerTokens, TargetEntries;
+        public TimeSpan ChunkPrefillTime, PromptPrefillTime, DecodeTime;
+
+        /// <summary>Runs one batched Generate, splitting its time into prompt prefill (until the first sampled token) and decode.</summary>
+        public IReadOnlyList<GenerationResult> Timed(Func<Action, IReadOnlyList<GenerationResult>> generate)
+        {
+            var start = Clock.Elapsed;
+            TimeSpan? first = null;
+            var results = generate(() => first ??= Clock.Elapsed);
+            var end = Clock.Elapsed;
+            PromptPrefillTime += (first ?? end) - start;
+            DecodeTime += end - (first ?? end);
+            return results;
+        }
 
         public long Done => Written + DroppedEmptyMessage + DroppedEmptyAnswer + DroppedNoRoom;
 
@@ -181,6 +195,7 @@ public sealed class SelfStudySynthesizer
             DroppedEmptyMessage = DroppedEmptyMessage, DroppedEmptyAnswer = DroppedEmptyAnswer, DroppedNoRoom = DroppedNoRoom,
             CutShort = CutShort, AnswersTruncated = AnswersTruncated, ChunkPrefills = ChunkPrefills,
             UserTokens = UserTokens, AnswerTokens = AnswerTokens, TargetEntries = TargetEntries, Elapsed = Clock.Elapsed,
+            ChunkPrefillTime = ChunkPrefillTime, PromptPrefillTime = PromptPrefillTime, DecodeTime = DecodeTime,
         };
     }
 
@@ -210,7 +225,9 @@ public sealed class SelfStudySynthesizer
         public EndReason Ended;
     }
 
-    void RunWave(List<long> indices, RunState run, Action<Conversation> sink, CancellationToken cancel)
+    /// <summary>Runs one wave and returns its chunks (for the next wave to reuse).</summary>
+    Dictionary<long, ChunkContext> RunWave(List<long> indices, Dictionary<long, ChunkContext> previous, RunState run, Action<Conversation> sink,
+        CancellationToken cancel)
     {
         cancel.ThrowIfCancellationRequested();
         var o = Options;
@@ -219,7 +236,8 @@ public sealed class SelfStudySynthesizer
         for (int s = 0; s < slots.Length; s++)
         {
             long i = indices[s], group = i / o.ConversationsPerChunk;
-            if (!chunks.TryGetValue(group, out var cc)) chunks[group] = cc = PrepareChunk(group, run);
+            if (!chunks.TryGetValue(group, out var cc))
+                chunks[group] = cc = previous.TryGetValue(group, out var kept) ? kept : PrepareChunk(group, run);
             slots[s] = new Slot { Index = i, Seed = o.SeedPrompts.SampleAt(o.Seed, i), Chunk = cc };
         }
 
@@ -255,6 +273,7 @@ public sealed class SelfStudySynthesizer
             run.Written++;
         }
         run.Report(force: true);
+        return chunks;
     }
 
     ChunkContext PrepareChunk(long group, RunState run)
@@ -271,9 +290,11 @@ public sealed class SelfStudySynthesizer
     KvCache? Prefill(int[] ids, RunState run)
     {
         if (ids.Length >= model.Config.MaxSeqLen) return null;
+        var start = run.Clock.Elapsed;
         var cache = new KvCache(model.Config, ids.Length);
         transformer.Forward([cache], [ids], default);
         run.ChunkPrefills++;
+        run.ChunkPrefillTime += run.Clock.Elapsed - start;
         return cache;
     }
 
@@ -307,7 +328,12 @@ public sealed class SelfStudySynthesizer
             owners.Add(s);
         }
         if (requests.Count == 0) return;
-        var results = generator.Generate(requests, (_, _, _) => { run.UserTokens++; run.Report(force: false); }, cancel);
+        var results = run.Timed(firstToken => generator.Generate(requests, (_, _, _) =>
+        {
+            firstToken();
+            run.UserTokens++;
+            run.Report(force: false);
+        }, cancel));
         for (int j = 0; j < owners.Count; j++)
         {
             string message = framing.CleanUserMessage(tokenizer.Decode(results[j].Tokens));
@@ -357,8 +383,9 @@ public sealed class SelfStudySynthesizer
         double mass = Options.TopKMass;
         var ids = new int[maxK];
         var lps = new float[maxK];
-        var results = generator.Generate(requests, (req, token, logits) =>
+        var results = run.Timed(firstToken => generator.Generate(requests, (req, token, logits) =>
         {
+            firstToken();
             var t = traces[req];
             int k = TeacherTopK.Select(logits, maxK, mass, ids, lps);
             for (int e = 0; e < k; e++) { t.Ids.Add(ids[e]); t.LogProbs.Add(lps[e]); }
@@ -366,7 +393,7 @@ public sealed class SelfStudySynthesizer
             t.Sampled.Add(token);
             run.AnswerTokens++;
             run.Report(force: false);
-        }, cancel);
+        }, cancel));
 
         for (int j = 0; j < owners.Count; j++)
         {

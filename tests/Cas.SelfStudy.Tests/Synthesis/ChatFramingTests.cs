@@ -76,3 +76,40 @@ public class ChatFramingTests
         Kit.SameRecords(reference, Kit.RunToList(Synth(Options with { Concurrency = 1 })), 1e-4);
     }
 }
+
+/// <summary>ChatML framing with SmolLM2's real tokenizer (special tokens split out, byte-level BPE) on a random model of its vocabulary.</summary>
+public class RealTokenizerChatTests
+{
+    [Fact]
+    public void SmolLM2TokenizerChatsMatchTheTeacher()
+    {
+        var path = Cas.Tests.Common.TestPaths.RequireShared("models/smollm2-135m-instruct-tokenizer/tokenizer.json");
+        var tok = TokenizerLoader.Load(path);
+        var model = Cas.Engine.Models.RandomWeights.Create(new Cas.Engine.Models.ModelConfig
+        {
+            Architecture = Cas.Engine.Models.Architecture.Llama, Dim = 32, HiddenDim = 64, Layers = 2, Heads = 4, KvHeads = 2, HeadDim = 8,
+            VocabSize = tok.VocabSize, MaxSeqLen = 2048, TiedEmbeddings = false,
+        }, seed: 3);
+        var o = new SelfStudyOptions
+        {
+            Conversations = 4, Seed = 2, MinChunkTokens = 40, MaxChunkTokens = 80, ConversationsPerChunk = 2, Concurrency = 4, Rounds = 2,
+            UserAgent = AgentOptions.UserDefaults with { MaxTokens = 16 },
+            AnswerAgent = AgentOptions.AnswerDefaults with { MaxTokens = 16 },
+        };
+        var records = Kit.RunToList(new SelfStudySynthesizer(model, tok, ChatFormatKind.ChatML, Kit.StoryDocuments(), o));
+        var framing = new ChatSynthesisFraming(ChatFormatKind.ChatML, tok);
+        int imStart = tok.SpecialTokenId("<|im_start|>")!.Value, imEnd = tok.SpecialTokenId("<|im_end|>")!.Value;
+        Assert.Equal(4, records.Count);
+        foreach (var c in records)
+        {
+            var first = c.Messages[0].Tokens;
+            Assert.Equal(imStart, first[0]);
+            Assert.Equal(tok.Encode("user\n"), first[1..3]);
+            var tail = tok.Encode("<|im_end|>\n<|im_start|>assistant\n");
+            Assert.Equal(tail, first[^tail.Length..]);
+            Assert.DoesNotContain(imStart, framing.TeacherPrefix(c.ChunkText)[1..]); // one system turn, nothing else
+            Assert.Equal(imEnd, framing.TeacherPrefix(c.ChunkText)[^2]);
+            Kit.CheckAgainstTeacher(model, framing.TeacherPrefix(c.ChunkText), c);
+        }
+    }
+}

@@ -3,7 +3,11 @@ using Cas.Engine.Models;
 
 namespace Cas.SelfStudy.Tests.Synthesis;
 
-/// <summary>The generator features self-study relies on: forking a prefilled cache, stopping from a callback, batch-independent prefill.</summary>
+/// <summary>
+/// The generator features self-study relies on: forking a prefilled cache, stopping from a callback, batch-independent prefill.
+/// All run on the managed kernels: the tiny model needs no BLAS library, and native BLAS thread pools spinning next to
+/// .NET's on two busy cores made these millisecond tests take seconds.
+/// </summary>
 [Collection(GlobalBlasCollection.Name)]
 public class GeneratorForkTests
 {
@@ -27,6 +31,7 @@ public class GeneratorForkTests
     [Fact]
     public void ForkingAPrefilledPrefixGivesTheSameTokensAsTheWholePrompt()
     {
+        using var blas = new ManagedBlas();
         var model = Kit.TinyChatModel;
         var prefix = Tokens(300, 259, 1); // longer than one transformer chunk
         var shared = new KvCache(model.Config, prefix.Length);
@@ -52,7 +57,7 @@ public class GeneratorForkTests
     public void PrefillDoesNotDependOnTheOtherPromptsInTheBatch()
     {
         // With row-independent kernels, a request's logits are bit-identical alone and inside any batch.
-        using var _ = new ManagedBlas();
+        using var blas = new ManagedBlas();
         var model = Kit.TinyChatModel;
         var prompts = new[] { Tokens(100, 259, 5), Tokens(200, 259, 6), Tokens(30, 259, 7), Tokens(260, 259, 8), Tokens(9, 259, 9) };
         GenerationRequest Req(int[] p) => new(p) { MaxTokens = 6, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = (ulong)p.Length } };
@@ -69,6 +74,7 @@ public class GeneratorForkTests
     [Fact]
     public void StopAfterEndsTheRequestKeepingTheToken()
     {
+        using var blas = new ManagedBlas();
         var model = Kit.TinyChatModel;
         var free = new Generator(new Transformer(model)).Generate([new GenerationRequest(Tokens(8, 259, 10)) { MaxTokens = 10 }], cancel: TestContext.Current.CancellationToken)[0];
         Assert.Equal(10, free.Tokens.Length);
@@ -83,6 +89,7 @@ public class GeneratorForkTests
     [Fact]
     public void RefusesForkWithPrefixAndForksOfAnotherModel()
     {
+        using var blas = new ManagedBlas();
         var model = Kit.TinyChatModel;
         var shared = new KvCache(model.Config, 4);
         new Transformer(model).Forward([shared], [[1, 2, 3, 4]], default);

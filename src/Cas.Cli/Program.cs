@@ -6,5 +6,7 @@ var root = new RootCommand("cas — cartridges: small trained KV caches that sta
     GenerateCommand.Create(),
     TokenizeCommand.Create(),
     BenchCommand.Create(),
+    SynthesizeCommand.Create(),
+    DatasetCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -55,7 +55,7 @@ static class GenerateCommand
                 },
             };
             var generator = new Generator(new Transformer(m));
-            var stream = new CompletionStream(tok, Console.Out);
+            var stream = new CompletionStream(tok, ids, Console.Out);
             generator.Generate([request], (_, token, _) => stream.Add(token));
             stream.Finish();
             return 0;
@@ -73,11 +73,24 @@ static class GenerateCommand
         _ => throw new InvalidRequestException($"unknown --chat-format '{s}'; use chatml, llama3, llama2 or plain."),
     };
 
-    /// <summary>Prints text as tokens arrive, holding back an incomplete UTF-8 character at the end.</summary>
-    sealed class CompletionStream(ITokenizer tok, TextWriter output)
+    /// <summary>
+    /// Prints text as tokens arrive, holding back an incomplete UTF-8 character at the end. Decodes
+    /// prompt + completion and prints what follows the prompt's text, so a leading space that a
+    /// SentencePiece-style decoder drops at the start of a sequence is kept.
+    /// </summary>
+    sealed class CompletionStream
     {
-        readonly List<int> _ids = new();
+        readonly ITokenizer tok;
+        readonly TextWriter output;
+        readonly List<int> _ids;
         int _printed;
+
+        public CompletionStream(ITokenizer tokenizer, int[] prompt, TextWriter writer)
+        {
+            tok = tokenizer; output = writer;
+            _ids = new List<int>(prompt);
+            _printed = tok.Decode(prompt).Length;
+        }
 
         public void Add(int token)
         {

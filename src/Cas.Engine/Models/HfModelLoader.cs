@@ -32,6 +32,7 @@ public static class HfModelLoader
     /// <summary>Reads and validates a config.json.</summary>
     public static ModelConfig ReadConfig(string configPath)
     {
+        if (Directory.Exists(configPath)) configPath = Path.Combine(configPath, ConfigFileName);
         string text;
         try
         {

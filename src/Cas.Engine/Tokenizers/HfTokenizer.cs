@@ -30,6 +30,8 @@ public sealed class HfTokenizer : ITokenizer
     public int VocabSize => _idToToken.Length;
     public int? BosId { get; }
     public int? EosId { get; }
+    /// <summary>The special tokens the TemplateProcessing post-processor puts before a single sequence (e.g. Llama 3's &lt;|begin_of_text|&gt;).</summary>
+    public IReadOnlyList<int> StartTokens { get; }
 
     /// <summary>The added tokens, in file order.</summary>
     public IReadOnlyList<AddedToken> AddedTokens => _added;
@@ -146,6 +148,7 @@ public sealed class HfTokenizer : ITokenizer
             : TemplateBos(root) ?? FirstKnown("<|begin_of_text|>", "<s>", "<bos>");
         EosId = SpecialFromConfig(config, "eos_token", out var eos) ? eos
             : FirstKnown("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>");
+        StartTokens = TemplateStart(root);
     }
 
     int? FirstKnown(params string[] contents)
@@ -166,6 +169,21 @@ public sealed class HfTokenizer : ITokenizer
         };
         if (content != null && _tokenToId.TryGetValue(content, out var found)) id = found;
         return true;
+    }
+
+    // The special tokens before the first sequence in a TemplateProcessing post-processor's "single" template.
+    int[] TemplateStart(JsonElement root)
+    {
+        if (!root.TryGetProperty("post_processor", out var pp) || pp.ValueKind != JsonValueKind.Object) return [];
+        if (HfJson.Str(pp, "type") != "TemplateProcessing" || !pp.TryGetProperty("single", out var single)
+            || single.ValueKind != JsonValueKind.Array) return [];
+        var ids = new List<int>();
+        foreach (var item in single.EnumerateArray())
+        {
+            if (!item.TryGetProperty("SpecialToken", out var st) || HfJson.Str(st, "id") is not { } tok) break;
+            if (_tokenToId.TryGetValue(tok, out var id)) ids.Add(id);
+        }
+        return ids.ToArray();
     }
 
     // A TemplateProcessing post-processor whose "single" template starts with a special token names the BOS.

@@ -24,6 +24,8 @@ public sealed class Llama2cTokenizer : ITokenizer
     public int VocabSize => _pieces.Length;
     public int? BosId => 1;
     public int? EosId => 2;
+    /// <summary>llama2.c always starts a sequence with BOS.</summary>
+    public IReadOnlyList<int> StartTokens { get; } = [1];
 
     Llama2cTokenizer(int maxTokenLength, string[] pieces, float[] scores)
     {

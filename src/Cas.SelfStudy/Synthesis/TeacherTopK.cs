@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using Cas.Engine;
 
 namespace Cas.SelfStudy;
@@ -16,21 +17,26 @@ public static class TeacherTopK
     /// <summary>Cumulative probability at which the list is cut by default.</summary>
     public const double DefaultMass = 0.99;
 
-    /// <summary>log Σ exp(x_j), computed as m + log Σ exp(x_j - m) with the sum in double. Throws on NaN or when no logit is finite from above.</summary>
+    [ThreadStatic] static float[]? t_scratch;
+
+    /// <summary>
+    /// log Σ exp(x_j), computed as m + log Σ exp(x_j - m) (vectorized exp, the sum accumulated in double).
+    /// Throws <see cref="InvalidRequestException"/> on a NaN or +infinite logit, or when every logit is -infinity.
+    /// </summary>
     public static double LogSumExp(ReadOnlySpan<float> logits)
     {
         if (logits.IsEmpty) throw new ArgumentException("no logits.", nameof(logits));
-        float m = float.NegativeInfinity;
-        for (int i = 0; i < logits.Length; i++)
-        {
-            float x = logits[i];
-            if (float.IsNaN(x)) throw new InvalidRequestException($"the model produced a NaN logit (token {i}); its weights or inputs are broken.");
-            if (x > m) m = x;
-        }
+        float m = TensorPrimitives.Max(logits); // NaN when any logit is NaN
+        if (float.IsNaN(m))
+            throw new InvalidRequestException($"the model produced a NaN logit (token {logits.IndexOf(float.NaN)}); its weights or inputs are broken.");
         if (float.IsPositiveInfinity(m)) throw new InvalidRequestException("the model produced an infinite logit; its weights or inputs are broken.");
         if (float.IsNegativeInfinity(m)) throw new InvalidRequestException("every logit is -infinity; there is no distribution to keep.");
+        var scratch = t_scratch is { } t && t.Length >= logits.Length ? t : t_scratch = new float[logits.Length];
+        var e = scratch.AsSpan(0, logits.Length);
+        TensorPrimitives.Subtract(logits, m, e);
+        TensorPrimitives.Exp(e, e);
         double sum = 0;
-        for (int i = 0; i < logits.Length; i++) sum += Math.Exp((double)logits[i] - m);
+        for (int i = 0; i < e.Length; i++) sum += e[i];
         return m + Math.Log(sum);
     }
 

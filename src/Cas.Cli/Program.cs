@@ -7,5 +7,7 @@ var root = new RootCommand("cas — cartridges: small trained KV caches that sta
     TokenizeCommand.Create(),
     BenchCommand.Create(),
     TrainCommand.Create(),
+    SynthesizeCommand.Create(),
+    DatasetCommand.Create(),
 };
 return root.Parse(args).Invoke();

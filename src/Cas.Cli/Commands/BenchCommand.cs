@@ -13,6 +13,7 @@ static class BenchCommand
     {
         var bench = new Command("bench", "Benchmarks that print key=value figures (headline last).");
         bench.Subcommands.Add(Engine());
+        bench.Subcommands.Add(BenchSynth.Create());
         return bench;
     }
 

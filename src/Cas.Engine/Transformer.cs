@@ -123,15 +123,39 @@ public sealed class Transformer
                 allRow += rows;
             }
             else if (!lastLogits.IsEmpty)
-            {
-                foreach (var sg in _segments)
-                {
-                    if (!sg.EndsSequence) continue;
-                    int r = sg.Row + sg.Count - 1;
-                    Ops.RmsNorm(_x.AsSpan(r * _c.Dim, _c.Dim), _w.FinalNorm, _c.NormEps, xn.Slice(0, _c.Dim));
-                    Ops.Linear(xn.Slice(0, _c.Dim), 1, _w.LmHead, _c.VocabSize, _c.Dim, lastLogits.Slice(sg.Seq * _c.VocabSize, _c.VocabSize));
-                }
-            }
+                LastTokenLogits(lastLogits);
+        }
+    }
+
+    /// <summary>
+    /// LM head for the last row of every segment that ends its sequence. The rows are gathered and
+    /// multiplied in one product when their sequences are consecutive (the decode case), so the
+    /// [vocab, dim] head is read once per step rather than once per sequence.
+    /// </summary>
+    void LastTokenLogits(Span<float> lastLogits)
+    {
+        int dim = _c.Dim, vocab = _c.VocabSize, n = 0, firstSeq = -1;
+        bool consecutive = true;
+        foreach (var sg in _segments)
+        {
+            if (!sg.EndsSequence) continue;
+            if (n == 0) firstSeq = sg.Seq; else if (sg.Seq != firstSeq + n) consecutive = false;
+            int r = sg.Row + sg.Count - 1;
+            Ops.RmsNorm(_x.AsSpan(r * dim, dim), _w.FinalNorm, _c.NormEps, _xn.AsSpan(n * dim, dim));
+            n++;
+        }
+        if (n == 0) return;
+        if (consecutive)
+        {
+            Ops.Linear(_xn.AsSpan(0, n * dim), n, _w.LmHead, vocab, dim, lastLogits.Slice(firstSeq * vocab, n * vocab));
+            return;
+        }
+        int i = 0;
+        foreach (var sg in _segments)
+        {
+            if (!sg.EndsSequence) continue;
+            Ops.Linear(_xn.AsSpan(i * dim, dim), 1, _w.LmHead, vocab, dim, lastLogits.Slice(sg.Seq * vocab, vocab));
+            i++;
         }
     }
 

@@ -29,6 +29,7 @@ static class Cli
     {
         try { return body(); }
         catch (CasException e) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
+        catch (Cas.Resources.ResourceException e) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
         catch (IOException e) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
         catch (UnauthorizedAccessException e) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
         catch (OperationCanceledException) { Console.Error.WriteLine("cancelled."); return 130; }

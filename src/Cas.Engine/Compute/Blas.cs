@@ -60,6 +60,7 @@ public static unsafe class Blas
                 if (forced is { Length: > 0 }) Log($"cas: CAS_BLAS={forced} is not available here; choosing automatically.");
                 s_large = s_openblas != null ? BlasBackend.OpenBlas : s_blis != null ? BlasBackend.Blis : BlasBackend.Managed;
                 s_small = s_blis != null ? BlasBackend.Blis : s_large;
+                s_smallKernel = true;
             }
             if (s_large == BlasBackend.Managed)
                 Log("cas: no BLAS library found (install libblis4-pthread or libopenblas0-pthread); using the managed SGEMM kernel, which is several times slower.");

@@ -7,5 +7,6 @@ var root = new RootCommand("cas — cartridges: small trained KV caches that sta
     TokenizeCommand.Create(),
     BenchCommand.Create(),
     TrainCommand.Create(),
+    EvalCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -34,23 +34,35 @@ static class EvalCommand
         var examplesPerChunk = new Option<int>("--examples-per-chunk") { Description = "Document data: held-out probes per chunk.", DefaultValueFactory = _ => 16 };
         var chunkTokens = new Option<int>("--chunk-tokens") { Description = "Document data: largest chunk the teacher sees (use the value training used).", DefaultValueFactory = _ => 400 };
         var continuation = new Option<int>("--continuation-tokens") { Description = "Document data: most tokens the teacher writes per probe (use the value training used).", DefaultValueFactory = _ => 64 };
+        var compose = new Option<string>("--compose")
+        {
+            Description = "concat: cartridges keep the positions they were trained at (what generate and serving do) | " +
+                          "rerotate: each cartridge's keys are rotated by the slots in front of it (the alternative, for comparison).",
+            DefaultValueFactory = _ => "concat",
+        };
         var cmd = new Command("eval", "Held-out perplexity and KL to the teacher: no context, truncated context, full context (ICL) and cartridge(s).")
         {
-            model, tokenizer, cartridge, data, seed, examplesPerChunk, chunkTokens, continuation,
+            model, tokenizer, cartridge, data, seed, examplesPerChunk, chunkTokens, continuation, compose,
         };
         cmd.SetAction(pr => Cli.Run(() => Execute(
             pr.GetValue(model), pr.GetValue(tokenizer), pr.GetValue(cartridge) ?? [], pr.GetValue(data)!, pr.GetValue(seed),
-            pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation))));
+            pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation), pr.GetValue(compose)!)));
         return cmd;
     }
 
     static int Execute(string? modelPath, string? tokenizerPath, string[] cartridgePaths, string dataPath, ulong seed,
-        int examplesPerChunk, int chunkTokens, int continuation)
+        int examplesPerChunk, int chunkTokens, int continuation, string composeText)
     {
+        var mode = composeText.ToLowerInvariant() switch
+        {
+            "concat" => CompositionMode.Concat,
+            "rerotate" => CompositionMode.ReRotate,
+            _ => throw new InvalidRequestException($"unknown --compose '{composeText}'; use concat or rerotate."),
+        };
         if (!File.Exists(dataPath)) throw new InvalidRequestException($"--data {dataPath} does not exist.");
         var clock = Stopwatch.StartNew();
         var (m, tok, _) = Cli.Load(modelPath, tokenizerPath);
-        var prefix = CartridgeFiles.LoadComposed(cartridgePaths, m);
+        var prefix = PrefixComposition.Compose(m.Config, CartridgeFiles.Load(cartridgePaths, m), mode);
 
         EvalSet set;
         if (IsDataset(dataPath))
@@ -83,6 +95,7 @@ static class EvalCommand
         var o = Console.Out;
         o.WriteLine($"data={Path.GetFullPath(dataPath)}");
         o.WriteLine($"cartridges={string.Join(',', cartridgePaths.Select(Path.GetFullPath))}");
+        o.WriteLine($"compose={composeText.ToLowerInvariant()}");
         o.WriteLine($"p={prefix.Length}");
         o.WriteLine($"examples={set.Examples.Count}");
         o.WriteLine($"target_positions={set.TargetPositions}");
@@ -136,6 +149,13 @@ static class CartridgeFiles
     /// </summary>
     public static KvPrefix LoadComposed(IReadOnlyList<string> paths, Model model)
     {
+        var parts = Load(paths, model);
+        return parts.Count == 1 ? parts[0] : KvPrefix.Concat(parts);
+    }
+
+    /// <summary>Loads every file, each checked against the model; their total length must leave room in the context.</summary>
+    public static IReadOnlyList<KvPrefix> Load(IReadOnlyList<string> paths, Model model)
+    {
         if (paths.Count == 0) throw new InvalidRequestException("give at least one --cartridge FILE.");
         string fingerprint = Cartridge.Fingerprint(model);
         var parts = new List<KvPrefix>(paths.Count);
@@ -149,6 +169,6 @@ static class CartridgeFiles
         }
         if (total >= model.Config.MaxSeqLen)
             throw new InvalidRequestException($"the cartridges together have {total} slots, which leaves no room in the model's context of {model.Config.MaxSeqLen}; load fewer or smaller cartridges.");
-        return parts.Count == 1 ? parts[0] : KvPrefix.Concat(parts);
+        return parts;
     }
 }

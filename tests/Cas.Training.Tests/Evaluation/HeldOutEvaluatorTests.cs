@@ -178,3 +178,56 @@ public class HeldOutEvaluatorTests
         Assert.Throws<InvalidRequestException>(() => new EvalSet([[1]], [1], [], "empty"));
     }
 }
+
+public class PrefixCompositionTests
+{
+    [Theory]
+    [InlineData(RopeStyle.Halves)]
+    [InlineData(RopeStyle.Interleaved)]
+    public void ReRotatedSlicesOfOnePrefillReproduceItAndConcatIsTheEngines(RopeStyle rope)
+    {
+        var model = Tiny.Create(Architecture.Llama, rope);
+        var c = model.Config;
+        int[] text = [.. Enumerable.Range(0, 30).Select(i => (i * 17 + 5) % c.VocabSize)];
+        var joint = CartridgeInit.Prefill(model, text[..20]);
+        // Slots 8..19 as a cartridge trained at positions 0..11 would hold them.
+        var a = CartridgeInit.Prefill(model, text[..8]);
+        var b = PrefixComposition.Rotate(c, Slice(joint, 8, 12), -8);
+        var q = text[20..];
+        var want = Forward(model, joint, q);
+        Assert.True(MaxDiff(want, Forward(model, PrefixComposition.Compose(c, [a, b], CompositionMode.ReRotate), q)) < 1e-4f);
+        Assert.True(MaxDiff(want, Forward(model, PrefixComposition.Compose(c, [a, b], CompositionMode.Concat), q)) > 1e-3f);
+        var concat = PrefixComposition.Compose(c, [a, b], CompositionMode.Concat);
+        var engine = KvPrefix.Concat([a, b]);
+        for (int l = 0; l < c.Layers; l++) { Assert.Equal(engine.Keys[l], concat.Keys[l]); Assert.Equal(engine.Values[l], concat.Values[l]); }
+        // Rotating there and back is the identity up to rounding; a single part is never moved.
+        var back = PrefixComposition.Rotate(c, PrefixComposition.Rotate(c, a, 37), -37);
+        for (int l = 0; l < c.Layers; l++) Assert.True(MaxDiff(a.Keys[l], back.Keys[l]) < 1e-5f);
+        Assert.Same(a, PrefixComposition.Compose(c, [a], CompositionMode.ReRotate));
+    }
+
+    static KvPrefix Slice(KvPrefix p, int start, int length)
+    {
+        var k = new float[p.Layers][]; var v = new float[p.Layers][];
+        for (int l = 0; l < p.Layers; l++)
+        {
+            k[l] = new float[p.KvHeads * length * p.HeadDim]; v[l] = new float[k[l].Length];
+            for (int h = 0; h < p.KvHeads; h++)
+            {
+                Array.Copy(p.Keys[l], (h * p.Length + start) * p.HeadDim, k[l], h * length * p.HeadDim, length * p.HeadDim);
+                Array.Copy(p.Values[l], (h * p.Length + start) * p.HeadDim, v[l], h * length * p.HeadDim, length * p.HeadDim);
+            }
+        }
+        return new KvPrefix(p.Layers, p.KvHeads, p.HeadDim, length, k, v);
+    }
+
+    static float[] Forward(Model model, KvPrefix prefix, int[] tokens)
+    {
+        var cache = new KvCache(model.Config, prefix.Length + tokens.Length, prefix);
+        var logits = new float[tokens.Length * model.Config.VocabSize];
+        new Transformer(model).ForwardAll(cache, tokens, logits);
+        return logits;
+    }
+
+    static float MaxDiff(float[] a, float[] b) => a.Zip(b, (x, y) => Math.Abs(x - y)).Max();
+}

@@ -9,5 +9,6 @@ var root = new RootCommand("cas — cartridges: small trained KV caches that sta
     TrainCommand.Create(),
     SynthesizeCommand.Create(),
     DatasetCommand.Create(),
+    EvalCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -49,6 +49,20 @@ public sealed record DocumentProbeOptions
 }
 
 /// <summary>
+/// Probe examples together with the chunks they were made from: example i's teacher read
+/// <see cref="StartTokens"/> + <c>Chunks[ChunkOf[i]]</c> and then the example's tokens.
+/// </summary>
+/// <param name="Examples">The examples (student tokens and teacher targets).</param>
+/// <param name="Chunks">The document's chunks (token windows, without start tokens).</param>
+/// <param name="ChunkOf">Per example (same order as <paramref name="Examples"/>), the index of its chunk.</param>
+/// <param name="StartTokens">The tokens the teacher read before the chunk (BOS for llama2.c models).</param>
+public sealed record DocumentProbeSet(TrainingExamples Examples, IReadOnlyList<int[]> Chunks, int[] ChunkOf, int[] StartTokens)
+{
+    /// <summary>Start tokens + chunk: everything the teacher of example <paramref name="example"/> read before its tokens.</summary>
+    public int[] TeacherContext(int example) => [.. StartTokens, .. Chunks[ChunkOf[example]]];
+}
+
+/// <summary>
 /// Training data made from a plain document, without a dataset: the document is cut into chunks; for each example
 /// a probe (a few tokens starting at a sentence boundary of the chunk, or a generic opener) is given to the TEACHER —
 /// the model reading start tokens + chunk + separator + probe — which continues it by sampling. The teacher's top-k
@@ -79,6 +93,15 @@ public static class DocumentProbes
     /// Builds the examples. <paramref name="progress"/> receives (examples done, total).
     /// </summary>
     public static TrainingExamples Build(Model model, ITokenizer tokenizer, string text, string documentId, DocumentProbeOptions options,
+        Action<int, int>? progress = null, CancellationToken cancel = default) =>
+        BuildSet(model, tokenizer, text, documentId, options, progress, cancel).Examples;
+
+    /// <summary>
+    /// As <see cref="Build"/>, keeping what an evaluation needs besides the examples: the chunks the teacher read and,
+    /// per example, which chunk it was made from (so held-out metrics can be taken with no context, a truncated
+    /// context, the full chunk in context, or a cartridge).
+    /// </summary>
+    public static DocumentProbeSet BuildSet(Model model, ITokenizer tokenizer, string text, string documentId, DocumentProbeOptions options,
         Action<int, int>? progress = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(model); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(text);
@@ -135,6 +158,7 @@ public static class DocumentProbes
         var generator = new Generator(new Transformer(model));
         IReadOnlyList<int> stops = tokenizer.EosId is int eos ? [eos] : [];
         var examples = new List<TrainingSequence>(plans.Count);
+        var chunkOf = new List<int>(plans.Count);
         var topIds = new int[o.TopK]; var topLps = new float[o.TopK];
         var scratch = new float[c.VocabSize];
         for (int i0 = 0; i0 < plans.Count; i0 += o.GenerationBatch)
@@ -169,12 +193,16 @@ public static class DocumentProbes
                 var b = new SparseTargets.Builder(tokens.Length);
                 for (int t = 0; t < targets[j].Count && s0 - 1 + t < tokens.Length; t++)
                     b.Add(s0 - 1 + t, targets[j][t].Ids, targets[j][t].Lps);
-                examples.Add(new TrainingSequence(tokens, b.Build()));
+                var sequence = new TrainingSequence(tokens, b.Build());
+                if (sequence.Targets.TargetPositions == 0) continue; // TrainingExamples drops these too; keep chunkOf aligned
+                examples.Add(sequence);
+                chunkOf.Add(plans[i0 + j].Chunk);
             }
             progress?.Invoke(i0 + n, plans.Count);
         }
-        return new TrainingExamples(examples, [documentId],
+        var set = new TrainingExamples(examples, [documentId],
             $"{documentId}: {examples.Count} teacher continuations of probes from {chunks.Count} chunk(s) (seed {o.Seed}, {o.Split.ToString().ToLowerInvariant()} split)");
+        return new DocumentProbeSet(set, chunks, chunkOf.ToArray(), start);
     }
 
     /// <summary>

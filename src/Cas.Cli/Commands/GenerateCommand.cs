@@ -21,14 +21,23 @@ static class GenerateCommand
         var topP = new Option<float>("--top-p") { Description = "Nucleus sampling threshold (1 = off).", DefaultValueFactory = _ => 1f };
         var topK = new Option<int>("--top-k") { Description = "Keep the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
         var seed = new Option<ulong>("--seed") { Description = "Sampling seed.", DefaultValueFactory = _ => 42UL };
+        var cartridge = new Option<string[]>("--cartridge")
+        {
+            Description = "Cartridge file (.safetensors) to load in front of the prompt; repeat to compose several in the given order. " +
+                          "The cartridge stands in for BOS + its document, so no BOS is added after it.",
+            Arity = ArgumentArity.OneOrMore,
+        };
         var cmd = new Command("generate", "Generate a completion with a model (optionally with cartridges loaded in front).")
         {
-            model, tokenizer, prompt, chat, chatFormat, system, maxTokens, temperature, topP, topK, seed,
+            model, tokenizer, prompt, chat, chatFormat, system, maxTokens, temperature, topP, topK, seed, cartridge,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
             var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer));
             var text = pr.GetValue(prompt) ?? "";
+            // Cartridges first: a mismatch with the model is reported before any work.
+            var cartridgePaths = pr.GetValue(cartridge) ?? [];
+            KvPrefix? prefix = cartridgePaths.Length > 0 ? CartridgeFiles.LoadComposed(cartridgePaths, m) : null;
             int[] ids;
             IReadOnlyList<int> stops;
             if (pr.GetValue(chat))
@@ -40,12 +49,21 @@ static class GenerateCommand
                 ids = Prompts.Encode(tok, ChatFormat.Render(kind, messages, addGenerationPrompt: true), addStart: false);
                 stops = ChatFormat.StopTokens(kind, tok);
             }
+            else if (prefix != null)
+            {
+                // The cartridge's frozen slot 0 is the BOS KV and the cartridge replaces "BOS + document": the prompt
+                // continues the document, so it is encoded as continuation text (no start tokens, no dummy-prefix space).
+                ids = Cas.Training.DocumentProbes.EncodeContinuation(tok, text);
+                if (ids.Length == 0)
+                    throw new InvalidRequestException("with --cartridge the prompt must not be empty: the cartridge holds KV, not a next-token distribution. Start with some text, e.g. --prompt $'\\n' or a question.");
+                stops = tok.EosId is int eos ? [eos] : [];
+            }
             else
             {
                 ids = Prompts.Encode(tok, text, addStart: true);
                 stops = tok.EosId is int eos ? [eos] : [];
             }
-            var request = new GenerationRequest(ids)
+            var request = new GenerationRequest(ids, prefix)
             {
                 MaxTokens = pr.GetValue(maxTokens),
                 StopTokens = stops,

@@ -1,0 +1,174 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Cas.Engine;
+using Cas.Engine.Cartridges;
+using Cas.Engine.Models;
+using Cas.SelfStudy;
+using Cas.Training;
+using Cas.Training.Evaluation;
+
+namespace Cas.Cli.Commands;
+
+/// <summary>
+/// `cas eval`: held-out perplexity and KL to the teacher of one or more cartridges (composed in the given order),
+/// against no context, a truncated context of the same KV budget, and the full context (ICL). Progress on stderr;
+/// stdout gets key=value lines ending with cartridge_gap_closed.
+/// </summary>
+static class EvalCommand
+{
+    /// <summary>Default probe seed: differs from `cas train`'s default (1) and from its held-out seed (1 + 0x9E3779B9).</summary>
+    public const ulong DefaultSeed = 1000;
+
+    public static Command Create()
+    {
+        var model = Cli.ModelOption();
+        var tokenizer = Cli.TokenizerOption();
+        var cartridge = new Option<string[]>("--cartridge")
+        {
+            Description = "Cartridge file (.safetensors); repeat to compose several, in the given order.", Required = true,
+            AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.OneOrMore,
+        };
+        var data = new Option<string>("--data") { Description = "Held-out data: the plain document the cartridge was trained on (held-out probes are made from it) or a self-study dataset (.casds).", Required = true };
+        var seed = new Option<ulong>("--seed") { Description = "Seeds the held-out probes (keep it different from the training seed).", DefaultValueFactory = _ => DefaultSeed };
+        var examplesPerChunk = new Option<int>("--examples-per-chunk") { Description = "Document data: held-out probes per chunk.", DefaultValueFactory = _ => 16 };
+        var chunkTokens = new Option<int>("--chunk-tokens") { Description = "Document data: largest chunk the teacher sees (use the value training used).", DefaultValueFactory = _ => 400 };
+        var continuation = new Option<int>("--continuation-tokens") { Description = "Document data: most tokens the teacher writes per probe (use the value training used).", DefaultValueFactory = _ => 64 };
+        var compose = new Option<string>("--compose")
+        {
+            Description = "concat: cartridges keep the positions they were trained at (what generate and serving do) | " +
+                          "rerotate: each cartridge's keys are rotated by the slots in front of it (the alternative, for comparison).",
+            DefaultValueFactory = _ => "concat",
+        };
+        var cmd = new Command("eval", "Held-out perplexity and KL to the teacher: no context, truncated context, full context (ICL) and cartridge(s).")
+        {
+            model, tokenizer, cartridge, data, seed, examplesPerChunk, chunkTokens, continuation, compose,
+        };
+        cmd.SetAction(pr => Cli.Run(() => Execute(
+            pr.GetValue(model), pr.GetValue(tokenizer), pr.GetValue(cartridge) ?? [], pr.GetValue(data)!, pr.GetValue(seed),
+            pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation), pr.GetValue(compose)!)));
+        return cmd;
+    }
+
+    static int Execute(string? modelPath, string? tokenizerPath, string[] cartridgePaths, string dataPath, ulong seed,
+        int examplesPerChunk, int chunkTokens, int continuation, string composeText)
+    {
+        var mode = composeText.ToLowerInvariant() switch
+        {
+            "concat" => CompositionMode.Concat,
+            "rerotate" => CompositionMode.ReRotate,
+            _ => throw new InvalidRequestException($"unknown --compose '{composeText}'; use concat or rerotate."),
+        };
+        if (!File.Exists(dataPath)) throw new InvalidRequestException($"--data {dataPath} does not exist.");
+        var clock = Stopwatch.StartNew();
+        var (m, tok, _) = Cli.Load(modelPath, tokenizerPath);
+        var prefix = PrefixComposition.Compose(m.Config, CartridgeFiles.Load(cartridgePaths, m), mode);
+
+        EvalSet set;
+        if (IsDataset(dataPath))
+        {
+            set = EvalSet.FromDataset(dataPath, tok, m.Config);
+        }
+        else
+        {
+            string text = File.ReadAllText(dataPath);
+            if (string.IsNullOrWhiteSpace(text)) throw new InvalidRequestException($"--data {dataPath} is empty; there is nothing to evaluate on.");
+            if (text.Contains('\0')) throw new InvalidRequestException($"--data {dataPath} looks binary; give a UTF-8 text document or a .casds dataset.");
+            var options = new DocumentProbeOptions
+            {
+                ChunkTokens = chunkTokens, ExamplesPerChunk = examplesPerChunk, ContinuationTokens = continuation,
+                Split = ProbeSplit.HeldOut, Seed = seed,
+            };
+            var probes = DocumentProbes.BuildSet(m, tok, text, Path.GetFileName(dataPath), options,
+                (d, n) => Progress("held-out probes", d, n));
+            set = EvalSet.FromProbes(probes);
+        }
+        Console.Error.WriteLine($"data: {set.Description}; {set.TargetPositions} target positions");
+
+        var evaluator = new HeldOutEvaluator(m);
+        var report = evaluator.Run(set, prefix, (name, d, n) => Progress($"eval {name}", d, n));
+
+        double contextTokens = 0;
+        foreach (var e in set.Examples) contextTokens += set.Contexts[e.Context].Length - set.StartTokens.Length;
+        contextTokens /= set.Examples.Count;
+
+        var o = Console.Out;
+        o.WriteLine($"data={Path.GetFullPath(dataPath)}");
+        o.WriteLine($"cartridges={string.Join(',', cartridgePaths.Select(Path.GetFullPath))}");
+        o.WriteLine($"compose={composeText.ToLowerInvariant()}");
+        o.WriteLine($"p={prefix.Length}");
+        o.WriteLine($"examples={set.Examples.Count}");
+        o.WriteLine($"target_positions={set.TargetPositions}");
+        o.WriteLine($"chunk_tokens={F(contextTokens, "F1")}");
+        o.WriteLine($"compression={F(contextTokens / prefix.Length, "F2")}");
+        foreach (var r in report.All)
+        {
+            o.WriteLine($"ppl_{r.Name}={F(r.Perplexity, "F6")}");
+            o.WriteLine($"nll_{r.Name}={F(r.MeanNll, "F6")}");
+            o.WriteLine($"kl_{r.Name}={F(r.Kl, "F6")}");
+            o.WriteLine($"kv_slots_{r.Name}={F(r.KvSlots, "0.##")}");
+        }
+        o.WriteLine($"elapsed_s={F(clock.Elapsed.TotalSeconds, "F2")}");
+        o.WriteLine($"cartridge_gap_closed={F(report.GapClosed, "F6")}");
+        return 0;
+    }
+
+    static double _lastProgress = double.NegativeInfinity;
+    static readonly Stopwatch ProgressClock = Stopwatch.StartNew();
+    static void Progress(string what, int done, int total)
+    {
+        double now = ProgressClock.Elapsed.TotalSeconds;
+        if (done < total && now - _lastProgress < 1.0) return;
+        _lastProgress = now;
+        Console.Error.WriteLine($"{what} {done}/{total}");
+    }
+
+    /// <summary>Invariant formatting; a value that rounds to zero prints without a minus sign (KL can be −1e-9 from rounding).</summary>
+    static string F(double v, string format)
+    {
+        string s = v.ToString(format, CultureInfo.InvariantCulture);
+        return s.StartsWith('-') && double.Parse(s, CultureInfo.InvariantCulture) == 0 ? s[1..] : s;
+    }
+
+    static bool IsDataset(string path)
+    {
+        if (string.Equals(Path.GetExtension(path), DatasetFormat.Extension, StringComparison.OrdinalIgnoreCase)) return true;
+        Span<byte> head = stackalloc byte[8];
+        using var f = File.OpenRead(path);
+        return f.Read(head) == 8 && head.SequenceEqual(DatasetFormat.Magic);
+    }
+}
+
+/// <summary>Loading cartridge files for a model and composing them.</summary>
+static class CartridgeFiles
+{
+    /// <summary>
+    /// Loads every file (each checked against the model's fingerprint and shapes) and concatenates them in the given
+    /// order with <see cref="KvPrefix.Concat"/>: keys are not re-rotated, each cartridge keeps the positions it was
+    /// trained at, and tokens after the composition start at position Σp (see eval/COMPOSITION.md).
+    /// </summary>
+    public static KvPrefix LoadComposed(IReadOnlyList<string> paths, Model model)
+    {
+        var parts = Load(paths, model);
+        return parts.Count == 1 ? parts[0] : KvPrefix.Concat(parts);
+    }
+
+    /// <summary>Loads every file, each checked against the model; their total length must leave room in the context.</summary>
+    public static IReadOnlyList<KvPrefix> Load(IReadOnlyList<string> paths, Model model)
+    {
+        if (paths.Count == 0) throw new InvalidRequestException("give at least one --cartridge FILE.");
+        string fingerprint = Cartridge.Fingerprint(model);
+        var parts = new List<KvPrefix>(paths.Count);
+        int total = 0;
+        foreach (var path in paths)
+        {
+            if (!File.Exists(path)) throw new InvalidRequestException($"--cartridge {path} does not exist.");
+            var c = Cartridge.Load(path, model, fingerprint);
+            parts.Add(c.Prefix);
+            total += c.Length;
+        }
+        if (total >= model.Config.MaxSeqLen)
+            throw new InvalidRequestException($"the cartridges together have {total} slots, which leaves no room in the model's context of {model.Config.MaxSeqLen}; load fewer or smaller cartridges.");
+        return parts;
+    }
+}

@@ -36,7 +36,7 @@ public class CartridgeBackpropTests
         }
         double expect = sum / n;
 
-        var train = new CartridgeBackprop(m, maxTokens: 64) { AttentionBlockRows = 8 };
+        var train = new CartridgeBackprop(m, maxTokens: 64) { AttentionBlockRows = 8, ScoreBufferFloats = 500 };
         var (dK, dV) = Tiny.GradBuffers(prefix);
         float withGrad = train.LossAndGradient(prefix, batch, dK, dV);
         float trainLoss = train.Loss(prefix, batch);

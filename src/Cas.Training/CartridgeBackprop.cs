@@ -105,14 +105,34 @@ public sealed class CartridgeBackprop
     /// <summary>Σ of the per-position losses in the last call (before dividing).</summary>
     public double LastLossSum { get; private set; }
 
-    /// <summary>Bytes held in activation buffers for <paramref name="tokens"/> rows (estimate for planning).</summary>
+    /// <summary>
+    /// Bytes of the per-token buffers for <paramref name="tokens"/> rows (planning estimate). Not included: the attention
+    /// score chunks (2 × at most 16 MiB), the LM head block (lmHeadRows × vocab floats) and small per-row index arrays.
+    /// </summary>
     public static long ActivationBytes(ModelConfig c, int tokens, bool training = true)
     {
-        long perLayer = 2L * c.Dim + 2 + 2L * c.QDim + 2L * c.KvDim + 2L * c.HiddenDim;
+        long perLayer = (training ? 2L : 1L) * c.Dim + 2 + c.QDim + 2L * c.KvDim + 2L * c.HiddenDim;
         if (c.QkNorm) perLayer += c.QDim + c.KvDim + c.Heads + c.KvHeads;
         long saves = (training ? c.Layers : 1) * perLayer;
-        long scratch = 3L * c.Dim + c.HeadDim + 3L * c.QDim + 2L * c.KvDim + 3L * c.HiddenDim + 3;
+        long packed = (long)c.QDim / c.KvHeads;
+        long scratch = c.HeadDim + c.Dim + c.QDim + c.HiddenDim + 2 * packed; // cos/sin, xn, att, h, packed q/o
+        if (training) scratch += c.Dim + 2L * c.Dim + 2L * c.HiddenDim + 2L * c.QDim + 2L * c.KvDim + packed; // xF, dx/dxn, dg/du, dAtt/dq, dk/dv, dq packed
         return 4L * tokens * (saves + scratch);
+    }
+
+    /// <summary>Bytes currently held by this instance's float buffers (activations, scratch, LM head block).</summary>
+    public long AllocatedBytes
+    {
+        get
+        {
+            long n = 0;
+            foreach (var sv in _saves)
+                foreach (var a in new[] { sv.XIn, sv.XMid, sv.Inv1, sv.Inv2, sv.Q, sv.K, sv.V, sv.Gate, sv.Up, sv.QPre, sv.KPre, sv.QInv, sv.KInv })
+                    n += a?.Length ?? 0;
+            foreach (var a in new[] { _xF, _cos, _sin, _xn, _att, _h, _dx, _dxn, _dg, _du, _dAtt, _dq, _dk, _dv, _logits, _xb, _dxb, _invF, _rowLoss, _s, _dp, _qp, _op, _dqp })
+                n += a.Length;
+            return 4 * n;
+        }
     }
 
     void Grow(int rows)

@@ -16,10 +16,16 @@ namespace Cas.Training;
 ///
 /// Memory: the forward pass saves, per layer and token row, the residual input and mid-block residual,
 /// both norms' 1/rms, the rotated q, the k and v, the MLP gate and up pre-activations (and for Qwen3 the
-/// pre-norm q/k and their 1/rms): (2·dim + 2·qd + 2·kvd + 2·hidden) floats (+ qd + kvd + heads + kv_heads
-/// for Qwen3). Attention probabilities are NOT stored: backward recomputes them per (sequence, head),
-/// which costs one more QKᵀ product but keeps memory linear in the token count. The LM head runs in blocks
-/// of <see cref="LmHeadRows"/> rows, only on positions that have targets, so the [rows, vocab] buffer stays bounded.
+/// pre-norm q/k and their 1/rms): 2·dim + 2 + qd + 2·kvd + 2·hidden floats (+ qd + kvd + heads + kv_heads
+/// for Qwen3); see <see cref="ActivationBytes"/>. Attention probabilities are NOT stored: backward recomputes
+/// them per KV group in bounded row chunks, which costs one more QKᵀ product but keeps memory linear in the
+/// token count. The LM head runs in blocks of <see cref="LmHeadRows"/> rows, only on positions that have
+/// targets, so the [rows, vocab] buffer stays bounded.
+///
+/// Work: every large product is a <see cref="Blas.Sgemm"/> call (BLAS uses all cores); row-wise elementwise
+/// work (norms, RoPE, softmax, SwiGLU) is TensorPrimitives split over the cores. Backward forms input
+/// gradients only: dxn = dq·Wq + dk·Wk + dv·Wv etc. as accumulating SGEMMs; below layer 0 nothing but the
+/// prefix gradient is computed.
 ///
 /// Buffers are allocated once for <see cref="MaxTokens"/> rows and grow (once) if a larger batch arrives.
 /// Not thread-safe: one instance per concurrent trainer (instances can share the Model).
@@ -67,8 +73,13 @@ public sealed class CartridgeBackprop
     /// <summary>S and dP chunks hold at most this many floats each (unless one unit needs more). Tests set it small.</summary>
     internal int ScoreBufferFloats { get; set; } = 4 << 20;
 
-    /// <summary>Where the time of the calls so far went (seconds per phase); see <see cref="Phase"/>.</summary>
+    /// <summary>Seconds spent per <see cref="Phase"/> by the calls so far (index by (int)phase; clear it to restart).</summary>
     public double[] PhaseSeconds { get; } = new double[(int)Phase.Count];
+
+    /// <summary>
+    /// Parts of a call: forward projections/MLP SGEMMs, forward attention, forward elementwise work (norms, RoPE, SwiGLU),
+    /// LM head SGEMMs (forward and backward), the loss over the vocabulary, and the backward counterparts.
+    /// </summary>
     public enum Phase { Projections, Attention, Elementwise, LmHead, Loss, BackwardProjections, BackwardAttention, BackwardElementwise, Count }
     long _mark;
     void Mark(Phase p) { long now = System.Diagnostics.Stopwatch.GetTimestamp(); PhaseSeconds[(int)p] += (now - _mark) / (double)System.Diagnostics.Stopwatch.Frequency; _mark = now; }

@@ -16,10 +16,16 @@ namespace Cas.Training;
 ///
 /// Memory: the forward pass saves, per layer and token row, the residual input and mid-block residual,
 /// both norms' 1/rms, the rotated q, the k and v, the MLP gate and up pre-activations (and for Qwen3 the
-/// pre-norm q/k and their 1/rms): (2·dim + 2·qd + 2·kvd + 2·hidden) floats (+ qd + kvd + heads + kv_heads
-/// for Qwen3). Attention probabilities are NOT stored: backward recomputes them per (sequence, head),
-/// which costs one more QKᵀ product but keeps memory linear in the token count. The LM head runs in blocks
-/// of <see cref="LmHeadRows"/> rows, only on positions that have targets, so the [rows, vocab] buffer stays bounded.
+/// pre-norm q/k and their 1/rms): 2·dim + 2 + qd + 2·kvd + 2·hidden floats (+ qd + kvd + heads + kv_heads
+/// for Qwen3); see <see cref="ActivationBytes"/>. Attention probabilities are NOT stored: backward recomputes
+/// them per KV group in bounded row chunks, which costs one more QKᵀ product but keeps memory linear in the
+/// token count. The LM head runs in blocks of <see cref="LmHeadRows"/> rows, only on positions that have
+/// targets, so the [rows, vocab] buffer stays bounded.
+///
+/// Work: every large product is a <see cref="Blas.Sgemm"/> call (BLAS uses all cores); row-wise elementwise
+/// work (norms, RoPE, softmax, SwiGLU) is TensorPrimitives split over the cores. Backward forms input
+/// gradients only: dxn = dq·Wq + dk·Wk + dv·Wv etc. as accumulating SGEMMs; below layer 0 nothing but the
+/// prefix gradient is computed.
 ///
 /// Buffers are allocated once for <see cref="MaxTokens"/> rows and grow (once) if a larger batch arrives.
 /// Not thread-safe: one instance per concurrent trainer (instances can share the Model).
@@ -46,15 +52,34 @@ public sealed class CartridgeBackprop
     // LM head blocks
     readonly float[] _logits, _xb, _dxb, _invF, _rowLoss; // [B, vocab], [B, dim], [B, dim], [B], [B]
     int[] _tRow = [], _tSeq = [], _tPos = [];           // [cap] target rows of the current batch
-    // attention scratch: S and dP blocks [rows, p+T]; packed q, o (or dO) and dq of one KV group [T, group·head_dim].
-    // They grow to the largest sequence seen.
+    // attention scratch: S and dP chunks [chunk rows, p + longest T]; packed q, o (or dO) and dq of one KV group
+    // [rows·group, head_dim]. They grow to the largest batch seen.
     float[] _s = [], _dp = [], _qp = [], _op = [], _dqp = [];
 
     readonly List<Seq> _seqs = new();
     record struct Seq(int Row, int Count);
 
-    /// <summary>Where the time of the calls so far went (seconds per phase); see <see cref="Phase"/>.</summary>
+    // Attention work layout of the current batch. For one KV group, the queries of all its heads and all token rows
+    // are packed as rows r·group + j (token row r, j-th head of the group). A unit is a block of consecutive tokens
+    // [T0, T1) of one sequence (its packed rows are contiguous); a chunk is a run of consecutive units whose
+    // score rows fit the S buffer. The prefix part of every product runs once per chunk (one large SGEMM), the
+    // token part once per unit (the unit sees its sequence's tokens 0..T1-1 only: the causal triangle beyond it is skipped).
+    readonly List<Unit> _units = new();
+    readonly List<Chunk> _chunks = new();
+    record struct Unit(int Seq, int T0, int T1, int Rho, int M);      // Rho: first packed row; M: packed rows
+    record struct Chunk(int FirstUnit, int Units, int Rho, int M);
+    int[] _tIdx = [];  // [cap] position of each token row within its sequence
+    int _ld;           // row stride of the S/dP buffers: p + longest sequence
+    /// <summary>S and dP chunks hold at most this many floats each (unless one unit needs more). Tests set it small.</summary>
+    internal int ScoreBufferFloats { get; set; } = 4 << 20;
+
+    /// <summary>Seconds spent per <see cref="Phase"/> by the calls so far (index by (int)phase; clear it to restart).</summary>
     public double[] PhaseSeconds { get; } = new double[(int)Phase.Count];
+
+    /// <summary>
+    /// Parts of a call: forward projections/MLP SGEMMs, forward attention, forward elementwise work (norms, RoPE, SwiGLU),
+    /// LM head SGEMMs (forward and backward), the loss over the vocabulary, and the backward counterparts.
+    /// </summary>
     public enum Phase { Projections, Attention, Elementwise, LmHead, Loss, BackwardProjections, BackwardAttention, BackwardElementwise, Count }
     long _mark;
     void Mark(Phase p) { long now = System.Diagnostics.Stopwatch.GetTimestamp(); PhaseSeconds[(int)p] += (now - _mark) / (double)System.Diagnostics.Stopwatch.Frequency; _mark = now; }
@@ -91,14 +116,34 @@ public sealed class CartridgeBackprop
     /// <summary>Σ of the per-position losses in the last call (before dividing).</summary>
     public double LastLossSum { get; private set; }
 
-    /// <summary>Bytes held in activation buffers for <paramref name="tokens"/> rows (estimate for planning).</summary>
+    /// <summary>
+    /// Bytes of the per-token buffers for <paramref name="tokens"/> rows (planning estimate). Not included: the attention
+    /// score chunks (2 × at most 16 MiB), the LM head block (lmHeadRows × vocab floats) and small per-row index arrays.
+    /// </summary>
     public static long ActivationBytes(ModelConfig c, int tokens, bool training = true)
     {
-        long perLayer = 2L * c.Dim + 2 + 2L * c.QDim + 2L * c.KvDim + 2L * c.HiddenDim;
+        long perLayer = (training ? 2L : 1L) * c.Dim + 2 + c.QDim + 2L * c.KvDim + 2L * c.HiddenDim;
         if (c.QkNorm) perLayer += c.QDim + c.KvDim + c.Heads + c.KvHeads;
         long saves = (training ? c.Layers : 1) * perLayer;
-        long scratch = 3L * c.Dim + c.HeadDim + 3L * c.QDim + 2L * c.KvDim + 3L * c.HiddenDim + 3;
+        long packed = (long)c.QDim / c.KvHeads;
+        long scratch = c.HeadDim + c.Dim + c.QDim + c.HiddenDim + 2 * packed; // cos/sin, xn, att, h, packed q/o
+        if (training) scratch += c.Dim + 2L * c.Dim + 2L * c.HiddenDim + 2L * c.QDim + 2L * c.KvDim + packed; // xF, dx/dxn, dg/du, dAtt/dq, dk/dv, dq packed
         return 4L * tokens * (saves + scratch);
+    }
+
+    /// <summary>Bytes currently held by this instance's float buffers (activations, scratch, LM head block).</summary>
+    public long AllocatedBytes
+    {
+        get
+        {
+            long n = 0;
+            foreach (var sv in _saves)
+                foreach (var a in new[] { sv.XIn, sv.XMid, sv.Inv1, sv.Inv2, sv.Q, sv.K, sv.V, sv.Gate, sv.Up, sv.QPre, sv.KPre, sv.QInv, sv.KInv })
+                    n += a?.Length ?? 0;
+            foreach (var a in new[] { _xF, _cos, _sin, _xn, _att, _h, _dx, _dxn, _dg, _du, _dAtt, _dq, _dk, _dv, _logits, _xb, _dxb, _invF, _rowLoss, _s, _dp, _qp, _op, _dqp })
+                n += a.Length;
+            return 4 * n;
+        }
     }
 
     void Grow(int rows)
@@ -126,7 +171,7 @@ public sealed class CartridgeBackprop
             _dAtt = A((long)C * qd); _dq = A((long)C * qd);
             _dk = A((long)C * kvd); _dv = A((long)C * kvd);
         }
-        _tRow = new int[C]; _tSeq = new int[C]; _tPos = new int[C];
+        _tRow = new int[C]; _tSeq = new int[C]; _tPos = new int[C]; _tIdx = new int[C];
         _cap = C;
     }
 
@@ -219,15 +264,14 @@ public sealed class CartridgeBackprop
                 int r = row + t;
                 _w.TokenEmbedding.AsSpan(seq.Tokens[t] * dim, dim).CopyTo(x0.AsSpan(r * dim, dim));
                 _rope.Angles(p + t, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
+                _tIdx[r] = t;
                 if (seq.Targets.HasTarget(t)) { _tRow[ti] = r; _tSeq[ti] = s; _tPos[ti] = t; ti++; }
             }
             row += T;
         }
         _batch = batch;
-        int group = _c.Heads / _c.KvHeads;
-        long att = (long)Math.Min(maxT, TokenBlock(group)) * group * (p + maxT);
-        if (_s.Length < att) { _s = GC.AllocateUninitializedArray<float>(checked((int)att)); if (_training) _dp = GC.AllocateUninitializedArray<float>(_s.Length); }
-        long packed = (long)maxT * group * _c.HeadDim;
+        PlanAttention(p, maxT);
+        long packed = (long)rows * _c.QDim / _c.KvHeads;
         if (_qp.Length < packed)
         {
             _qp = GC.AllocateUninitializedArray<float>(checked((int)packed)); _op = GC.AllocateUninitializedArray<float>(_qp.Length);
@@ -237,6 +281,33 @@ public sealed class CartridgeBackprop
     }
 
     IReadOnlyList<TrainingSequence> _batch = [];
+
+    void PlanAttention(int p, int maxT)
+    {
+        int group = _c.Heads / _c.KvHeads, tb = TokenBlock(group);
+        _ld = p + maxT;
+        _units.Clear(); _chunks.Clear();
+        for (int s = 0; s < _seqs.Count; s++)
+            for (int t0 = 0; t0 < _seqs[s].Count; t0 += tb)
+            {
+                int t1 = Math.Min(_seqs[s].Count, t0 + tb);
+                _units.Add(new Unit(s, t0, t1, (_seqs[s].Row + t0) * group, (t1 - t0) * group));
+            }
+        int maxRows = Math.Max(ScoreBufferFloats / _ld, 1), largest = 0;
+        for (int u = 0; u < _units.Count;)
+        {
+            int first = u, m = 0;
+            while (u < _units.Count && (u == first || m + _units[u].M <= maxRows)) m += _units[u++].M;
+            _chunks.Add(new Chunk(first, u - first, _units[first].Rho, m));
+            largest = Math.Max(largest, m);
+        }
+        long need = (long)largest * _ld;
+        if (_s.Length < need)
+        {
+            _s = GC.AllocateUninitializedArray<float>(checked((int)need));
+            if (_training) _dp = GC.AllocateUninitializedArray<float>(_s.Length);
+        }
+    }
 
     // ------------------------------------------------------------------------------------------------
     // Forward
@@ -287,9 +358,8 @@ public sealed class CartridgeBackprop
                 }
             });
             Mark(Phase.Elementwise);
-            foreach (var sq in _seqs)
-                for (int g = 0; g < kvHeads; g++)
-                    AttendForward(prefix, l, sv, sq, g);
+            for (int g = 0; g < kvHeads; g++)
+                AttendForward(prefix, l, sv, rows, g);
             Mark(Phase.Attention);
             if (xmid != xin) xin.AsSpan(0, rows * dim).CopyTo(xmid);
             Blas.Sgemm(false, true, rows, dim, qd, 1f, _att, qd, w.Wo, qd, 1f, xmid, dim);
@@ -323,74 +393,75 @@ public sealed class CartridgeBackprop
     }
 
     /// <summary>
-    /// Attention of the query heads of KV group g for one sequence. Their queries are packed as rows (t, j)
-    /// (token t, j-th head of the group), so one SGEMM serves the whole group (GQA), and processed in blocks of
-    /// consecutive tokens [t0, t1): such a block sees the prefix and tokens 0..t1-1 only, so the masked upper
-    /// triangle beyond the block is never computed. Per block:
-    ///   S = scale·Q·[Kp; Kt[:t1]]ᵀ,  P = softmax(S) (causal),  O = P·[Vp; Vt[:t1]].
-    /// The prefix and token parts are separate SGEMMs writing side by side into S (no concatenation).
+    /// Attention of the query heads of KV group g for all sequences (see the layout notes at <see cref="Unit"/>). Per chunk:
+    ///   S = scale·Q·[Kp; Kt]ᵀ,  P = softmax(S) (causal),  O = P·[Vp; Vt]
+    /// with the prefix columns of all the chunk's rows in one SGEMM and the token columns per unit, side by side in S.
     /// </summary>
-    void AttendForward(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int g)
+    void AttendForward(KvPrefix prefix, int l, LayerSaves sv, int rows, int g)
     {
-        int p = prefix.Length, T = sq.Count, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim;
-        int group = _c.Heads / _c.KvHeads, gw = group * hd; // gw: width of the group's columns in a q row
+        int p = prefix.Length, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim, ld = _ld;
+        int group = _c.Heads / _c.KvHeads, gw = group * hd;
         var vp = prefix.Values[l].AsSpan(g * p * hd, p * hd);
-        var vt = sv.V.AsSpan(sq.Row * kvd + g * hd);
-        Pack(sv.Q, qd, sq, g * gw, gw, _qp);
-        int tb = TokenBlock(group);
-        for (int t0 = 0; t0 < T; t0 += tb)
+        Pack(sv.Q, qd, rows, g * gw, gw, _qp);
+        foreach (var ch in _chunks)
         {
-            int t1 = Math.Min(T, t0 + tb), m = (t1 - t0) * group, L = p + t1;
-            var S = _s.AsSpan(0, m * L);
-            Probabilities(prefix, l, sv, sq, g, t0, t1, S);
-            var o = _op.AsSpan(t0 * gw, m * hd);
-            if (p > 0) Blas.Sgemm(false, false, m, hd, p, 1f, S, L, vp, hd, 0f, o, hd);
-            Blas.Sgemm(false, false, m, hd, t1, 1f, S.Slice(p), L, vt, kvd, p > 0 ? 1f : 0f, o, hd);
+            var S = _s.AsSpan(0, ch.M * ld);
+            Probabilities(prefix, l, sv, g, ch, S);
+            var o = _op.AsSpan(ch.Rho * hd, ch.M * hd);
+            if (p > 0) Blas.Sgemm(false, false, ch.M, hd, p, 1f, S, ld, vp, hd, 0f, o, hd);
+            for (int u = ch.FirstUnit; u < ch.FirstUnit + ch.Units; u++)
+            {
+                var un = _units[u];
+                Blas.Sgemm(false, false, un.M, hd, un.T1, 1f, S.Slice((un.Rho - ch.Rho) * ld + p), ld,
+                    sv.V.AsSpan(_seqs[un.Seq].Row * kvd + g * hd), kvd, p > 0 ? 1f : 0f, _op.AsSpan(un.Rho * hd, un.M * hd), hd);
+            }
         }
-        Unpack(_op, gw, sq, g * gw, _att, qd);
+        Unpack(_op, gw, rows, g * gw, _att, qd);
     }
 
     /// <summary>
-    /// Packed query rows per attention block (tokens per block × group size). Larger blocks give larger SGEMMs,
-    /// smaller ones skip more of the causal triangle; 384 suits 2-core CPUs. Tests set it small to exercise blocking.
+    /// Packed query rows per unit (tokens per unit × group size). Larger units give larger token SGEMMs, smaller ones
+    /// skip more of the causal triangle. Tests set it small to exercise the blocking.
     /// </summary>
-    internal int AttentionBlockRows { get; set; } = 384;
+    internal int AttentionBlockRows { get; set; } = 192;
 
     int TokenBlock(int group) => Math.Max(1, (AttentionBlockRows + group - 1) / group);
 
-    /// <summary>P [(t1-t0)·group, p+t1] for the packed queries in _qp: scores, causal mask, row softmax.</summary>
-    void Probabilities(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int g, int t0, int t1, Span<float> S)
+    /// <summary>P [chunk rows, ld] for the packed queries in _qp: scores, causal mask (zeros), row softmax.</summary>
+    void Probabilities(KvPrefix prefix, int l, LayerSaves sv, int g, Chunk ch, Span<float> S)
     {
-        int p = prefix.Length, hd = _c.HeadDim, kvd = _c.KvDim, group = _c.Heads / _c.KvHeads;
-        int m = (t1 - t0) * group, L = p + t1;
+        int p = prefix.Length, hd = _c.HeadDim, kvd = _c.KvDim, group = _c.Heads / _c.KvHeads, ld = _ld;
         float scale = 1f / MathF.Sqrt(hd);
-        var q = _qp.AsSpan(t0 * group * hd, m * hd);
-        if (p > 0) Blas.Sgemm(false, true, m, p, hd, scale, q, hd, prefix.Keys[l].AsSpan(g * p * hd, p * hd), hd, 0f, S, L);
-        Blas.Sgemm(false, true, m, t1, hd, scale, q, hd, sv.K.AsSpan(sq.Row * kvd + g * hd), kvd, 0f, S.Slice(p), L);
-        var s = _s;
-        ParallelRows(m, (i0, i1) =>
+        if (p > 0)
+            Blas.Sgemm(false, true, ch.M, p, hd, scale, _qp.AsSpan(ch.Rho * hd, ch.M * hd), hd, prefix.Keys[l].AsSpan(g * p * hd, p * hd), hd, 0f, S, ld);
+        for (int u = ch.FirstUnit; u < ch.FirstUnit + ch.Units; u++)
+        {
+            var un = _units[u];
+            Blas.Sgemm(false, true, un.M, un.T1, hd, scale, _qp.AsSpan(un.Rho * hd, un.M * hd), hd,
+                sv.K.AsSpan(_seqs[un.Seq].Row * kvd + g * hd), kvd, 0f, S.Slice((un.Rho - ch.Rho) * ld + p), ld);
+        }
+        var s = _s; var tIdx = _tIdx; int rho0 = ch.Rho;
+        ParallelRows(ch.M, (i0, i1) =>
         {
             for (int i = i0; i < i1; i++)
             {
-                int visible = p + t0 + i / group + 1;
-                var row = s.AsSpan(i * L, L);
+                int visible = p + tIdx[(rho0 + i) / group] + 1;
+                var row = s.AsSpan(i * ld, ld);
                 Ops.Softmax(row.Slice(0, visible));
                 row.Slice(visible).Clear();
             }
         });
     }
 
-    /// <summary>dst[(t, j)] rows of width w = src[row0+t][col .. col+w) for the sequence's tokens.</summary>
-    static void Pack(float[] src, int srcStride, Seq sq, int col, int w, float[] dst)
+    /// <summary>dst[r·w ..] = src[r·srcStride + col ..] (w floats) for each token row r: one KV group's query heads.</summary>
+    static void Pack(float[] src, int srcStride, int rows, int col, int w, float[] dst)
     {
-        for (int t = 0; t < sq.Count; t++)
-            src.AsSpan((sq.Row + t) * srcStride + col, w).CopyTo(dst.AsSpan(t * w, w));
+        for (int r = 0; r < rows; r++) src.AsSpan(r * srcStride + col, w).CopyTo(dst.AsSpan(r * w, w));
     }
 
-    static void Unpack(float[] src, int w, Seq sq, int col, float[] dst, int dstStride)
+    static void Unpack(float[] src, int w, int rows, int col, float[] dst, int dstStride)
     {
-        for (int t = 0; t < sq.Count; t++)
-            src.AsSpan(t * w, w).CopyTo(dst.AsSpan((sq.Row + t) * dstStride + col, w));
+        for (int r = 0; r < rows; r++) src.AsSpan(r * w, w).CopyTo(dst.AsSpan(r * dstStride + col, w));
     }
 
     /// <summary>
@@ -479,9 +550,8 @@ public sealed class CartridgeBackprop
             Mark(Phase.BackwardProjections);
             bool bottom = l == 0; // below layer 0 only the prefix gradient is wanted: skip dq and token dk/dv
             if (!bottom) { Array.Clear(_dk, 0, rows * kvd); Array.Clear(_dv, 0, rows * kvd); }
-            foreach (var sq in _seqs)
-                for (int g = 0; g < kvHeads; g++)
-                    AttendBackward(prefix, l, sv, sq, g, dKeys[l], dValues[l], bottom);
+            for (int g = 0; g < kvHeads; g++)
+                AttendBackward(prefix, l, sv, rows, g, dKeys[l], dValues[l], bottom);
             Mark(Phase.BackwardAttention);
             if (bottom) break;
 
@@ -522,48 +592,50 @@ public sealed class CartridgeBackprop
     }
 
     /// <summary>
-    /// Backward of one KV group of one sequence (same packing and token blocks as <see cref="AttendForward"/>),
-    /// with P recomputed:
+    /// Backward of KV group g for all sequences (same layout as <see cref="AttendForward"/>), with P recomputed:
     ///   dP = dO·Vᵀ;  dS = P∘(dP − rowsum(P∘dP));  dV += Pᵀ·dO;  dK += scale·dSᵀ·Q;  dQ = scale·dS·K.
-    /// The sums over the group's query heads (GQA) happen inside the SGEMMs (their rows are stacked).
-    /// The prefix parts go to dKp/dVp; the token parts to _dk/_dv/_dq (skipped at the bottom layer).
+    /// The sums over the group's query heads (GQA) and, for the prefix, over all sequences happen inside the SGEMMs
+    /// (their rows are stacked). Prefix parts go to dKp/dVp; token parts to _dk/_dv/_dq (skipped at the bottom layer).
     /// </summary>
-    void AttendBackward(KvPrefix prefix, int l, LayerSaves sv, Seq sq, int g, float[] dKp, float[] dVp, bool bottom)
+    void AttendBackward(KvPrefix prefix, int l, LayerSaves sv, int rows, int g, float[] dKp, float[] dVp, bool bottom)
     {
-        int p = prefix.Length, T = sq.Count, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim;
+        int p = prefix.Length, hd = _c.HeadDim, qd = _c.QDim, kvd = _c.KvDim, ld = _ld;
         int group = _c.Heads / _c.KvHeads, gw = group * hd;
         float scale = 1f / MathF.Sqrt(hd);
         var kp = prefix.Keys[l].AsSpan(g * p * hd, p * hd); var vp = prefix.Values[l].AsSpan(g * p * hd, p * hd);
         var dkp = dKp.AsSpan(g * p * hd, p * hd); var dvp = dVp.AsSpan(g * p * hd, p * hd);
-        var kt = sv.K.AsSpan(sq.Row * kvd + g * hd); var vt = sv.V.AsSpan(sq.Row * kvd + g * hd);
-        var dkt = _dk.AsSpan(sq.Row * kvd + g * hd); var dvt = _dv.AsSpan(sq.Row * kvd + g * hd);
-        Pack(sv.Q, qd, sq, g * gw, gw, _qp);
-        Pack(_dAtt, qd, sq, g * gw, gw, _op);
-        int tb = TokenBlock(group);
-        for (int t0 = 0; t0 < T; t0 += tb)
+        Pack(sv.Q, qd, rows, g * gw, gw, _qp);
+        Pack(_dAtt, qd, rows, g * gw, gw, _op);
+        foreach (var ch in _chunks)
         {
-            int t1 = Math.Min(T, t0 + tb), m = (t1 - t0) * group, L = p + t1;
-            var P = _s.AsSpan(0, m * L);
-            var dS = _dp.AsSpan(0, m * L);
-            Probabilities(prefix, l, sv, sq, g, t0, t1, P);
-            var q = _qp.AsSpan(t0 * gw, m * hd);
-            var dO = _op.AsSpan(t0 * gw, m * hd);
+            var P = _s.AsSpan(0, ch.M * ld);
+            var dS = _dp.AsSpan(0, ch.M * ld);
+            Probabilities(prefix, l, sv, g, ch, P);
+            var q = _qp.AsSpan(ch.Rho * hd, ch.M * hd);
+            var dO = _op.AsSpan(ch.Rho * hd, ch.M * hd);
 
-            // dP [m, L] = dO [m, hd] · [Vp; Vt[:t1]]ᵀ
-            if (p > 0) Blas.Sgemm(false, true, m, p, hd, 1f, dO, hd, vp, hd, 0f, dS, L);
-            Blas.Sgemm(false, true, m, t1, hd, 1f, dO, hd, vt, kvd, 0f, dS.Slice(p), L);
-            // dV += Pᵀ · dO
-            if (p > 0) Blas.Sgemm(true, false, p, hd, m, 1f, P, L, dO, hd, 1f, dvp, hd);
-            if (!bottom) Blas.Sgemm(true, false, t1, hd, m, 1f, P.Slice(p), L, dO, hd, 1f, dvt, kvd);
+            // dP = dO · [Vp; Vt]ᵀ ;  dV += Pᵀ · dO
+            if (p > 0)
+            {
+                Blas.Sgemm(false, true, ch.M, p, hd, 1f, dO, hd, vp, hd, 0f, dS, ld);
+                Blas.Sgemm(true, false, p, hd, ch.M, 1f, P, ld, dO, hd, 1f, dvp, hd);
+            }
+            for (int u = ch.FirstUnit; u < ch.FirstUnit + ch.Units; u++)
+            {
+                var un = _units[u]; int at = (un.Rho - ch.Rho) * ld + p, kv = _seqs[un.Seq].Row * kvd + g * hd;
+                var dOu = _op.AsSpan(un.Rho * hd, un.M * hd);
+                Blas.Sgemm(false, true, un.M, un.T1, hd, 1f, dOu, hd, sv.V.AsSpan(kv), kvd, 0f, dS.Slice(at), ld);
+                if (!bottom) Blas.Sgemm(true, false, un.T1, hd, un.M, 1f, P.Slice(at), ld, dOu, hd, 1f, _dv.AsSpan(kv), kvd);
+            }
             // dS = P ∘ (dP − Σ_j P·dP), zero past the diagonal
-            var s = _s; var dp = _dp;
-            ParallelRows(m, (i0, i1) =>
+            var s = _s; var dp = _dp; var tIdx = _tIdx; int rho0 = ch.Rho;
+            ParallelRows(ch.M, (i0, i1) =>
             {
                 for (int i = i0; i < i1; i++)
                 {
-                    int visible = p + t0 + i / group + 1;
-                    var pr = s.AsSpan(i * L, visible);
-                    var dr = dp.AsSpan(i * L, L);
+                    int visible = p + tIdx[(rho0 + i) / group] + 1;
+                    var pr = s.AsSpan(i * ld, visible);
+                    var dr = dp.AsSpan(i * ld, ld);
                     var dv = dr.Slice(0, visible);
                     float dot = TensorPrimitives.Dot(pr, dv);
                     TensorPrimitives.Subtract(dv, dot, dv);
@@ -571,16 +643,23 @@ public sealed class CartridgeBackprop
                     dr.Slice(visible).Clear();
                 }
             });
-            // dK += scale · dSᵀ · Q
-            if (p > 0) Blas.Sgemm(true, false, p, hd, m, scale, dS, L, q, hd, 1f, dkp, hd);
+            // dK += scale · dSᵀ · Q ;  dQ = scale · dS · [Kp; Kt]
+            if (p > 0)
+            {
+                Blas.Sgemm(true, false, p, hd, ch.M, scale, dS, ld, q, hd, 1f, dkp, hd);
+                if (!bottom) Blas.Sgemm(false, false, ch.M, hd, p, scale, dS, ld, kp, hd, 0f, _dqp.AsSpan(ch.Rho * hd, ch.M * hd), hd);
+            }
             if (bottom) continue;
-            Blas.Sgemm(true, false, t1, hd, m, scale, dS.Slice(p), L, q, hd, 1f, dkt, kvd);
-            // dQ = scale · dS · [Kp; Kt[:t1]]   (into the packed rows; dO of this block is no longer needed)
-            var dq = _dqp.AsSpan(t0 * gw, m * hd);
-            if (p > 0) Blas.Sgemm(false, false, m, hd, p, scale, dS, L, kp, hd, 0f, dq, hd);
-            Blas.Sgemm(false, false, m, hd, t1, scale, dS.Slice(p), L, kt, kvd, p > 0 ? 1f : 0f, dq, hd);
+            for (int u = ch.FirstUnit; u < ch.FirstUnit + ch.Units; u++)
+            {
+                var un = _units[u]; int at = (un.Rho - ch.Rho) * ld + p, kv = _seqs[un.Seq].Row * kvd + g * hd;
+                var qu = _qp.AsSpan(un.Rho * hd, un.M * hd);
+                Blas.Sgemm(true, false, un.T1, hd, un.M, scale, dS.Slice(at), ld, qu, hd, 1f, _dk.AsSpan(kv), kvd);
+                Blas.Sgemm(false, false, un.M, hd, un.T1, scale, dS.Slice(at), ld, sv.K.AsSpan(kv), kvd, p > 0 ? 1f : 0f,
+                    _dqp.AsSpan(un.Rho * hd, un.M * hd), hd);
+            }
         }
-        if (!bottom) Unpack(_dqp, gw, sq, g * gw, _dq, qd);
+        if (!bottom) Unpack(_dqp, gw, rows, g * gw, _dq, qd);
     }
 
     // ------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Cas.Engine;
+using Cas.Engine.Compute;
 using Cas.Engine.Models;
 
 namespace Cas.Training;
@@ -15,7 +16,9 @@ public sealed record TrainBenchResult(
     double TokensPerSecond,     // trained tokens per second
     double ForwardSeconds,      // loss-only forward of the same batch (best)
     double ForwardTokensPerSecond,
-    long ActivationBytes,
+    long AllocatedBytes,        // CartridgeBackprop buffers for this batch
+    string Blas,                // BLAS backend used for the large products
+    double LoadAverage,         // 1-minute load average when the run ended (NaN if unknown): other work on the cores skews timings
     float Loss);
 
 /// <summary>Times one cartridge training step (forward + backward to the prefix) on a random-weight model.</summary>
@@ -32,13 +35,15 @@ public static class TrainingBenchmark
     /// Builds a random-weight model of <paramref name="config"/> (default SmolLM2-135M), a random cartridge of
     /// <paramref name="prefixLength"/> slots and <paramref name="sequences"/> × <paramref name="sequenceLength"/> tokens
     /// with top-<paramref name="topK"/> sparse targets on every position, runs one warm-up step and
-    /// <paramref name="steps"/> timed steps.
+    /// <paramref name="steps"/> timed steps. <paramref name="backend"/> forces a BLAS backend (process-wide) when given.
     /// </summary>
     public static TrainBenchResult Run(ModelConfig? config = null, int prefixLength = 512, int sequences = 4, int sequenceLength = 256,
-        int topK = 20, int steps = 3, ulong seed = 7, Action<string>? log = null)
+        int topK = 20, int steps = 3, ulong seed = 7, BlasBackend? backend = null, Action<string>? log = null)
     {
         var c = config ?? SmolLM2_135M;
         if (steps < 1) throw new ArgumentOutOfRangeException(nameof(steps), "at least one timed step is needed.");
+        if (backend is { } b && !Blas.TryUse(b))
+            throw new InvalidRequestException($"BLAS backend {b} is not installed here (Blis: libblis4-pthread, OpenBlas: libopenblas0-pthread).");
         log?.Invoke($"building random {c.Architecture} model (dim {c.Dim}, {c.Layers} layers, vocab {c.VocabSize})");
         var model = RandomWeights.Create(c, seed);
         var rng = new Random((int)seed);
@@ -52,17 +57,19 @@ public static class TrainingBenchmark
         for (int l = 0; l < c.Layers; l++) { dK[l] = new float[prefix.Keys[l].Length]; dV[l] = new float[dK[l].Length]; }
 
         float loss = bp.LossAndGradient(prefix, batch, dK, dV); // warm-up (JIT, BLAS threads, page faults)
-        Array.Clear(bp.PhaseSeconds);
         var times = new double[steps];
+        var bestPhases = new double[bp.PhaseSeconds.Length];
         for (int i = 0; i < steps; i++)
         {
+            Array.Clear(bp.PhaseSeconds);
             var sw = Stopwatch.StartNew();
             loss = bp.LossAndGradient(prefix, batch, dK, dV);
             times[i] = sw.Elapsed.TotalSeconds;
+            if (times[i] <= times[..i].DefaultIfEmpty(double.MaxValue).Min()) bp.PhaseSeconds.CopyTo(bestPhases, 0);
             log?.Invoke($"step {i + 1}/{steps}: {times[i]:F3} s, loss {loss:F4}");
         }
         LastPhases = Enum.GetValues<CartridgeBackprop.Phase>().Where(p => p != CartridgeBackprop.Phase.Count)
-            .ToDictionary(p => p.ToString(), p => bp.PhaseSeconds[(int)p] / steps);
+            .ToDictionary(p => p.ToString(), p => bestPhases[(int)p]);
         Array.Sort(times);
         double best = times[0], median = times[steps / 2];
 
@@ -79,11 +86,17 @@ public static class TrainingBenchmark
         double flops = CartridgeBackprop.StepFlops(c, prefixLength, lengths, targets);
         return new TrainBenchResult(model.Source, prefixLength, sequences, sequenceLength, topK, steps,
             best, median, flops / 1e9, flops / best / 1e9, rows / best, fwd, rows / fwd,
-            CartridgeBackprop.ActivationBytes(c, rows), loss);
+            bp.AllocatedBytes, Blas.LargeBackend.ToString(), LoadAverage(), loss);
     }
 
-    /// <summary>Seconds per phase, averaged over the timed steps of the last <see cref="Run"/>.</summary>
+    /// <summary>Seconds per phase of the fastest timed step of the last <see cref="Run"/>.</summary>
     public static IReadOnlyDictionary<string, double> LastPhases { get; private set; } = new Dictionary<string, double>();
+
+    static double LoadAverage()
+    {
+        try { return double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException) { return double.NaN; }
+    }
 
     /// <summary>A cartridge with N(0, std²) keys and values.</summary>
     public static KvPrefix RandomPrefix(ModelConfig c, int length, Random rng, float std)

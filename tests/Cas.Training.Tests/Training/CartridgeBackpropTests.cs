@@ -36,7 +36,7 @@ public class CartridgeBackpropTests
         }
         double expect = sum / n;
 
-        var train = new CartridgeBackprop(m, maxTokens: 64) { AttentionBlockRows = 8 };
+        var train = new CartridgeBackprop(m, maxTokens: 64) { AttentionBlockRows = 8, ScoreBufferFloats = 500 };
         var (dK, dV) = Tiny.GradBuffers(prefix);
         float withGrad = train.LossAndGradient(prefix, batch, dK, dV);
         float trainLoss = train.Loss(prefix, batch);
@@ -161,6 +161,25 @@ public class CartridgeBackpropTests
         var seq = new TrainingSequence([3, 4, 5], SparseTargets.None(3));
         Assert.Equal(0f, new CartridgeBackprop(m, 8).LossAndGradient(prefix, [seq], dK, dV));
         Assert.All(dK[0], v => Assert.Equal(0f, v));
+    }
+
+    /// <summary>
+    /// The planning estimate covers the per-token buffers exactly: what an instance holds beyond it is the LM head block
+    /// and the attention score chunks (bounded by rows·group × (p + T) floats each, two of them).
+    /// </summary>
+    [Fact]
+    public void MemoryEstimateMatchesTheBuffers()
+    {
+        var m = Tiny.Create(Architecture.Qwen3, RopeStyle.Halves);
+        var c = m.Config;
+        var bp = new CartridgeBackprop(m, maxTokens: 40, lmHeadRows: 16);
+        var prefix = Tiny.Prefix(c, 6, seed: 1);
+        var (dK, dV) = Tiny.GradBuffers(prefix);
+        bp.LossAndGradient(prefix, Tiny.Batch(c, seed: 1, k: 2, 20, 20), dK, dV);
+        Assert.Equal(40, bp.MaxTokens);
+        long extra = bp.AllocatedBytes - CartridgeBackprop.ActivationBytes(c, 40) - 4L * 16 * (c.VocabSize + 2 * c.Dim + 2);
+        int group = c.Heads / c.KvHeads;
+        Assert.InRange(extra, 1, 2 * 4L * 40 * group * (6 + 20));
     }
 
     /// <summary>The benchmark entry point runs on a small shape and reports self-consistent figures.</summary>

@@ -22,8 +22,9 @@ public class FiniteDifferenceTests(ITestOutputHelper output)
         var c = m.Config;
         var prefix = Tiny.Prefix(c, p, seed: 11);
         var batch = Tiny.Batch(c, seed: 5, k: 4, 9, 4, 6);
-        // Small attention blocks so sequences span several causal blocks; maxTokens below the batch so buffers grow.
-        var bp = new CartridgeBackprop(m, maxTokens: 8) { AttentionBlockRows = 8 };
+        // Small attention units so sequences span several causal blocks, a small score buffer so a batch needs several
+        // chunks, and maxTokens below the batch so the buffers grow.
+        var bp = new CartridgeBackprop(m, maxTokens: 8) { AttentionBlockRows = 8, ScoreBufferFloats = 160 };
         var (dK, dV) = Tiny.GradBuffers(prefix);
         float loss32 = bp.LossAndGradient(prefix, batch, dK, dV);
 

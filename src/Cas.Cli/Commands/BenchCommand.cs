@@ -13,6 +13,7 @@ static class BenchCommand
     {
         var bench = new Command("bench", "Benchmarks that print key=value figures (headline last).");
         bench.Subcommands.Add(Engine());
+        bench.Subcommands.Add(Train());
         bench.Subcommands.Add(BenchSynth.Create());
         return bench;
     }
@@ -70,6 +71,43 @@ static class BenchCommand
             }
             Console.WriteLine($"peak_rss_mb={Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024):F0}");
             Console.WriteLine($"prefill_fraction_of_peak={prefillGflops / peak:F3}");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    static Command Train()
+    {
+        var config = new Option<string>("--config") { Description = "Folder or config.json of the model shape (random weights). Default: SmolLM2-135M's config in ../shared, else the built-in copy of it." };
+        var p = new Option<int>("--tokens") { Description = "Cartridge size p.", DefaultValueFactory = _ => 512 };
+        var seqs = new Option<int>("--sequences") { DefaultValueFactory = _ => 4 };
+        var len = new Option<int>("--sequence-length") { DefaultValueFactory = _ => 256 };
+        var topK = new Option<int>("--top-k") { DefaultValueFactory = _ => 20 };
+        var steps = new Option<int>("--steps") { Description = "Timed steps (best is reported).", DefaultValueFactory = _ => 3 };
+        var cmd = new Command("train", "Time one distillation step (forward + backward to the cartridge) on a random-weight model.") { config, p, seqs, len, topK, steps };
+        cmd.SetAction(pr => Cli.Run(() =>
+        {
+            string? cfgPath = pr.GetValue(config) ?? (Directory.Exists(DefaultConfig) ? DefaultConfig : null);
+            var cfg = cfgPath != null ? HfModelLoader.ReadConfig(cfgPath) : Cas.Training.TrainingBenchmark.SmolLM2_135M;
+            double peak = SgemmPeak();
+            var r = Cas.Training.TrainingBenchmark.Run(cfg, pr.GetValue(p), pr.GetValue(seqs), pr.GetValue(len), pr.GetValue(topK), pr.GetValue(steps),
+                log: m => Console.Error.WriteLine(m));
+            Console.WriteLine($"model={r.Model}");
+            Console.WriteLine($"blas={r.Blas}");
+            Console.WriteLine($"cartridge_tokens={r.PrefixLength}");
+            Console.WriteLine($"sequences={r.Sequences}x{r.SequenceLength}");
+            Console.WriteLine($"top_k={r.TopK}");
+            Console.WriteLine($"sgemm_peak_gflops={peak:F1}");
+            Console.WriteLine($"step_gflop={r.GFlopPerStep:F1}");
+            Console.WriteLine($"step_gflops={r.GFlops:F1}");
+            Console.WriteLine($"step_fraction_of_peak={r.GFlops / peak:F3}");
+            Console.WriteLine($"median_step_s={r.MedianSecondsPerStep:F3}");
+            Console.WriteLine($"trained_tok_s={r.TokensPerSecond:F1}");
+            Console.WriteLine($"forward_only_s={r.ForwardSeconds:F3}");
+            Console.WriteLine($"activation_mb={r.AllocatedBytes / (1024.0 * 1024):F0}");
+            Console.WriteLine($"load_average_1m={r.LoadAverage:F2}");
+            Console.WriteLine($"peak_rss_mb={Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024):F0}");
+            Console.WriteLine($"distill_step_s={r.SecondsPerStep:F3}");
             return 0;
         }));
         return cmd;

@@ -47,6 +47,8 @@ static class GenerateCommand
                 if (pr.GetValue(system) is { Length: > 0 } sys) messages.Add(new ChatMessage("system", sys));
                 messages.Add(new ChatMessage("user", text));
                 ids = Prompts.Encode(tok, ChatFormat.Render(kind, messages, addGenerationPrompt: true), addStart: false);
+                // After a cartridge (whose slot 0 is already the BOS KV) a template's leading BOS (Llama 2/3) is dropped.
+                if (prefix != null && ids.Length > 1 && tok.BosId is int bos && ids[0] == bos) ids = ids[1..];
                 stops = ChatFormat.StopTokens(kind, tok);
             }
             else if (prefix != null)

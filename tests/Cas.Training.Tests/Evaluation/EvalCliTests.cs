@@ -48,6 +48,7 @@ public class EvalCliTests
         var kv = lines.Select(l => l.Split('=', 2)).ToDictionary(a => a[0], a => a[1]);
         double D(string k) => double.Parse(kv[k], CultureInfo.InvariantCulture);
 
+        Assert.Equal("concat", kv["compose"]);
         Assert.Equal(8, D("examples"));
         Assert.Equal(32, D("p"));
         Assert.Equal(1, D("kv_slots_none"));
@@ -150,6 +151,10 @@ public class EvalCliTests
         var ev = Cli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", bad, "--data", doc);
         Assert.Equal(2, ev.Rc);
         Assert.Contains("was trained for model 777777777777", ev.Err);
+
+        var mode = Cli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", bad, "--data", doc, "--compose", "sideways");
+        Assert.Equal(2, mode.Rc);
+        Assert.Contains("unknown --compose 'sideways'", mode.Err);
 
         var missing = Cli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", Path.Combine(dir, "nope.safetensors"), "--data", doc);
         Assert.Equal(2, missing.Rc);

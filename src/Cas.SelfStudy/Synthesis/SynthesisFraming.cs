@@ -11,7 +11,7 @@ namespace Cas.SelfStudy;
 /// student's pieces are tokenized on their own and B's answer ids are appended as generated, so the
 /// teacher's targets are conditioned on the very tokens the student will see after its cartridge.</para>
 /// </summary>
-abstract class SynthesisFraming
+public abstract class SynthesisFraming
 {
     protected SynthesisFraming(ITokenizer tokenizer) => Tokenizer = tokenizer;
 

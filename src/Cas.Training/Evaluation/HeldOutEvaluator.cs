@@ -56,11 +56,11 @@ public sealed class EvalSet
     }
 
     /// <summary>
-    /// A self-study dataset (.casds): each conversation's context is the start tokens + its chunk text (kept in the
-    /// record) encoded with <paramref name="tokenizer"/>; conversations of the same chunk share it. Conversations are cut
-    /// so that the full context plus the conversation fits the model; ones left without a target are skipped.
-    /// Note: the dataset's teacher may have read the chunk inside a prompt template, so the in-context condition
-    /// approximates it rather than reproducing it.
+    /// A self-study dataset (.casds): each conversation's context is exactly what its teacher (agent B) read before the
+    /// conversation — the chunk text kept in the record, framed as the dataset's `framing` metadata says (base-model text
+    /// or a chat system turn; start tokens + chunk when a dataset does not say) — so the in-context condition reproduces
+    /// the teacher. Conversations of the same chunk share it. Conversations are cut so that the full context plus the
+    /// conversation fits the model; ones left without a target are skipped.
     /// </summary>
     public static EvalSet FromDataset(string path, ITokenizer tokenizer, ModelConfig config)
     {
@@ -72,6 +72,7 @@ public sealed class EvalSet
         var docs = new HashSet<string>(StringComparer.Ordinal);
         int conversations = 0;
         using var reader = DatasetReader.Open(path, new DatasetReadOptions(StopAtTornTail: true));
+        var framing = TeacherFraming(reader.Metadata, tokenizer);
         foreach (var conv in reader.ReadAll())
         {
             conversations++;
@@ -79,7 +80,7 @@ public sealed class EvalSet
                 throw new InvalidRequestException($"{path}: conversation {conv.Id} does not keep its chunk text, so the in-context and truncated conditions cannot be built; evaluate on a dataset written with chunk text, or on the document itself.");
             if (!byText.TryGetValue(conv.ChunkText, out int ci))
             {
-                int[] ctx = [.. start, .. tokenizer.Encode(conv.ChunkText)];
+                int[] ctx = framing != null ? framing.TeacherPrefix(conv.ChunkText) : [.. start, .. tokenizer.Encode(conv.ChunkText)];
                 foreach (int t in ctx) CheckId(t, conv.Id);
                 if (ctx.Length >= config.MaxSeqLen)
                     throw new InvalidRequestException($"{path}: the chunk of conversation {conv.Id} is {ctx.Length} tokens with its start tokens, which leaves no room in the model's context of {config.MaxSeqLen}.");
@@ -95,6 +96,15 @@ public sealed class EvalSet
         if (examples.Count == 0) throw new InvalidRequestException($"the dataset {path} holds no conversation with teacher targets; there is nothing to evaluate.");
         return new EvalSet(contexts, start, examples,
             $"{Path.GetFileName(path)}: {examples.Count} of {conversations} conversations, {contexts.Count} chunk(s) from {docs.Count} document(s)");
+
+        SynthesisFraming? TeacherFraming(IReadOnlyDictionary<string, string> metadata, ITokenizer tokenizer) =>
+            metadata.TryGetValue("framing", out var f) ? f.ToLowerInvariant() switch
+            {
+                "base" => SynthesisFraming.Create(null, tokenizer),
+                "chatml" => SynthesisFraming.Create(ChatFormatKind.ChatML, tokenizer),
+                "llama3" => SynthesisFraming.Create(ChatFormatKind.Llama3, tokenizer),
+                _ => throw new InvalidRequestException($"{path}: unknown framing '{f}' in the dataset's metadata (known: base, chatml, llama3)."),
+            } : null;
 
         void CheckId(int id, ulong conversation)
         {

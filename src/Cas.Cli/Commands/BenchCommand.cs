@@ -35,6 +35,8 @@ static class BenchCommand
             Console.WriteLine($"threads={Environment.ProcessorCount}");
             double peak = SgemmPeak();
             Console.WriteLine($"sgemm_peak_gflops={peak:F1}");
+            double bandwidth = MemoryReadBandwidth();
+            Console.WriteLine($"memory_read_gb_s={bandwidth:F1}");
 
             var model = RandomWeights.Create(cfg, seed: 7);
             var t = new Transformer(model, maxChunkTokens: Math.Max(T, 16));
@@ -67,6 +69,9 @@ static class BenchCommand
                 {
                     double weightBytes = WeightBytes(cfg);
                     Console.WriteLine($"decode_weight_read_gb_s_b1={weightBytes * tokS / 1e9:F1}");
+                    // Batch-1 decode must read every weight once per token: this is its ceiling.
+                    Console.WriteLine($"decode_b1_bandwidth_bound_tok_s={bandwidth * 1e9 / weightBytes:F1}");
+                    Console.WriteLine($"decode_b1_fraction_of_bound={weightBytes * tokS / 1e9 / bandwidth:F3}");
                 }
             }
             Console.WriteLine($"peak_rss_mb={Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024):F0}");
@@ -143,6 +148,25 @@ static class BenchCommand
     {
         double perLayer = (double)c.Dim * c.QDim * 2 + 2.0 * c.Dim * c.KvDim + 3.0 * c.Dim * c.HiddenDim;
         return 4.0 * (c.Layers * perLayer + (double)c.VocabSize * c.Dim);
+    }
+
+    /// <summary>
+    /// Read bandwidth from memory with both cores: sums a 1 GiB array (far larger than any cache) in two halves in
+    /// parallel, best of three, in GB/s.
+    /// </summary>
+    public static double MemoryReadBandwidth()
+    {
+        var a = GC.AllocateUninitializedArray<float>(1 << 28);
+        a.AsSpan().Fill(1f);
+        int parts = Environment.ProcessorCount, n = a.Length / parts;
+        double best = double.MaxValue;
+        for (int r = 0; r < 3; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            Parallel.For(0, parts, i => System.Numerics.Tensors.TensorPrimitives.Sum(a.AsSpan(i * n, n)));
+            best = Math.Min(best, sw.Elapsed.TotalSeconds);
+        }
+        return 4.0 * parts * n / best / 1e9;
     }
 
     /// <summary>Best of several large square SGEMMs through the chosen backend, in GFLOP/s.</summary>

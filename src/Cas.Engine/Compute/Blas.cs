@@ -9,11 +9,12 @@ public enum BlasBackend { Managed, Blis, OpenBlas }
 /// <summary>
 /// Row-major single-precision GEMM: C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C.
 /// Uses cblas_sgemm from BLIS or OpenBLAS when installed (loaded at run time with NativeLibrary),
-/// else a managed kernel (logged once). Measured on the 2-core dev machine (AVX-512): OpenBLAS reaches
-/// ≈245 GFLOP/s at 2048³ where BLIS reaches ≈46, but at M=1 OpenBLAS manages ≈13 GFLOP/s and BLIS ≈35.
-/// So: M = 1 (batch-1 decode) → BLIS; 2 ≤ M ≤ <see cref="SmallRows"/> against a transposed B (small-batch
-/// decode, y = x·Wᵀ) → a managed kernel that reads each weight row once for all M rows (both libraries
-/// are at 10–30 GFLOP/s there); everything larger → OpenBLAS.
+/// else a managed kernel (logged once). Measured on the 2-core dev machine (AVX-512, 37 GB/s memory read):
+/// OpenBLAS reaches ≈230 GFLOP/s at 2048³ where Debian's BLIS (generic kernels on this CPU) reaches ≈46, and at
+/// M = 1 OpenBLAS manages ≈13 GFLOP/s and BLIS ≈35 in cache but only ≈18 GB/s from memory. So decode shapes —
+/// 1 ≤ M ≤ <see cref="SmallRows"/> against a transposed B, y = x·Wᵀ — go to a managed kernel that reads each
+/// weight row once for all M rows on both cores: batch-1 decode of SmolLM2-135M went from 28.7 tok/s (BLIS,
+/// 41% of the bandwidth bound) to 54.6 tok/s (78%). Everything larger goes to OpenBLAS.
 /// Environment: CAS_BLAS=blis|openblas|managed forces one backend for every shape.
 /// </summary>
 public static unsafe class Blas
@@ -111,7 +112,7 @@ public static unsafe class Blas
         CheckSizes(transA, transB, m, n, k, a.Length, lda, b.Length, ldb, c.Length, ldc);
         Init();
         var backend = m <= 4 ? s_small : s_large;
-        if (s_smallKernel && transB && !transA && m >= 2 && m <= SmallRows && k > 0)
+        if (s_smallKernel && transB && !transA && m <= SmallRows && k > 0)
         {
             fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
                 ManagedGemm.FewRows(m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);

@@ -13,10 +13,23 @@ public class BlasTests
     {
         var before = (Blas.LargeBackend, Blas.SmallBackend);
         if (!Blas.TryUse(backend)) Assert.Skip($"{backend} is not installed on this machine (apt-get install libblis4-pthread / libopenblas0-pthread).");
-        try
+        try { CheckAgainstNaive(backend.ToString()); }
+        finally { Blas.TryUse(before.LargeBackend); Blas.UseAutomatic(); }
+    }
+
+    /// <summary>The automatic per-shape choice (few-rows decode kernel for M ≤ 8 against Wᵀ, libraries otherwise).</summary>
+    [Fact]
+    public void AutomaticChoiceMatchesNaiveProduct()
+    {
+        Blas.UseAutomatic();
+        CheckAgainstNaive("automatic");
+    }
+
+    static void CheckAgainstNaive(string backend)
+    {
         {
             var rng = new Random(5);
-            foreach (var (m, n, k) in new[] { (1, 7, 5), (3, 1, 9), (17, 33, 65), (64, 48, 31) })
+            foreach (var (m, n, k) in new[] { (1, 7, 5), (3, 1, 9), (1, 300, 200), (8, 129, 70), (17, 33, 65), (64, 48, 31) })
             foreach (bool ta in new[] { false, true })
             foreach (bool tb in new[] { false, true })
             {
@@ -40,7 +53,6 @@ public class BlasTests
                 for (int i = 0; i < m; i++) Assert.Equal(c0[i * ldc + n], c[i * ldc + n]);
             }
         }
-        finally { Blas.TryUse(before.LargeBackend); }
     }
 
     [Fact]

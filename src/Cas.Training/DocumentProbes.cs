@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using Cas.Engine;
+using Cas.SelfStudy;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
 
@@ -160,7 +161,6 @@ public static class DocumentProbes
         var examples = new List<TrainingSequence>(plans.Count);
         var chunkOf = new List<int>(plans.Count);
         var topIds = new int[o.TopK]; var topLps = new float[o.TopK];
-        var scratch = new float[c.VocabSize];
         for (int i0 = 0; i0 < plans.Count; i0 += o.GenerationBatch)
         {
             cancel.ThrowIfCancellationRequested();
@@ -179,7 +179,7 @@ public static class DocumentProbes
             }
             var results = generator.Generate(requests, (r, _, logits) =>
             {
-                int k = TopK(logits, o.TopK, o.CumulativeProbability, topIds, topLps, scratch);
+                int k = TeacherTopK.Select(logits, o.TopK, o.CumulativeProbability, topIds, topLps);
                 targets[r].Add((topIds[..k], topLps[..k]));
             }, cancel);
             for (int j = 0; j < n; j++)
@@ -272,40 +272,6 @@ public static class DocumentProbes
         return end > 0 && s[end - 1] is '.' or '!' or '?' or '…';
     }
 
-    /// <summary>
-    /// The teacher's kept distribution at one position: log-softmax of <paramref name="logits"/> (temperature 1), the
-    /// <paramref name="k"/> most likely ids in descending order (ties: lower id first), cut after the entry at which the
-    /// cumulative probability reaches <paramref name="cumulative"/>. Returns the count written to ids/logProbs.
-    /// </summary>
-    public static int TopK(ReadOnlySpan<float> logits, int k, float cumulative, Span<int> ids, Span<float> logProbs, Span<float> scratch)
-    {
-        if (k <= 0 || ids.Length < k || logProbs.Length < k) throw new ArgumentException("ids and logProbs must hold k entries.");
-        float max = TensorPrimitives.Max(logits);
-        var e = scratch[..logits.Length];
-        TensorPrimitives.Subtract(logits, max, e);
-        TensorPrimitives.Exp(e, e);
-        double logZ = max + Math.Log(TensorPrimitives.Sum(e));
-
-        int n = 0;
-        for (int i = 0; i < logits.Length; i++)
-        {
-            float x = logits[i];
-            if (n == k && x <= logProbs[k - 1]) continue;
-            int at = n < k ? n : k - 1;
-            while (at > 0 && logProbs[at - 1] < x) { logProbs[at] = logProbs[at - 1]; ids[at] = ids[at - 1]; at--; }
-            logProbs[at] = x; ids[at] = i;
-            if (n < k) n++;
-        }
-        double cum = 0;
-        for (int j = 0; j < n; j++)
-        {
-            double lp = logProbs[j] - logZ;
-            logProbs[j] = (float)lp;
-            cum += Math.Exp(lp);
-            if (cum >= cumulative) return j + 1;
-        }
-        return n;
-    }
 
     /// <summary>
     /// Encodes text that follows other text: drops a leading token some tokenizers add for a dummy-prefix space

@@ -1,3 +1,4 @@
+using Cas.SelfStudy;
 using Cas.Engine;
 
 namespace Cas.Training.Tests.Trainer;
@@ -23,14 +24,14 @@ public class DocumentProbesTests
     public void TopKKeepsTheLargestUntilTheCumulativeCut()
     {
         float[] logits = [MathF.Log(0.2f), MathF.Log(0.5f), MathF.Log(0.05f), MathF.Log(0.2f), MathF.Log(0.05f)];
-        var ids = new int[4]; var lps = new float[4]; var scratch = new float[5];
-        int n = DocumentProbes.TopK(logits, 4, 0.99f, ids, lps, scratch);
+        var ids = new int[4]; var lps = new float[4];
+        int n = TeacherTopK.Select(logits, 4, 0.99f, ids, lps);
         Assert.Equal(4, n);
         Assert.Equal([1, 0, 3, 2], ids); // ties: lower id first
         Assert.Equal([MathF.Log(0.5f), MathF.Log(0.2f), MathF.Log(0.2f), MathF.Log(0.05f)], lps.Select(x => x), new Tol(1e-6f));
-        Assert.Equal(2, DocumentProbes.TopK(logits, 4, 0.7f, ids, lps, scratch));   // 0.5 < 0.7 ≤ 0.7
-        Assert.Equal(3, DocumentProbes.TopK(logits, 4, 0.71f, ids, lps, scratch));
-        Assert.Equal(1, DocumentProbes.TopK(logits, 1, 0.99f, ids, lps, scratch));
+        Assert.Equal(2, TeacherTopK.Select(logits, 4, 0.69f, ids, lps));  // 0.5 < 0.69 ≤ 0.5 + 0.2
+        Assert.Equal(3, TeacherTopK.Select(logits, 4, 0.71f, ids, lps));
+        Assert.Equal(1, TeacherTopK.Select(logits, 1, 0.99f, ids, lps));
         Assert.Equal(1, ids[0]);
     }
 
@@ -65,7 +66,7 @@ public class DocumentProbesTests
         int[] sep = tok.Encode("\n");
         var t = new Transformer(model);
         int vocab = model.Config.VocabSize;
-        var ids = new int[20]; var lps = new float[20]; var scratch = new float[vocab];
+        var ids = new int[20]; var lps = new float[20];
         for (int e = 0; e < data.Count; e++)
         {
             var ex = data[e];
@@ -85,7 +86,7 @@ public class DocumentProbesTests
                 // Every position from the end of the probe on has targets (continuation, plus EOS if drawn).
                 if (!ex.Targets.HasTarget(pos)) { Assert.Equal(ex.Tokens.Length - 1, pos); continue; }
                 int row = 1 + chunk.Length + pos;
-                int k = DocumentProbes.TopK(logits.AsSpan(row * vocab, vocab), 20, 0.99f, ids, lps, scratch);
+                int k = TeacherTopK.Select(logits.AsSpan(row * vocab, vocab), 20, 0.99f, ids, lps);
                 Assert.Equal(ids.AsSpan(0, k).ToArray(), ex.Targets.IdsAt(pos).ToArray());
                 var got = ex.Targets.LogProbsAt(pos);
                 for (int j = 0; j < k; j++) Assert.Equal(lps[j], got[j], 1e-4f);

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Cas.Engine;
+using Cas.Engine.Cartridges;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
 
@@ -74,5 +75,39 @@ static class Cli
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, "CasService.sln"))) return d.FullName;
         return Directory.GetCurrentDirectory();
+    }
+}
+
+/// <summary>Loading cartridge files for a model and composing them.</summary>
+static class CartridgeFiles
+{
+    /// <summary>
+    /// Loads every file (each checked against the model's fingerprint and shapes) and concatenates them in the given
+    /// order with <see cref="KvPrefix.Concat"/>: keys are not re-rotated, each cartridge keeps the positions it was
+    /// trained at, and tokens after the composition start at position Σp (see eval/COMPOSITION.md).
+    /// </summary>
+    public static KvPrefix LoadComposed(IReadOnlyList<string> paths, Model model)
+    {
+        var parts = Load(paths, model);
+        return parts.Count == 1 ? parts[0] : KvPrefix.Concat(parts);
+    }
+
+    /// <summary>Loads every file, each checked against the model; their total length must leave room in the context.</summary>
+    public static IReadOnlyList<KvPrefix> Load(IReadOnlyList<string> paths, Model model)
+    {
+        if (paths.Count == 0) throw new InvalidRequestException("give at least one --cartridge FILE.");
+        string fingerprint = Cartridge.Fingerprint(model);
+        var parts = new List<KvPrefix>(paths.Count);
+        int total = 0;
+        foreach (var path in paths)
+        {
+            if (!File.Exists(path)) throw new InvalidRequestException($"--cartridge {path} does not exist.");
+            var c = Cartridge.Load(path, model, fingerprint);
+            parts.Add(c.Prefix);
+            total += c.Length;
+        }
+        if (total >= model.Config.MaxSeqLen)
+            throw new InvalidRequestException($"the cartridges together have {total} slots, which leaves no room in the model's context of {model.Config.MaxSeqLen}; load fewer or smaller cartridges.");
+        return parts;
     }
 }

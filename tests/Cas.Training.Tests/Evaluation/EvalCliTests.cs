@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using Cas.Engine;
 using Cas.Engine.Cartridges;
@@ -40,7 +39,7 @@ public class EvalCliTests
         int[] docTokens = [.. tok.StartTokens, .. tok.Encode(story)];
         Cartridge.ForModel(model, CartridgeInit.FirstK(model, docTokens, 32), CartridgeInitKind.FirstK).Save(cart);
 
-        var (rc, stdout, stderr) = Cli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", cart, "--data", doc,
+        var (rc, stdout, stderr) = CasCli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", cart, "--data", doc,
             "--examples-per-chunk", "8", "--continuation-tokens", "32");
         Assert.True(rc == 0, stderr);
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
@@ -81,14 +80,14 @@ public class EvalCliTests
         string cart = Path.Combine(dir, "max.safetensors");
         Cartridge.ForModel(model, CartridgeInit.FirstK(model, ids, ids.Length), CartridgeInitKind.FirstK).Save(cart);
 
-        var plain = Cli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", text + "\n", "--max-tokens", "40");
-        var withCart = Cli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", "\n", "--max-tokens", "40", "--cartridge", cart);
+        var plain = CasCli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", text + "\n", "--max-tokens", "40");
+        var withCart = CasCli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", "\n", "--max-tokens", "40", "--cartridge", cart);
         Assert.True(plain.Rc == 0, plain.Err);
         Assert.True(withCart.Rc == 0, withCart.Err);
         Assert.True(plain.Out.Trim().Length > 20, plain.Out);
         Assert.Equal(plain.Out, withCart.Out);
 
-        var empty = Cli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", "", "--cartridge", cart);
+        var empty = CasCli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", "", "--cartridge", cart);
         Assert.Equal(2, empty.Rc);
         Assert.Contains("must not be empty", empty.Err);
         Directory.Delete(dir, true);
@@ -117,8 +116,8 @@ public class EvalCliTests
             return tok.Decode([.. ids, .. r[0].Tokens])[tok.Decode(ids).Length..] + "\n";
         }
 
-        var ab = Cli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", prompt, "--max-tokens", "30", "--cartridge", fa, "--cartridge", fb);
-        var ba = Cli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", prompt, "--max-tokens", "30", "--cartridge", fb, "--cartridge", fa);
+        var ab = CasCli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", prompt, "--max-tokens", "30", "--cartridge", fa, "--cartridge", fb);
+        var ba = CasCli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", prompt, "--max-tokens", "30", "--cartridge", fb, "--cartridge", fa);
         Assert.True(ab.Rc == 0, ab.Err);
         Assert.True(ba.Rc == 0, ba.Err);
         Assert.Equal(Expected(pa, pb), ab.Out);
@@ -126,7 +125,7 @@ public class EvalCliTests
         // Keys are not re-rotated, so attention sees the same set of keys either way: the order does not matter
         // (up to float summation order; see eval/COMPOSITION.md).
         Assert.Equal(ab.Out, ba.Out);
-        Assert.NotEqual(ab.Out, Cli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", prompt, "--max-tokens", "30", "--cartridge", fb).Out);
+        Assert.NotEqual(ab.Out, CasCli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", prompt, "--max-tokens", "30", "--cartridge", fb).Out);
         Directory.Delete(dir, true);
     }
 
@@ -142,57 +141,23 @@ public class EvalCliTests
         string bad = Path.Combine(dir, "other.safetensors");
         new Cartridge(prefix, other) { ModelSource = "another-model.bin" }.Save(bad);
 
-        var gen = Cli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", "Hi", "--cartridge", bad);
+        var gen = CasCli.Run("generate", "--model", mp, "--tokenizer", tp, "--prompt", "Hi", "--cartridge", bad);
         Assert.Equal(2, gen.Rc);
         Assert.Contains("was trained for model 777777777777", gen.Err);
         Assert.Contains(Cartridge.ShortFingerprint(Cartridge.Fingerprint(model)), gen.Err);
         Assert.Equal("", gen.Out);
 
-        var ev = Cli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", bad, "--data", doc);
+        var ev = CasCli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", bad, "--data", doc);
         Assert.Equal(2, ev.Rc);
         Assert.Contains("was trained for model 777777777777", ev.Err);
 
-        var mode = Cli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", bad, "--data", doc, "--compose", "sideways");
+        var mode = CasCli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", bad, "--data", doc, "--compose", "sideways");
         Assert.Equal(2, mode.Rc);
         Assert.Contains("unknown --compose 'sideways'", mode.Err);
 
-        var missing = Cli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", Path.Combine(dir, "nope.safetensors"), "--data", doc);
+        var missing = CasCli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", Path.Combine(dir, "nope.safetensors"), "--data", doc);
         Assert.Equal(2, missing.Rc);
         Assert.Contains("does not exist", missing.Err);
         Directory.Delete(dir, true);
-    }
-
-    /// <summary>Runs the CLI as ./cas does (Release build, rebuilt by ./cas when a source is newer).</summary>
-    static class Cli
-    {
-        static readonly Lazy<string> Dll = new(Build);
-
-        public static (int Rc, string Out, string Err) Run(params string[] args)
-        {
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            psi.ArgumentList.Add(Dll.Value);
-            foreach (var a in args) psi.ArgumentList.Add(a);
-            using var p = Process.Start(psi)!;
-            var err = p.StandardError.ReadToEndAsync();
-            string o = p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
-            return (p.ExitCode, o, err.Result);
-        }
-
-        static string Build()
-        {
-            string root = TestPaths.RepoRoot;
-            var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            psi.ArgumentList.Add(Path.Combine(root, "cas"));
-            psi.ArgumentList.Add("--help");
-            using var p = Process.Start(psi)!;
-            var err = p.StandardError.ReadToEndAsync();
-            p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
-            Assert.True(p.ExitCode == 0, "building the CLI failed: " + err.Result);
-            string dll = Path.Combine(root, "src", "Cas.Cli", "bin", "Release", "net10.0", "cas.dll");
-            Assert.True(File.Exists(dll), $"{dll} was not built");
-            return dll;
-        }
     }
 }

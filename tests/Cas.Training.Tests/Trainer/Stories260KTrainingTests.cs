@@ -52,27 +52,26 @@ public class Stories260KTrainingTests
     public void KilledCliRunResumesFromItsCheckpointAndEndsBitIdentical()
     {
         var (model, tok, modelPath, tokPath) = Load();
-        string dll = BuildCli();
         var dir = TrainerFixtures.TempDir();
         string docPath = Path.Combine(dir, "story.txt");
         File.WriteAllText(docPath, SampledStory(model, tok));
         string[] Args(string outFile, bool resume) =>
         [
-            dll, "train", "--model", modelPath, "--tokenizer", tokPath, "--data", docPath, "--out", outFile, "--tokens", "16",
+            "train", "--model", modelPath, "--tokenizer", tokPath, "--data", docPath, "--out", outFile, "--tokens", "16",
             "--steps", "100", "--batch", "4", "--checkpoint-every", "5", "--examples-per-chunk", "8", "--continuation-tokens", "24",
             "--held-out", "0", "--lr", "0.05", .. resume ? new[] { "--resume" } : [],
         ];
 
         // Uninterrupted reference run.
         string a = Path.Combine(dir, "a.safetensors");
-        var (rcA, outA, errA) = RunToEnd(Args(a, false));
+        var (rcA, outA, errA) = CasCli.Run(Args(a, false));
         Assert.True(rcA == 0, errA);
         Assert.Contains("steps=100", outA);
         Assert.False(File.Exists(a + ".ckpt"));
 
         // Same run, killed (SIGKILL) once its checkpoint reaches step 10 or more.
         string b = Path.Combine(dir, "b.safetensors"), ckpt = b + ".ckpt";
-        using (var proc = Start(Args(b, false)))
+        using (var proc = CasCli.Start(Args(b, false)))
         {
             var clock = Stopwatch.StartNew();
             while (CheckpointStep(ckpt) < 10)
@@ -90,7 +89,7 @@ public class Stories260KTrainingTests
         Assert.InRange(k, 10, 95);
         Assert.Equal(0, k % 5);
 
-        var (rcB, outB, errB) = RunToEnd(Args(b, true));
+        var (rcB, outB, errB) = CasCli.Run(Args(b, true));
         Assert.True(rcB == 0, errB);
         Assert.Contains($"resumed_from_step={k}", outB);
         Assert.Contains("steps=100", outB);
@@ -109,7 +108,7 @@ public class Stories260KTrainingTests
         // Resuming against another model is refused clearly.
         string c = Path.Combine(dir, "c.safetensors");
         File.Copy(a, c + ".ckpt"); // a finished cartridge is not a checkpoint
-        var (rcC, _, errC) = RunToEnd(Args(c, true));
+        var (rcC, _, errC) = CasCli.Run(Args(c, true));
         Assert.Equal(2, rcC);
         Assert.Contains("not a training checkpoint", errC);
         Directory.Delete(dir, true);
@@ -125,38 +124,5 @@ public class Stories260KTrainingTests
             return int.Parse(f.Metadata["cas.checkpoint.step"], CultureInfo.InvariantCulture);
         }
         catch (Exception e) when (e is IOException or ModelFormatException) { return -1; } // replaced while opening
-    }
-
-    static Process Start(string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        return Process.Start(psi)!;
-    }
-
-    static (int Rc, string Out, string Err) RunToEnd(string[] args)
-    {
-        using var p = Start(args);
-        var err = p.StandardError.ReadToEndAsync();
-        string o = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, o, err.Result);
-    }
-
-    /// <summary>The CLI as ./cas runs it (Release, rebuilt when a source is newer).</summary>
-    static string BuildCli()
-    {
-        string root = TestPaths.RepoRoot;
-        var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(root, "cas"));
-        psi.ArgumentList.Add("--help");
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, "building the CLI failed: " + err.Result);
-        string dll = Path.Combine(root, "src", "Cas.Cli", "bin", "Release", "net10.0", "cas.dll");
-        Assert.True(File.Exists(dll), $"{dll} was not built");
-        return dll;
     }
 }

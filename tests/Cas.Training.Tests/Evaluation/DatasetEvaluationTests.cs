@@ -13,8 +13,7 @@ public class DatasetEvaluationTests
     [Fact]
     public void InContextConditionReproducesTheSelfStudyTeacher()
     {
-        var model = ModelLoader.Load(TestPaths.RequireShared("models/stories260K/stories260K.bin"));
-        var tok = TokenizerLoader.Load(TestPaths.RequireShared("models/stories260K/tok512.bin"));
+        var (model, tok, _, _) = Stories260K.Load();
         string text = string.Concat(Enumerable.Range(0, 30).Select(i => $"Lily saw a {(i % 2 == 0 ? "red" : "big")} ball number {i}. Tom was happy. "));
         var docs = new List<Document> { new("story", text, "test", Document.NoMetadata, Document.NoQuestions) };
         var options = new SelfStudyOptions

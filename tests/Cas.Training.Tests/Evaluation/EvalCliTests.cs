@@ -11,29 +11,13 @@ namespace Cas.Training.Tests.Evaluation;
 /// <summary>`cas eval` and `cas generate --cartridge` on the real stories260K model, through the CLI.</summary>
 public class EvalCliTests
 {
-    static (Model Model, ITokenizer Tok, string ModelPath, string TokPath) Load()
-    {
-        string mp = TestPaths.RequireShared("models/stories260K/stories260K.bin");
-        string tp = TestPaths.RequireShared("models/stories260K/tok512.bin");
-        return (ModelLoader.Load(mp), TokenizerLoader.Load(tp), mp, tp);
-    }
-
-    static string SampledStory(Model model, ITokenizer tok, int tokens, ulong seed)
-    {
-        var r = new Generator(new Transformer(model)).Generate([new GenerationRequest([tok.BosId!.Value])
-        {
-            MaxTokens = tokens, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = seed },
-        }]);
-        return tok.Decode(r[0].Tokens);
-    }
-
     [Fact]
     public void EvalPrintsTheFourConditionsAndAFirstKCartridgeEqualsTheTruncatedContext()
     {
-        var (model, tok, mp, tp) = Load();
+        var (model, tok, mp, tp) = Stories260K.Load();
         string dir = TrainerFixtures.TempDir();
         string doc = Path.Combine(dir, "story.txt");
-        string story = SampledStory(model, tok, 200, seed: 3);
+        string story = Stories260K.SampledStory(model, tok, 200, seed: 3);
         File.WriteAllText(doc, story);
         string cart = Path.Combine(dir, "firstk32.safetensors");
         int[] docTokens = [.. tok.StartTokens, .. tok.Encode(story)];
@@ -72,7 +56,7 @@ public class EvalCliTests
     public void GenerateAfterAFirstKCartridgeContinuesLikeTheTextItself()
     {
         // The cartridge replaces "BOS + text": no BOS may follow it.
-        var (model, tok, mp, tp) = Load();
+        var (model, tok, mp, tp) = Stories260K.Load();
         string dir = TrainerFixtures.TempDir();
         const string text = "Once upon a time, there was a little dog named Max. Max liked to run in the park.";
         int[] ids = [.. tok.StartTokens, .. tok.Encode(text)];
@@ -96,7 +80,7 @@ public class EvalCliTests
     [Fact]
     public void GenerateComposesCartridgesAndTheOrderDoesNotMatter()
     {
-        var (model, tok, mp, tp) = Load();
+        var (model, tok, mp, tp) = Stories260K.Load();
         string dir = TrainerFixtures.TempDir();
         int[] a = [.. tok.StartTokens, .. tok.Encode("Tom had a red ball. He threw it to his friend Sue.")];
         int[] b = [.. tok.StartTokens, .. tok.Encode("The cat sat on a big green mat and ate some fish.")];
@@ -132,7 +116,7 @@ public class EvalCliTests
     [Fact]
     public void ACartridgeOfAnotherModelIsRefusedWithAClearError()
     {
-        var (model, tok, mp, tp) = Load();
+        var (model, tok, mp, tp) = Stories260K.Load();
         string dir = TrainerFixtures.TempDir();
         string doc = Path.Combine(dir, "story.txt");
         File.WriteAllText(doc, "Lily had a big red ball. She liked to play with it in the garden every day.");

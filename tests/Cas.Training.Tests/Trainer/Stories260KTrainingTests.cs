@@ -11,29 +11,12 @@ namespace Cas.Training.Tests.Trainer;
 /// <summary>Training on the real pretrained stories260K model, in process and through the CLI (with a real kill -9).</summary>
 public class Stories260KTrainingTests
 {
-    static (Model Model, ITokenizer Tok, string ModelPath, string TokPath) Load()
-    {
-        string mp = TestPaths.RequireShared("models/stories260K/stories260K.bin");
-        string tp = TestPaths.RequireShared("models/stories260K/tok512.bin");
-        return (ModelLoader.Load(mp), TokenizerLoader.Load(tp), mp, tp);
-    }
-
     /// <summary>A story the model samples itself (deterministic for the seed): the document to train on.</summary>
-    static string SampledStory(Model model, ITokenizer tok, int tokens = 300, ulong seed = 7)
-    {
-        var gen = new Generator(new Transformer(model));
-        var r = gen.Generate([new GenerationRequest([tok.BosId!.Value])
-        {
-            MaxTokens = tokens, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = seed },
-        }]);
-        return tok.Decode(r[0].Tokens);
-    }
-
     [Fact]
     public void DistillationClosesMostOfTheGapToTheTeacherOnHeldOutProbes()
     {
-        var (model, tok, _, _) = Load();
-        string story = SampledStory(model, tok);
+        var (model, tok, _, _) = Stories260K.Load();
+        string story = Stories260K.SampledStory(model, tok);
         var probes = new DocumentProbeOptions { ExamplesPerChunk = 16, ContinuationTokens = 32 };
         var train = DocumentProbes.Build(model, tok, story, "story", probes);
         var held = DocumentProbes.Build(model, tok, story, "story", probes with { Split = ProbeSplit.HeldOut, ExamplesPerChunk = 8, Seed = 1000 });
@@ -51,10 +34,10 @@ public class Stories260KTrainingTests
     [Fact]
     public void KilledCliRunResumesFromItsCheckpointAndEndsBitIdentical()
     {
-        var (model, tok, modelPath, tokPath) = Load();
+        var (model, tok, modelPath, tokPath) = Stories260K.Load();
         var dir = TrainerFixtures.TempDir();
         string docPath = Path.Combine(dir, "story.txt");
-        File.WriteAllText(docPath, SampledStory(model, tok));
+        File.WriteAllText(docPath, Stories260K.SampledStory(model, tok));
         string[] Args(string outFile, bool resume) =>
         [
             "train", "--model", modelPath, "--tokenizer", tokPath, "--data", docPath, "--out", outFile, "--tokens", "16",

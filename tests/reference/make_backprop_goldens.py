@@ -24,6 +24,9 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_model_goldens  # noqa: E402  (shared safetensors writer)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "tests", "goldens", "backprop")
 
@@ -100,20 +103,8 @@ def forward_loss_sum(cfg, W, prefix_k, prefix_v, tokens, tgt_ids, tgt_w):
 # Files
 
 def write_safetensors(path, tensors):
-    """The safetensors format by hand: u64 header length, JSON header, raw little-endian data."""
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        data = t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+    """F32 safetensors, written by make_model_goldens.py's hand-made writer (no safetensors module here)."""
+    make_model_goldens.write_safetensors(path, {n: t.detach() for n, t in tensors.items()}, "F32")
 
 
 def random_weights(cfg, gen):

@@ -65,7 +65,7 @@ static class EvalCommand
         var prefix = PrefixComposition.Compose(m.Config, CartridgeFiles.Load(cartridgePaths, m), mode);
 
         EvalSet set;
-        if (IsDataset(dataPath))
+        if (DatasetFormat.IsDatasetFile(dataPath))
         {
             set = EvalSet.FromDataset(dataPath, tok, m.Config);
         }
@@ -128,13 +128,5 @@ static class EvalCommand
     {
         string s = v.ToString(format, CultureInfo.InvariantCulture);
         return s.StartsWith('-') && double.Parse(s, CultureInfo.InvariantCulture) == 0 ? s[1..] : s;
-    }
-
-    static bool IsDataset(string path)
-    {
-        if (string.Equals(Path.GetExtension(path), DatasetFormat.Extension, StringComparison.OrdinalIgnoreCase)) return true;
-        Span<byte> head = stackalloc byte[8];
-        using var f = File.OpenRead(path);
-        return f.Read(head) == 8 && head.SequenceEqual(DatasetFormat.Magic);
     }
 }

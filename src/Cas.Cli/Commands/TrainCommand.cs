@@ -115,7 +115,7 @@ static class TrainCommand
         if (!File.Exists(a.Data)) throw new InvalidRequestException($"--data {a.Data} does not exist.");
         string outPath = Path.GetFullPath(a.Out);
         string ckptPath = outPath + ".ckpt";
-        bool isDataset = IsDataset(a.Data);
+        bool isDataset = DatasetFormat.IsDatasetFile(a.Data);
         if (isDataset && ntp) throw new InvalidRequestException("--objective ntp trains on a plain document's own text; give a document, not a dataset, as --data.");
 
         // ---- model and sizes
@@ -240,14 +240,6 @@ static class TrainCommand
         o.WriteLine($"elapsed_s={result.Elapsed.TotalSeconds.ToString("F2", CultureInfo.InvariantCulture)}");
         o.WriteLine($"tokens_per_s={result.TokensPerSecond.ToString("F1", CultureInfo.InvariantCulture)}");
         return 0;
-    }
-
-    static bool IsDataset(string path)
-    {
-        if (string.Equals(Path.GetExtension(path), DatasetFormat.Extension, StringComparison.OrdinalIgnoreCase)) return true;
-        Span<byte> head = stackalloc byte[8];
-        using var f = File.OpenRead(path);
-        return f.Read(head) == 8 && head.SequenceEqual(DatasetFormat.Magic);
     }
 
     static string ReadDocument(string path)

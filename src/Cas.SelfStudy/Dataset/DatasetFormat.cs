@@ -15,6 +15,15 @@ public static class DatasetFormat
     /// <summary>File signature; the 0x89 byte and CR LF catch text-mode transfers like PNG's signature.</summary>
     public static ReadOnlySpan<byte> Magic => [0x89, (byte)'C', (byte)'A', (byte)'S', (byte)'D', (byte)'S', 0x0D, 0x0A];
 
+    /// <summary>True when the path names a dataset: the .casds extension, or a file that starts with <see cref="Magic"/>.</summary>
+    public static bool IsDatasetFile(string path)
+    {
+        if (string.Equals(System.IO.Path.GetExtension(path), Extension, StringComparison.OrdinalIgnoreCase)) return true;
+        Span<byte> head = stackalloc byte[8];
+        using var f = File.OpenRead(path);
+        return f.Read(head) == 8 && head.SequenceEqual(Magic);
+    }
+
     /// <summary>The version this code writes and the newest it reads.</summary>
     public const uint CurrentVersion = 1;
 

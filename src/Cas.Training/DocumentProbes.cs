@@ -1,6 +1,5 @@
 using System.Numerics.Tensors;
 using Cas.Engine;
-using Cas.SelfStudy;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
 

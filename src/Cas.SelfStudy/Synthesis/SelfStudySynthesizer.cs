@@ -208,7 +208,7 @@ public sealed class SelfStudySynthesizer
     }
 
     /// <summary>One finished exchange.</summary>
-    sealed record Turn(string User, int[] UserTokens, string Answer, int[] AnswerTokens, TopKTargets Targets);
+    sealed record Turn(string User, int[] UserTokens, string Answer, int[] AnswerTokens, SparseTargets Targets);
 
     enum EndReason { None, EmptyMessage, EmptyAnswer, NoRoom }
 
@@ -413,7 +413,7 @@ public sealed class SelfStudySynthesizer
             if (!endedOnStopToken && result.Finish != FinishReason.Stop) run.AnswersTruncated++;
             int[] answer = t.Sampled.GetRange(0, keep).ToArray();
             int entries = t.Offsets[keep];
-            var targets = new TopKTargets(t.Offsets.GetRange(0, keep + 1).ToArray(), t.Ids.GetRange(0, entries).ToArray(), t.LogProbs.GetRange(0, entries).ToArray());
+            var targets = new SparseTargets(t.Offsets.GetRange(0, keep + 1).ToArray(), t.Ids.GetRange(0, entries).ToArray(), t.LogProbs.GetRange(0, entries).ToArray());
             string text = tokenizer.Decode(answer.AsSpan(0, endedOnStopToken ? keep - 1 : keep));
             s.Turns.Add(new Turn(user, userTurns[j], text, answer, targets));
             s.History.Add((user, text));

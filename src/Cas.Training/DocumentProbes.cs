@@ -111,8 +111,7 @@ public static class DocumentProbes
         var c = model.Config;
         int[] start = [.. tokenizer.StartTokens];
         int[] sep = EncodeContinuation(tokenizer, o.Separator);
-        int longestOpener = Math.Max(TrainOpeners.Max(t => tokenizer.Encode(t).Length), HeldOutOpeners.Max(t => tokenizer.Encode(t).Length));
-        int room = c.MaxSeqLen - start.Length - sep.Length - Math.Max(o.MaxProbeTokens, longestOpener) - o.ContinuationTokens;
+        int room = ChunkRoom(c, tokenizer, o);
         int chunkTokens = Math.Min(o.ChunkTokens, room);
         if (chunkTokens < 8)
             throw new InvalidRequestException(
@@ -202,6 +201,40 @@ public static class DocumentProbes
         var set = new TrainingExamples(examples, [documentId],
             $"{documentId}: {examples.Count} teacher continuations of probes from {chunks.Count} chunk(s) (seed {o.Seed}, {o.Split.ToString().ToLowerInvariant()} split)");
         return new DocumentProbeSet(set, chunks, chunkOf.ToArray(), start);
+    }
+
+    /// <summary>
+    /// The largest chunk the model's context holds for these options: the teacher reads start tokens + chunk +
+    /// separator + the longest probe or opener + the continuation.
+    /// </summary>
+    public static int ChunkRoom(ModelConfig config, ITokenizer tokenizer, DocumentProbeOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(config); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(options);
+        int longestOpener = Math.Max(TrainOpeners.Max(t => tokenizer.Encode(t).Length), HeldOutOpeners.Max(t => tokenizer.Encode(t).Length));
+        return config.MaxSeqLen - tokenizer.StartTokens.Count - EncodeContinuation(tokenizer, options.Separator).Length
+            - Math.Max(options.MaxProbeTokens, longestOpener) - options.ContinuationTokens;
+    }
+
+    /// <summary>The largest chunk the teacher reads when the caller gives none and the context allows it.</summary>
+    public const int DefaultChunkTokens = 400;
+
+    /// <summary>
+    /// The chunk size to use: <paramref name="given"/> when it fits the context (else an error naming the largest that
+    /// does), or <see cref="DefaultChunkTokens"/> shrunk to the room the context leaves (<see cref="ChunkRoom"/>).
+    /// </summary>
+    public static int ChooseChunkTokens(ModelConfig config, ITokenizer tokenizer, DocumentProbeOptions options, int? given)
+    {
+        int room = ChunkRoom(config, tokenizer, options);
+        if (given is int g)
+        {
+            if (g > room)
+                throw new InvalidRequestException($"chunks of {g} tokens do not fit: the model's context of {config.MaxSeqLen} leaves room for {room} " +
+                    $"(after the probe and {options.ContinuationTokens} continuation tokens); give --chunk-tokens {Math.Max(room, 1)} or less, or leave it out.");
+            return g;
+        }
+        if (room < 8)
+            throw new InvalidRequestException($"the model's context ({config.MaxSeqLen}) leaves only {room} tokens for a chunk after the probe and {options.ContinuationTokens} continuation tokens; give fewer --continuation-tokens.");
+        return Math.Min(DefaultChunkTokens, room);
     }
 
     /// <summary>

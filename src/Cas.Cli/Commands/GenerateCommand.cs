@@ -10,8 +10,8 @@ static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
+        var model = Options.Model();
+        var tokenizer = Options.Tokenizer();
         var prompt = new Option<string>("--prompt") { Description = "Text to continue; \"\" starts from BOS.", Required = true };
         var chat = new Option<bool>("--chat") { Description = "Treat --prompt as a user message and format it with the model's chat template." };
         var chatFormat = new Option<string?>("--chat-format") { Description = "chatml | llama3 | llama2 | plain (default: detected from tokenizer_config.json, else chatml)." };

@@ -17,8 +17,8 @@ static class SynthesizeCommand
 {
     public static Command Create()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
+        var model = Options.Model();
+        var tokenizer = Options.Tokenizer();
         var resources = new Option<string[]>("--resource")
         {
             Description = "Input documents as KIND:PATH[#field] (kinds: " + string.Join(", ", ResourceSpec.Kinds) + "); repeat for several.",

@@ -24,7 +24,7 @@ public class EvalCliTests
         Cartridge.ForModel(model, CartridgeInit.FirstK(model, docTokens, 32), CartridgeInitKind.FirstK).Save(cart);
 
         var (rc, stdout, stderr) = CasCli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", cart, "--data", doc,
-            "--examples-per-chunk", "8", "--continuation-tokens", "32");
+            "--probes-per-chunk", "8", "--continuation-tokens", "32");
         Assert.True(rc == 0, stderr);
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.StartsWith("cartridge_gap_closed=", lines[^1]);

@@ -110,7 +110,7 @@ public static class DocumentProbes
         var o = options;
         var c = model.Config;
         int[] start = [.. tokenizer.StartTokens];
-        int[] sep = EncodeContinuation(tokenizer, o.Separator);
+        int[] sep = Prompting.EncodeContinuation(tokenizer, o.Separator);
         int room = ChunkRoom(c, tokenizer, o);
         int chunkTokens = Math.Min(o.ChunkTokens, room);
         if (chunkTokens < 8)
@@ -211,7 +211,7 @@ public static class DocumentProbes
     {
         ArgumentNullException.ThrowIfNull(config); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(options);
         int longestOpener = Math.Max(TrainOpeners.Max(t => tokenizer.Encode(t).Length), HeldOutOpeners.Max(t => tokenizer.Encode(t).Length));
-        return config.MaxSeqLen - tokenizer.StartTokens.Count - EncodeContinuation(tokenizer, options.Separator).Length
+        return config.MaxSeqLen - tokenizer.StartTokens.Count - Prompting.EncodeContinuation(tokenizer, options.Separator).Length
             - Math.Max(options.MaxProbeTokens, longestOpener) - options.ContinuationTokens;
     }
 
@@ -302,18 +302,5 @@ public static class DocumentProbes
         if (!space) return false;
         while (end > 0 && s[end - 1] is '"' or '\'' or '”' or '’' or ')' or ']') end--;
         return end > 0 && s[end - 1] is '.' or '!' or '?' or '…';
-    }
-
-
-    /// <summary>
-    /// Encodes text that follows other text: drops a leading token some tokenizers add for a dummy-prefix space
-    /// (llama2.c/SentencePiece) when the rest alone decodes to the text.
-    /// </summary>
-    public static int[] EncodeContinuation(ITokenizer tokenizer, string text)
-    {
-        if (text.Length == 0) return [];
-        var ids = tokenizer.Encode(text);
-        if (ids.Length > 1 && tokenizer.Decode(ids.AsSpan(1)) == text) return ids[1..];
-        return ids;
     }
 }

@@ -60,7 +60,7 @@ public class EvalCliTests
         string dir = TrainerFixtures.TempDir();
         const string text = "Once upon a time, there was a little dog named Max. Max liked to run in the park.";
         int[] ids = [.. tok.StartTokens, .. tok.Encode(text)];
-        Assert.Equal([.. ids, .. DocumentProbes.EncodeContinuation(tok, "\n")], [.. tok.StartTokens, .. tok.Encode(text + "\n")]);
+        Assert.Equal([.. ids, .. Prompting.EncodeContinuation(tok, "\n")], [.. tok.StartTokens, .. tok.Encode(text + "\n")]);
         string cart = Path.Combine(dir, "max.safetensors");
         Cartridge.ForModel(model, CartridgeInit.FirstK(model, ids, ids.Length), CartridgeInitKind.FirstK).Save(cart);
 
@@ -92,7 +92,7 @@ public class EvalCliTests
 
         string Expected(params KvPrefix[] parts)
         {
-            int[] ids = DocumentProbes.EncodeContinuation(tok, prompt);
+            int[] ids = Prompting.EncodeContinuation(tok, prompt);
             var r = new Generator(new Transformer(model)).Generate([new GenerationRequest(ids, KvPrefix.Concat(parts))
             {
                 MaxTokens = 30, StopTokens = [tok.EosId!.Value],

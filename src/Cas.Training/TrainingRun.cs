@@ -19,7 +19,7 @@ public enum TrainingObjective { Distill, Ntp }
 public sealed record TrainingRunOptions
 {
     /// <summary>Default probes per chunk for document data (the teacher's continuations of sampled probes).</summary>
-    public const int DefaultProbesPerChunk = 256;
+    public const int DefaultProbesPerChunk = 128;
     /// <summary>Default passes over the examples when neither steps nor epochs are given.</summary>
     public const double DefaultEpochs = 4;
     /// <summary>Default peak learning rate.</summary>

@@ -61,7 +61,7 @@ static class Options
 
     public static Option<int?> CartridgeTokens() => new("--tokens")
     {
-        Description = "p: cartridge size in KV slots. Default for training: min(2048, context/4).",
+        Description = "p: cartridge size in KV slots (cas train's default: min(2048, context/4)).",
     };
 
     public static Option<string> ChatFormat(string defaultValue) => new("--chat-format")
@@ -89,7 +89,7 @@ static class Options
 
     public static Option<int?> Steps() => new("--steps")
     {
-        Description = "Optimizer steps to run.",
+        Description = "Optimizer steps to run (cas train's default: from --epochs).",
     };
 }
 

@@ -248,6 +248,7 @@ public static class TrainingRun
         var trainer = new CartridgeTrainer(model);
         var result = trainer.Run(state, examples, heldOut, training.CheckpointEvery > 0 ? ckptPath : null,
             step => progress?.Report(new TrainingRunStep(step)), cancel: cancel);
+        if (!state.Finished) cancel.ThrowIfCancellationRequested(); // never write a cartridge of an interrupted run
         var final = state.Cartridge;
         final.CreatedUtc = DateTime.UtcNow;
         final.Save(outPath, a.DType);

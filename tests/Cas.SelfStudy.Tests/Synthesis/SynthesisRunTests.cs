@@ -58,7 +58,7 @@ public class SynthesisRunTests
             if (e is SynthesisRunNote n) notes.Add(n.Text);
             else if (e is SynthesisRunProgress p) lastDone = p.Progress.AlreadyPresent + p.Progress.Done;
         });
-        var r = SynthesisRun.Execute(model, tok, Options(dir.File("ds.casds"), "text:" + doc), progress);
+        var r = SynthesisRun.Execute(model, tok, Options(dir.File("ds.casds"), "text:" + doc), progress, TestContext.Current.CancellationToken);
 
         Assert.Equal("base", r.Framing);
         Assert.Equal(1, r.Documents);
@@ -74,11 +74,11 @@ public class SynthesisRunTests
         }
 
         // Resuming a complete dataset adds nothing; a resource that yields nothing is refused before any work.
-        var again = SynthesisRun.Execute(model, tok, Options(dir.File("ds.casds"), "text:" + doc) with { Resume = true });
+        var again = SynthesisRun.Execute(model, tok, Options(dir.File("ds.casds"), "text:" + doc) with { Resume = true }, cancel: TestContext.Current.CancellationToken);
         Assert.Equal(0, again.Summary.Written);
         Assert.Equal(4, again.Summary.AlreadyPresent);
         File.WriteAllText(dir.File("empty.txt"), "");
-        Assert.Throws<InvalidRequestException>(() => SynthesisRun.Execute(model, tok, Options(dir.File("e.casds"), "text:" + dir.File("empty.txt"))));
+        Assert.Throws<InvalidRequestException>(() => SynthesisRun.Execute(model, tok, Options(dir.File("e.casds"), "text:" + dir.File("empty.txt")), cancel: TestContext.Current.CancellationToken));
         Assert.False(File.Exists(dir.File("e.casds")));
     }
 

@@ -31,7 +31,7 @@ public class TrainingRunTests
         Assert.Equal(12, events.OfType<TrainingRunStep>().Count());
         Assert.Contains(events, e => e is TrainingRunNote n && n.Text.StartsWith("chose p=16 (given), chunk_tokens=", StringComparison.Ordinal));
         Assert.Single(events.OfType<TrainingRunStarted>());
-        Assert.True(events.OfType<TrainingRunDataProgress>().Any(p => p.Phase == "teacher" && p.Done == p.Total));
+        Assert.Contains(events.OfType<TrainingRunDataProgress>(), p => p.Phase == "teacher" && p.Done == p.Total);
 
         // The same run, cancelled once step 7 is reported: the trainer writes a checkpoint and throws.
         string b = Path.Combine(dir, "b.safetensors");
@@ -42,6 +42,7 @@ public class TrainingRunTests
         }
         Assert.False(File.Exists(b));
         Assert.True(File.Exists(b + ".ckpt"));
+        File.Copy(b + ".ckpt", Path.Combine(dir, "c.safetensors.ckpt")); // for the mismatched resume below
 
         // Resumed: starts where the checkpoint is and ends bit-identical to the uninterrupted run.
         var resumed = new List<TrainingRunEvent>();
@@ -60,7 +61,6 @@ public class TrainingRunTests
         }
 
         // A resume with another p is refused, saying what to use.
-        File.Copy(b, Path.Combine(dir, "c.safetensors.ckpt"));
         var e = Assert.Throws<InvalidRequestException>(() => TrainingRun.Execute(model, tok,
             Small(doc, Path.Combine(dir, "c.safetensors")) with { Resume = true, CartridgeTokens = 8 }));
         Assert.Contains("--tokens 16", e.Message);

@@ -116,23 +116,6 @@ public sealed record SelfStudyOptions
         UserAgent.Validate("agent A (user messages)");
         AnswerAgent.Validate("agent B (answers)");
     }
-
-    /// <summary>
-    /// Parses "MIN:MAX" (or a single "N" for MIN = MAX = N) chunk sizes in tokens. Throws
-    /// <see cref="InvalidRequestException"/> with the text when it is not two integers 1 &lt;= MIN &lt;= MAX.
-    /// </summary>
-    public static (int Min, int Max) ParseChunkTokens(string spec)
-    {
-        string s = (spec ?? "").Trim();
-        int colon = s.IndexOf(':');
-        string a = colon < 0 ? s : s[..colon], b = colon < 0 ? s : s[(colon + 1)..];
-        if (!int.TryParse(a.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int min)
-            || !int.TryParse(b.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int max))
-            throw new InvalidRequestException($"chunk tokens \"{spec}\" is not MIN:MAX (two whole numbers, e.g. 512:2048).");
-        if (min < 1 || max < min)
-            throw new InvalidRequestException($"chunk tokens \"{spec}\": need 1 <= MIN <= MAX, got MIN={min}, MAX={max}.");
-        return (min, max);
-    }
 }
 
 /// <summary>Where a run stands, reported while it works (see <see cref="SelfStudySynthesizer.Run"/>).</summary>

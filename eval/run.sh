@@ -19,7 +19,7 @@ PS="32 64"                     # cartridge sizes
 TRAIN_SEED=1                   # probe data and example order of training (cas train's default)
 EVAL_SEED=1000                 # held-out probes (cas eval's default; disjoint sentence starts and openers anyway)
 HELD_OUT=48                    # held-out probes per document
-DISTILL=(--objective distill --examples-per-chunk 256 --epochs 4 --batch 8 --lr 0.05)    # 128 steps
+DISTILL=(--objective distill --probes-per-chunk 256 --epochs 4 --batch 8 --lr 0.05)    # 128 steps
 NTP=(--objective ntp --steps 128 --batch 1 --lr 0.05)                                     # same steps and peak lr
 NTP_GENTLE=(--objective ntp --steps 64 --batch 1 --lr 0.005)                              # a milder NTP recipe
 COMMON=(--model "$MODEL" --tokenizer "$TOK" --init first-k --seed "$TRAIN_SEED" --held-out 0 --checkpoint-every 0)
@@ -47,7 +47,7 @@ for k in $DOC_SEEDS; do
       ./cas train "${COMMON[@]}" "${args[@]}" --data "$doc" --tokens "$p" --out "$c.safetensors" --log "$c.csv" > "$c.train" 2> "$c.train.err"
       log "doc $k: eval $kind p=$p"
       ./cas eval --model "$MODEL" --tokenizer "$TOK" --cartridge "$c.safetensors" --data "$doc" --seed "$EVAL_SEED" \
-        --examples-per-chunk "$HELD_OUT" > "$c.eval" 2> "$c.eval.err"
+        --probes-per-chunk "$HELD_OUT" > "$c.eval" 2> "$c.eval.err"
     done
   done
 done
@@ -59,9 +59,9 @@ for i in "${!seeds[@]}"; do
   for mode in concat rerotate; do
     log "doc $k: composition $mode (gold + distractor doc $j, both orders)"
     ./cas eval --model "$MODEL" --tokenizer "$TOK" --cartridge "$gold" --cartridge "$other" --compose $mode --data "$W/doc$k.txt" \
-      --seed "$EVAL_SEED" --examples-per-chunk "$HELD_OUT" > "$W/doc$k.comp_gold_first_$mode.eval" 2>/dev/null
+      --seed "$EVAL_SEED" --probes-per-chunk "$HELD_OUT" > "$W/doc$k.comp_gold_first_$mode.eval" 2>/dev/null
     ./cas eval --model "$MODEL" --tokenizer "$TOK" --cartridge "$other" --cartridge "$gold" --compose $mode --data "$W/doc$k.txt" \
-      --seed "$EVAL_SEED" --examples-per-chunk "$HELD_OUT" > "$W/doc$k.comp_gold_last_$mode.eval" 2>/dev/null
+      --seed "$EVAL_SEED" --probes-per-chunk "$HELD_OUT" > "$W/doc$k.comp_gold_last_$mode.eval" 2>/dev/null
   done
 done
 fi
@@ -222,7 +222,7 @@ Model: stories260K (llama2.c, 260K parameters, context 512) with tok512. Everyth
     document in context continuing a probe for up to 64 tokens at temperature 0.7; top-20 targets cut at 0.99).
   - *NTP (same recipe)*: next-token prediction on the document's own tokens, same step count and peak lr: ${NTP[*]}.
   - *NTP (gentle)*: a milder NTP recipe, added after the first one visibly over-fitted: ${NTP_GENTLE[*]}.
-- **Held-out evaluation** (\`cas eval --seed ${EVAL_SEED} --examples-per-chunk ${HELD_OUT}\`): ${HELD_OUT} probes per document from the held-out split
+- **Held-out evaluation** (\`cas eval --seed ${EVAL_SEED} --probes-per-chunk ${HELD_OUT}\`): ${HELD_OUT} probes per document from the held-out split
   (sentence starts and openers that training never uses; different seed), teacher continuations as above.
   Conditions: *no context* (BOS + student tokens), *truncated* (BOS + the document's first p−1 tokens: the same KV budget
   as the cartridge), *ICL* (BOS + the whole document: what the teacher saw), *cartridge*.

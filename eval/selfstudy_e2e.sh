@@ -15,9 +15,9 @@ for s in "${docs[@]}"; do
   d="$work/doc$s"; mkdir -p "$d"
   $cas generate --prompt "" --max-tokens 350 --temperature 0.8 --seed "$s" > "$d/doc.txt"
   # Training conversations (seed 1) and held-out conversations (seed 99: other chunks windows, prompts and samples).
-  $cas synthesize --resource "text:$d/doc.txt" --out "$d/train.casds" --conversations 256 --chunk-tokens 150:190 \
+  $cas synthesize --resource "text:$d/doc.txt" --out "$d/train.casds" --conversations 256 --min-chunk-tokens 150 --chunk-tokens 190 \
       --max-answer-tokens 64 --max-user-tokens 32 --concurrency 32 --seed 1 > "$d/synth.txt" 2>"$d/synth.err"
-  $cas synthesize --resource "text:$d/doc.txt" --out "$d/held.casds" --conversations 32 --chunk-tokens 150:190 \
+  $cas synthesize --resource "text:$d/doc.txt" --out "$d/held.casds" --conversations 32 --min-chunk-tokens 150 --chunk-tokens 190 \
       --max-answer-tokens 64 --max-user-tokens 32 --concurrency 32 --seed 99 > /dev/null 2>>"$d/synth.err"
   $cas train --data "$d/train.casds" --document "$d/doc.txt" --out "$d/ss.safetensors" --tokens $p --steps 150 --batch 8 \
       > "$d/train_ss.txt" 2>/dev/null

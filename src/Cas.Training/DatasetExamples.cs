@@ -1,9 +1,8 @@
 using Cas.Engine;
-using Cas.SelfStudy;
 
 namespace Cas.Training;
 
-/// <summary>Training examples from a self-study dataset (<c>.casds</c>, see Cas.SelfStudy's DATASET_FORMAT.md).</summary>
+/// <summary>Training examples from a self-study dataset (<c>.casds</c>, see src/Cas.Data/DATASET_FORMAT.md).</summary>
 public static class DatasetExamples
 {
     /// <summary>
@@ -27,15 +26,15 @@ public static class DatasetExamples
         {
             if (m.Targets is { } tg)
             {
-                if (tg.Positions != m.Tokens.Length)
-                    throw new InvalidRequestException($"conversation {conversation.Id}: a {m.Role} message has {m.Tokens.Length} tokens but targets for {tg.Positions} positions.");
-                for (int p = 0; p < tg.Positions; p++)
+                if (tg.Length != m.Tokens.Length)
+                    throw new InvalidRequestException($"conversation {conversation.Id}: a {m.Role} message has {m.Tokens.Length} tokens but targets for {tg.Length} positions.");
+                for (int p = 0; p < tg.Length; p++)
                 {
                     int pos = at + p - 1; // the position that predicts token at+p
                     if (pos < 0) continue;
                     if (pos >= n) break;
                     ids.Clear(); lps.Clear();
-                    var pi = tg.Ids(p); var pl = tg.LogProbs(p);
+                    var pi = tg.IdsAt(p); var pl = tg.LogProbsAt(p);
                     for (int j = 0; j < pi.Length; j++)
                         if (float.IsFinite(pl[j])) { ids.Add(pi[j]); lps.Add(Math.Min(pl[j], 0f)); }
                     if (ids.Count > 0) b.Add(pos, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(ids), System.Runtime.InteropServices.CollectionsMarshal.AsSpan(lps));

@@ -1,6 +1,5 @@
 using System.Numerics.Tensors;
 using Cas.Engine;
-using Cas.SelfStudy;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
 
@@ -111,9 +110,8 @@ public static class DocumentProbes
         var o = options;
         var c = model.Config;
         int[] start = [.. tokenizer.StartTokens];
-        int[] sep = EncodeContinuation(tokenizer, o.Separator);
-        int longestOpener = Math.Max(TrainOpeners.Max(t => tokenizer.Encode(t).Length), HeldOutOpeners.Max(t => tokenizer.Encode(t).Length));
-        int room = c.MaxSeqLen - start.Length - sep.Length - Math.Max(o.MaxProbeTokens, longestOpener) - o.ContinuationTokens;
+        int[] sep = Prompting.EncodeContinuation(tokenizer, o.Separator);
+        int room = ChunkRoom(c, tokenizer, o);
         int chunkTokens = Math.Min(o.ChunkTokens, room);
         if (chunkTokens < 8)
             throw new InvalidRequestException(
@@ -206,6 +204,40 @@ public static class DocumentProbes
     }
 
     /// <summary>
+    /// The largest chunk the model's context holds for these options: the teacher reads start tokens + chunk +
+    /// separator + the longest probe or opener + the continuation.
+    /// </summary>
+    public static int ChunkRoom(ModelConfig config, ITokenizer tokenizer, DocumentProbeOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(config); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(options);
+        int longestOpener = Math.Max(TrainOpeners.Max(t => tokenizer.Encode(t).Length), HeldOutOpeners.Max(t => tokenizer.Encode(t).Length));
+        return config.MaxSeqLen - tokenizer.StartTokens.Count - Prompting.EncodeContinuation(tokenizer, options.Separator).Length
+            - Math.Max(options.MaxProbeTokens, longestOpener) - options.ContinuationTokens;
+    }
+
+    /// <summary>The largest chunk the teacher reads when the caller gives none and the context allows it.</summary>
+    public const int DefaultChunkTokens = 400;
+
+    /// <summary>
+    /// The chunk size to use: <paramref name="given"/> when it fits the context (else an error naming the largest that
+    /// does), or <see cref="DefaultChunkTokens"/> shrunk to the room the context leaves (<see cref="ChunkRoom"/>).
+    /// </summary>
+    public static int ChooseChunkTokens(ModelConfig config, ITokenizer tokenizer, DocumentProbeOptions options, int? given)
+    {
+        int room = ChunkRoom(config, tokenizer, options);
+        if (given is int g)
+        {
+            if (g > room)
+                throw new InvalidRequestException($"chunks of {g} tokens do not fit: the model's context of {config.MaxSeqLen} leaves room for {room} " +
+                    $"(after the probe and {options.ContinuationTokens} continuation tokens); give --chunk-tokens {Math.Max(room, 1)} or less, or leave it out.");
+            return g;
+        }
+        if (room < 8)
+            throw new InvalidRequestException($"the model's context ({config.MaxSeqLen}) leaves only {room} tokens for a chunk after the probe and {options.ContinuationTokens} continuation tokens; give fewer --continuation-tokens.");
+        return Math.Min(DefaultChunkTokens, room);
+    }
+
+    /// <summary>
     /// The next-token baseline: each chunk of the document (at most <paramref name="chunkTokens"/> tokens, following the
     /// cartridge directly) trained on its own next tokens.
     /// </summary>
@@ -270,18 +302,5 @@ public static class DocumentProbes
         if (!space) return false;
         while (end > 0 && s[end - 1] is '"' or '\'' or '”' or '’' or ')' or ']') end--;
         return end > 0 && s[end - 1] is '.' or '!' or '?' or '…';
-    }
-
-
-    /// <summary>
-    /// Encodes text that follows other text: drops a leading token some tokenizers add for a dummy-prefix space
-    /// (llama2.c/SentencePiece) when the rest alone decodes to the text.
-    /// </summary>
-    public static int[] EncodeContinuation(ITokenizer tokenizer, string text)
-    {
-        if (text.Length == 0) return [];
-        var ids = tokenizer.Encode(text);
-        if (ids.Length > 1 && tokenizer.Decode(ids.AsSpan(1)) == text) return ids[1..];
-        return ids;
     }
 }

@@ -20,7 +20,7 @@ public class DatasetTests : IDisposable
         var path = dir.File("a.casds");
         var convs = Enumerable.Range(0, 20).Select(i => Make.Conversation((ulong)i * 1000 + 7, answerTokens: i, k: 20)).ToList();
         // An extreme record too: max-like id, no targets, k = 0 positions, -inf log-probs, char-only chunk.
-        var inf = new TopKTargets([0, 0, 2], [5, 9], [float.NegativeInfinity, -0.0f]);
+        var inf = new SparseTargets([0, 0, 2], [5, 9], [float.NegativeInfinity, -0.0f]);
         convs.Add(new Conversation(ulong.MaxValue, new ChunkLocation("", -1, -1, 0, 0), "", SeedPromptKind.Generic, "",
             [new ConversationMessage(MessageRole.Assistant, "x", [int.MaxValue, 0], inf), new ConversationMessage(MessageRole.User, "", [])]));
         var meta = new Dictionary<string, string> { ["model"] = "llama-3.2-1b", ["tokenizer"] = "tok ✓", ["top_k"] = "20" };
@@ -343,19 +343,21 @@ public class DatasetTests : IDisposable
             var asst = ok.Messages[2];
             var mismatched = ok with { Messages = [asst with { Tokens = [1, 2, 3] }] };
             Assert.Contains("must match", Assert.Throws<InvalidRequestException>(() => w.Append(mismatched)).Message);
-            var dup = ok with { Messages = [new ConversationMessage(MessageRole.Assistant, "a", [1], new TopKTargets([0, 2], [7, 7], [-1, -2]))] };
+            var dup = ok with { Messages = [new ConversationMessage(MessageRole.Assistant, "a", [1], new SparseTargets([0, 2], [7, 7], [-1, -2]))] };
             Assert.Contains("twice", Assert.Throws<InvalidRequestException>(() => w.Append(dup)).Message);
             Assert.Throws<InvalidRequestException>(() => w.Append(ok with { Chunk = new ChunkLocation("d", 5, -1, 0, 1) }));
             Assert.Throws<InvalidRequestException>(() => w.Append(ok with { Messages = [new ConversationMessage(MessageRole.User, "u", [-3])] }));
             Assert.Throws<InvalidRequestException>(() => w.Append(ok with { SeedKind = (SeedPromptKind)17 }));
+            // k is one byte in the format: 256 entries at a position is a valid SparseTargets but not a storable one.
+            var wide = new SparseTargets([0, 256], Enumerable.Range(0, 256).ToArray(), Enumerable.Repeat(-6f, 256).ToArray());
+            Assert.Contains("at most 255", Assert.Throws<InvalidRequestException>(() => w.Append(ok with { Messages = [new ConversationMessage(MessageRole.Assistant, "a", [1], wide)] })).Message);
             Assert.Equal(0, w.Count);
             w.Append(ok);
         }
         Assert.Single(Make.ReadAll(path));
-        Assert.Throws<InvalidRequestException>(() => new TopKTargets([0, 1], [3], [float.NaN]));
-        Assert.Throws<InvalidRequestException>(() => new TopKTargets([0, 1], [3], [0.5f]));
-        Assert.Throws<InvalidRequestException>(() => new TopKTargets([0, 2, 1], [3, 4], [-1, -1]));
-        Assert.Throws<InvalidRequestException>(() => new TopKTargets([0, 256], new int[256], new float[256]));
+        Assert.Throws<InvalidRequestException>(() => new SparseTargets([0, 1], [3], [float.NaN]));
+        Assert.Throws<InvalidRequestException>(() => new SparseTargets([0, 1], [3], [0.5f]));
+        Assert.Throws<InvalidRequestException>(() => new SparseTargets([0, 2, 1], [3, 4], [-1, -1]));
     }
 
     [Fact]
@@ -378,11 +380,11 @@ public class DatasetTests : IDisposable
     {
         var ids = new[] { 1, 2, 3, 4, 5, 6 };
         var lps = new[] { -0.1f, -1f, -2f, -0.5f, -0.7f, -3f };
-        var f = TopKTargets.FromFixedK(2, 3, ids, lps);
-        var b = new TopKTargets.Builder().Add(ids.AsSpan(0, 3), lps.AsSpan(0, 3)).Add(ids.AsSpan(3), lps.AsSpan(3)).Build();
+        var f = SparseTargets.FromFixedK(2, 3, ids, lps);
+        var b = new SparseTargets.Builder().Add(ids.AsSpan(0, 3), lps.AsSpan(0, 3)).Add(ids.AsSpan(3), lps.AsSpan(3)).Build();
         Assert.Equal(f.Offsets.ToArray(), b.Offsets.ToArray());
-        Assert.Equal(new[] { 4, 5, 6 }, f.Ids(1).ToArray());
-        Assert.Equal(new[] { -0.5f, -0.7f, -3f }, f.LogProbs(1).ToArray());
+        Assert.Equal(new[] { 4, 5, 6 }, f.IdsAt(1).ToArray());
+        Assert.Equal(new[] { -0.5f, -0.7f, -3f }, f.LogProbsAt(1).ToArray());
         Assert.Equal(3.0, f.MeanK);
         Assert.Equal(6, f.TotalEntries);
     }

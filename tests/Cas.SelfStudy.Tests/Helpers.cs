@@ -94,7 +94,7 @@ static class Make
         var user = new int[3 + (int)(id % 4)];
         for (int i = 0; i < user.Length; i++) user[i] = rng.NextInt(50000);
         var answer = new int[answerTokens];
-        var b = new TopKTargets.Builder();
+        var b = new SparseTargets.Builder();
         for (int p = 0; p < answerTokens; p++)
         {
             answer[p] = rng.NextInt(50000);
@@ -142,8 +142,8 @@ static class Make
             Assert.Equal(a.Targets is null, b.Targets is null);
             if (a.Targets is null) continue;
             Assert.Equal(a.Targets.Offsets.ToArray(), b.Targets!.Offsets.ToArray());
-            Assert.Equal(a.Targets.AllIds.ToArray(), b.Targets.AllIds.ToArray());
-            Assert.Equal(a.Targets.AllLogProbs.ToArray(), b.Targets.AllLogProbs.ToArray());
+            Assert.Equal(a.Targets.Ids.ToArray(), b.Targets.Ids.ToArray());
+            Assert.Equal(a.Targets.LogProbs.ToArray(), b.Targets.LogProbs.ToArray());
         }
     }
 

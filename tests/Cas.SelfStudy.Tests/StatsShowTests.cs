@@ -7,7 +7,7 @@ public class StatsShowTests : IDisposable
 
     static Conversation Conv(ulong id, SeedPromptKind kind, string doc, int[] user, int[] answer, int[] ks)
     {
-        var b = new TopKTargets.Builder();
+        var b = new SparseTargets.Builder();
         for (int p = 0; p < ks.Length; p++)
             b.Add(Enumerable.Range(0, ks[p]).Select(j => answer[p] + j).ToArray(), Enumerable.Range(0, ks[p]).Select(j => -0.25f * (j + 1)).ToArray());
         return new Conversation(id, new ChunkLocation(doc, 0, 10, 0, 40), "chunk text", kind, "seed",

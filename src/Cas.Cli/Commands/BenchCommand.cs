@@ -22,9 +22,9 @@ static class BenchCommand
 
     static Command Engine()
     {
-        var config = new Option<string>("--config") { Description = "Folder or config.json of the model shape (random weights). Default: SmolLM2-135M's config in ../shared." };
-        var prefill = new Option<int>("--prefill-tokens") { DefaultValueFactory = _ => 512 };
-        var steps = new Option<int>("--decode-steps") { DefaultValueFactory = _ => 32 };
+        var config = Options.Config();
+        var prefill = new Option<int>("--prefill-tokens") { Description = "Tokens in the timed prefill.", DefaultValueFactory = _ => 512 };
+        var steps = new Option<int>("--decode-steps") { Description = "Tokens decoded per timed decode run.", DefaultValueFactory = _ => 32 };
         var cmd = new Command("engine", "SGEMM peak, prefill and decode speed, peak memory on a random-weight model.") { config, prefill, steps };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -83,19 +83,19 @@ static class BenchCommand
 
     static Command Train()
     {
-        var config = new Option<string>("--config") { Description = "Folder or config.json of the model shape (random weights). Default: SmolLM2-135M's config in ../shared, else the built-in copy of it." };
-        var p = new Option<int>("--tokens") { Description = "Cartridge size p.", DefaultValueFactory = _ => 512 };
-        var seqs = new Option<int>("--sequences") { DefaultValueFactory = _ => 4 };
-        var len = new Option<int>("--sequence-length") { DefaultValueFactory = _ => 256 };
-        var topK = new Option<int>("--top-k") { DefaultValueFactory = _ => 20 };
-        var steps = new Option<int>("--steps") { Description = "Timed steps (best is reported).", DefaultValueFactory = _ => 3 };
-        var cmd = new Command("train", "Time one distillation step (forward + backward to the cartridge) on a random-weight model.") { config, p, seqs, len, topK, steps };
+        var config = Options.Config();
+        var p = Options.CartridgeTokens();
+        var seqs = new Option<int>("--sequences") { Description = "Sequences per training step.", DefaultValueFactory = _ => 4 };
+        var len = new Option<int>("--sequence-length") { Description = "Tokens per sequence.", DefaultValueFactory = _ => 256 };
+        var topK = Options.TeacherTopK(20);
+        var steps = Options.Steps();
+        var cmd = new Command("train", "Time one distillation step (forward + backward to the cartridge) on a random-weight model (defaults: --tokens 512, --steps 3, the best step reported).") { config, p, seqs, len, topK, steps };
         cmd.SetAction(pr => Cli.Run(() =>
         {
             string? cfgPath = pr.GetValue(config) ?? (Directory.Exists(DefaultConfig) ? DefaultConfig : null);
             var cfg = cfgPath != null ? HfModelLoader.ReadConfig(cfgPath) : Cas.Training.TrainingBenchmark.SmolLM2_135M;
             double peak = SgemmPeak();
-            var r = Cas.Training.TrainingBenchmark.Run(cfg, pr.GetValue(p), pr.GetValue(seqs), pr.GetValue(len), pr.GetValue(topK), pr.GetValue(steps),
+            var r = Cas.Training.TrainingBenchmark.Run(cfg, pr.GetValue(p) ?? 512, pr.GetValue(seqs), pr.GetValue(len), pr.GetValue(topK), pr.GetValue(steps) ?? 3,
                 log: m => Console.Error.WriteLine(m));
             Console.WriteLine($"model={r.Model}");
             Console.WriteLine($"blas={r.Blas}");

@@ -23,7 +23,7 @@ static class BenchSynth
     {
         var userTokens = new Option<int>("--user-tokens") { Description = "Agent A's tokens per message.", DefaultValueFactory = _ => 24 };
         var answerTokens = new Option<int>("--answer-tokens") { Description = "Agent B's tokens per answer.", DefaultValueFactory = _ => 32 };
-        var levels = new Option<string>("--concurrency") { Description = "Concurrency levels, comma-separated.", DefaultValueFactory = _ => "1,8,32" };
+        var levels = new Option<string>("--concurrency-levels") { Description = "Concurrency levels, comma-separated.", DefaultValueFactory = _ => "1,8,32" };
         var cmd = new Command("synth", "Self-study synthesis throughput at several concurrency levels (stories260K and SmolLM2-135M random weights).")
         {
             userTokens, answerTokens, levels,
@@ -32,7 +32,7 @@ static class BenchSynth
         {
             int[] cs = pr.GetValue(levels)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v > 0 ? v
-                    : throw new InvalidRequestException($"--concurrency: '{s}' is not a positive whole number.")).ToArray();
+                    : throw new InvalidRequestException($"--concurrency-levels: '{s}' is not a positive whole number.")).ToArray();
             int a = pr.GetValue(userTokens), b = pr.GetValue(answerTokens);
             var o = Console.Out;
             o.WriteLine($"threads={Environment.ProcessorCount}");

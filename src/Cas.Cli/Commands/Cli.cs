@@ -15,16 +15,6 @@ static class Cli
     /// <summary>stories260K beside the repository: the model used when --model is not given.</summary>
     public static string DefaultModel => Path.Combine(RepoRoot, "..", "shared", "models", "stories260K", "stories260K.bin");
 
-    public static Option<string> ModelOption() => new("--model")
-    {
-        Description = "Hugging Face model folder (config.json + *.safetensors) or llama2.c .bin checkpoint. Default: ../shared/models/stories260K/stories260K.bin",
-    };
-
-    public static Option<string> TokenizerOption() => new("--tokenizer")
-    {
-        Description = "tokenizer.json (or its folder) or llama2.c tok*.bin. Default: the model folder's tokenizer.json, or the tok*.bin beside a .bin checkpoint.",
-    };
-
     /// <summary>Runs a command body, turning our typed errors into one clear line on stderr and exit code 2.</summary>
     public static int Run(Func<int> body)
     {

@@ -23,8 +23,8 @@ static class DatasetCommand
         var file = FileArgument();
         var n = new Option<int>("--n") { Description = "Conversations to show.", DefaultValueFactory = _ => 3 };
         var skip = new Option<int>("--skip") { Description = "Conversations to skip first.", DefaultValueFactory = _ => 0 };
-        var tokenizer = new Option<string?>("--tokenizer") { Description = "Decode token ids with this tokenizer (tokenizer.json, its folder, or tok*.bin)." };
-        var topK = new Option<int>("--top-k") { Description = "Top-k entries listed per position.", DefaultValueFactory = _ => 5 };
+        var tokenizer = Options.Tokenizer(); // decodes the token ids when given
+        var topK = new Option<int>("--entries") { Description = "Teacher entries listed per position.", DefaultValueFactory = _ => 5 };
         var positions = new Option<int>("--positions") { Description = "Target positions listed per message (0: all).", DefaultValueFactory = _ => 32 };
         var chunk = new Option<bool>("--chunk") { Description = "Also print each conversation's chunk text." };
         var cmd = new Command("show", "Print conversations with their teacher top-k targets.") { file, n, skip, tokenizer, topK, positions, chunk };

@@ -4,7 +4,6 @@ using System.Globalization;
 using Cas.Engine;
 using Cas.Engine.Cartridges;
 using Cas.Engine.Models;
-using Cas.SelfStudy;
 using Cas.Training;
 using Cas.Training.Evaluation;
 
@@ -22,18 +21,14 @@ static class EvalCommand
 
     public static Command Create()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
-        var cartridge = new Option<string[]>("--cartridge")
-        {
-            Description = "Cartridge file (.safetensors); repeat to compose several, in the given order.", Required = true,
-            AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.OneOrMore,
-        };
-        var data = new Option<string>("--data") { Description = "Held-out data: the plain document the cartridge was trained on (held-out probes are made from it) or a self-study dataset (.casds).", Required = true };
-        var seed = new Option<ulong>("--seed") { Description = "Seeds the held-out probes (keep it different from the training seed).", DefaultValueFactory = _ => DefaultSeed };
-        var examplesPerChunk = new Option<int>("--examples-per-chunk") { Description = "Document data: held-out probes per chunk.", DefaultValueFactory = _ => 16 };
-        var chunkTokens = new Option<int>("--chunk-tokens") { Description = "Document data: largest chunk the teacher sees (use the value training used).", DefaultValueFactory = _ => 400 };
-        var continuation = new Option<int>("--continuation-tokens") { Description = "Document data: most tokens the teacher writes per probe (use the value training used).", DefaultValueFactory = _ => 64 };
+        var model = Options.Model();
+        var tokenizer = Options.Tokenizer();
+        var cartridge = Options.Cartridges(required: true);
+        var data = Options.Data();
+        var seed = Options.Seed(DefaultSeed);
+        var examplesPerChunk = Options.ProbesPerChunk(16);
+        var chunkTokens = Options.ChunkTokens();
+        var continuation = Options.ContinuationTokens();
         var compose = new Option<string>("--compose")
         {
             Description = "concat: cartridges keep the positions they were trained at (what generate and serving do) | " +
@@ -51,7 +46,7 @@ static class EvalCommand
     }
 
     static int Execute(string? modelPath, string? tokenizerPath, string[] cartridgePaths, string dataPath, ulong seed,
-        int examplesPerChunk, int chunkTokens, int continuation, string composeText)
+        int examplesPerChunk, int? chunkTokens, int continuation, string composeText)
     {
         var mode = composeText.ToLowerInvariant() switch
         {
@@ -71,14 +66,14 @@ static class EvalCommand
         }
         else
         {
-            string text = File.ReadAllText(dataPath);
-            if (string.IsNullOrWhiteSpace(text)) throw new InvalidRequestException($"--data {dataPath} is empty; there is nothing to evaluate on.");
-            if (text.Contains('\0')) throw new InvalidRequestException($"--data {dataPath} looks binary; give a UTF-8 text document or a .casds dataset.");
+            string text = TrainingRun.ReadDocument(dataPath, "--data");
             var options = new DocumentProbeOptions
             {
-                ChunkTokens = chunkTokens, ExamplesPerChunk = examplesPerChunk, ContinuationTokens = continuation,
-                Split = ProbeSplit.HeldOut, Seed = seed,
+                ExamplesPerChunk = examplesPerChunk, ContinuationTokens = continuation, Split = ProbeSplit.HeldOut, Seed = seed,
             };
+            // The same rule as training, so a cartridge trained with defaults is evaluated on chunks of the same size.
+            options = options with { ChunkTokens = DocumentProbes.ChooseChunkTokens(m.Config, tok, options, chunkTokens) };
+            Console.Error.WriteLine($"chose chunk_tokens={options.ChunkTokens}{(chunkTokens is null ? "" : " (given)")} for the model's context of {m.Config.MaxSeqLen}");
             var probes = DocumentProbes.BuildSet(m, tok, text, Path.GetFileName(dataPath), options,
                 (d, n) => Progress("held-out probes", d, n));
             set = EvalSet.FromProbes(probes);

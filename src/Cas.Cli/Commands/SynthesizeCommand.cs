@@ -1,8 +1,8 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Security.Cryptography;
 using Cas.Engine;
 using Cas.Engine.Tokenizers;
+using Cas.Engine.Models;
 using Cas.Resources;
 using Cas.SelfStudy;
 using Spectre.Console;
@@ -17,190 +17,146 @@ static class SynthesizeCommand
 {
     public static Command Create()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
+        var d = new SelfStudyOptions();
+        var model = Options.Model();
+        var tokenizer = Options.Tokenizer();
         var resources = new Option<string[]>("--resource")
         {
             Description = "Input documents as KIND:PATH[#field] (kinds: " + string.Join(", ", ResourceSpec.Kinds) + "); repeat for several.",
             Required = true, AllowMultipleArgumentsPerToken = false,
         };
-        var output = new Option<string>("--out") { Description = "Dataset file to write (.casds).", Required = true };
+        var output = Options.Out();
         var conversations = new Option<long>("--conversations") { Description = "Conversations to generate (indices 0..N-1).", Required = true };
-        var chunkTokens = new Option<string>("--chunk-tokens") { Description = "Chunk size range in tokens, MIN:MAX.", DefaultValueFactory = _ => "512:2048" };
+        var chunkTokens = Options.ChunkTokens();
+        var minChunkTokens = new Option<int?>("--min-chunk-tokens") { Description = "Smallest chunk in tokens (chunk sizes are drawn between this and --chunk-tokens). Default: min(512, --chunk-tokens / 2)." };
         var seedPrompts = new Option<string>("--seed-prompts")
         {
             Description = "Seed prompt mix kind=weight,... (structuring, summarization, question, use_case, creative, generic).",
             DefaultValueFactory = _ => SeedPromptMix.Uniform.ToString(),
         };
-        var rounds = new Option<int>("--rounds") { Description = "User/answer exchanges per conversation.", DefaultValueFactory = _ => 1 };
-        var maxAnswer = new Option<int>("--max-answer-tokens") { Description = "Most tokens per answer (agent B).", DefaultValueFactory = _ => AgentOptions.AnswerDefaults.MaxTokens };
-        var maxUser = new Option<int>("--max-user-tokens") { Description = "Most tokens per user message (agent A).", DefaultValueFactory = _ => AgentOptions.UserDefaults.MaxTokens };
+        var rounds = new Option<int>("--rounds") { Description = "User/answer exchanges per conversation.", DefaultValueFactory = _ => d.Rounds };
+        var maxAnswer = new Option<int?>("--max-answer-tokens") { Description = $"Most tokens per answer (agent B). Default: min({SynthesisRun.DefaultMaxAnswerTokens}, context/8)." };
+        var maxUser = new Option<int?>("--max-user-tokens") { Description = $"Most tokens per user message (agent A). Default: min({SynthesisRun.DefaultMaxUserTokens}, context/16)." };
         var userTemperature = new Option<float>("--user-temperature") { Description = "Agent A's sampling temperature.", DefaultValueFactory = _ => AgentOptions.UserDefaults.Temperature };
         var answerTemperature = new Option<float>("--answer-temperature") { Description = "Agent B's temperature (0 = greedy).", DefaultValueFactory = _ => AgentOptions.AnswerDefaults.Temperature };
-        var topK = new Option<int>("--top-k") { Description = "Most teacher log-probs kept per answer token.", DefaultValueFactory = _ => TeacherTopK.DefaultMaxK };
-        var topKMass = new Option<double>("--top-k-mass") { Description = "Keep entries until their cumulative probability reaches this.", DefaultValueFactory = _ => TeacherTopK.DefaultMass };
-        var perChunk = new Option<int>("--per-chunk") { Description = "Consecutive conversations sharing one chunk (and its prefilled KV).", DefaultValueFactory = _ => 8 };
-        var concurrency = new Option<int>("--concurrency") { Description = "Conversations generated together in one batch (does not change the output).", DefaultValueFactory = _ => 16 };
-        var seed = new Option<ulong>("--seed") { Description = "Run seed.", DefaultValueFactory = _ => 1UL };
-        var chatFormat = new Option<string>("--chat-format") { Description = "auto | chatml | llama3 | base. auto: the tokenizer's chat template, else its special tokens, else base-model framing.", DefaultValueFactory = _ => "auto" };
-        var resume = new Option<bool>("--resume") { Description = "Continue an existing dataset: skip conversations already in it, repair a torn tail." };
+        var topK = Options.TeacherTopK(TeacherTopK.DefaultMaxK);
+        var topKMass = new Option<double>("--teacher-mass") { Description = "Keep the teacher's entries, most probable first, until their cumulative probability reaches this.", DefaultValueFactory = _ => TeacherTopK.DefaultMass };
+        var perChunk = new Option<int>("--per-chunk") { Description = "Consecutive conversations sharing one chunk (and its prefilled KV).", DefaultValueFactory = _ => d.ConversationsPerChunk };
+        var concurrency = new Option<int>("--concurrency") { Description = "Conversations generated together in one batch (does not change the output).", DefaultValueFactory = _ => d.Concurrency };
+        var seed = Options.Seed(d.Seed);
+        var chatFormat = Options.ChatFormat("auto");
+        var resume = Options.Resume();
         var strict = new Option<bool>("--strict") { Description = "Stop at the first input that would be skipped or altered while reading resources." };
         var noChunkText = new Option<bool>("--no-chunk-text") { Description = "Do not store chunk texts in the records." };
         var noSharing = new Option<bool>("--no-prefix-sharing") { Description = "Prefill every prompt whole instead of forking each chunk's prefilled KV (slower; for checks)." };
         var cmd = new Command("synthesize", "Generate self-study conversations with teacher top-k log-probs from documents.")
         {
-            model, tokenizer, resources, output, conversations, chunkTokens, seedPrompts, rounds, maxAnswer, maxUser,
+            model, tokenizer, resources, output, conversations, chunkTokens, minChunkTokens, seedPrompts, rounds, maxAnswer, maxUser,
             userTemperature, answerTemperature, topK, topKMass, perChunk, concurrency, seed, chatFormat, resume, strict, noChunkText, noSharing,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
-            try
+            // Everything that can be checked without the model, first.
+            long n = pr.GetValue(conversations);
+            if (n < 1) throw new InvalidRequestException($"--conversations must be at least 1, got {n}.");
+            var settings = new SelfStudyOptions
             {
-                // Everything that can be checked without the model, first.
-                long n = pr.GetValue(conversations);
-                if (n < 1) throw new InvalidRequestException($"--conversations must be at least 1, got {n}.");
-                var (minChunk, maxChunk) = SelfStudyOptions.ParseChunkTokens(pr.GetValue(chunkTokens)!);
-                var options = new SelfStudyOptions
-                {
-                    Conversations = n,
-                    Seed = pr.GetValue(seed),
-                    MinChunkTokens = minChunk,
-                    MaxChunkTokens = maxChunk,
-                    SeedPrompts = SeedPromptMix.Parse(pr.GetValue(seedPrompts)!),
-                    Rounds = pr.GetValue(rounds),
-                    UserAgent = AgentOptions.UserDefaults with { MaxTokens = pr.GetValue(maxUser), Temperature = pr.GetValue(userTemperature) },
-                    AnswerAgent = AgentOptions.AnswerDefaults with { MaxTokens = pr.GetValue(maxAnswer), Temperature = pr.GetValue(answerTemperature) },
-                    TopK = pr.GetValue(topK),
-                    TopKMass = pr.GetValue(topKMass),
-                    ConversationsPerChunk = pr.GetValue(perChunk),
-                    Concurrency = pr.GetValue(concurrency),
-                    KeepChunkText = !pr.GetValue(noChunkText),
-                    SharePrefix = !pr.GetValue(noSharing),
-                };
-                options.Validate();
-                string outPath = pr.GetValue(output)!;
-
-                var documents = ReadResources(pr.GetValue(resources) ?? [], pr.GetValue(strict));
-                var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer));
-                var format = ResolveChatFormat(pr.GetValue(chatFormat)!, tok, tokPath);
-                Console.Error.WriteLine($"framing: {(format is null ? "base model (plain text)" : format.ToString())}");
-
-                var synth = new SelfStudySynthesizer(m, tok, format, documents, options);
-                var metadata = synth.Metadata(new Dictionary<string, string> { ["tokenizer_sha256"] = TokenizerHash(tokPath) });
-                using var writer = DatasetWriter.Open(outPath, pr.GetValue(resume), new DatasetWriterOptions { Metadata = metadata });
-                if (writer.RepairedTornTail is { } torn) Console.Error.WriteLine($"repaired: cut off a {torn}");
-                if (writer.ExistingCount > 0) Console.Error.WriteLine($"resuming: {writer.ExistingCount} conversations already in {writer.Path}");
-
-                using var cancel = new CancellationTokenSource();
-                ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
-                Console.CancelKeyPress += onCancel;
-                SynthesisSummary summary;
-                try { summary = RunWithProgress(synth, writer, n, cancel.Token); }
-                catch (OperationCanceledException)
-                {
-                    writer.Flush();
-                    Console.Error.WriteLine($"interrupted: {writer.Count} conversations are in {writer.Path}; run again with --resume to continue.");
-                    return 130;
-                }
-                finally { Console.CancelKeyPress -= onCancel; }
-                writer.Flush();
-
-                var ci = CultureInfo.InvariantCulture;
-                var o = Console.Out;
-                o.WriteLine($"out={writer.Path}");
-                o.WriteLine($"framing={synth.Framing}");
-                o.WriteLine($"documents={documents.Count}");
-                o.WriteLine($"conversations_requested={summary.Requested}");
-                o.WriteLine($"conversations_already_present={summary.AlreadyPresent}");
-                o.WriteLine($"conversations_written={summary.Written}");
-                o.WriteLine($"dropped_empty_user_message={summary.DroppedEmptyMessage}");
-                o.WriteLine($"dropped_empty_answer={summary.DroppedEmptyAnswer}");
-                o.WriteLine($"dropped_no_room_in_context={summary.DroppedNoRoom}");
-                o.WriteLine($"cut_short_rounds={summary.CutShort}");
-                o.WriteLine($"answers_truncated={summary.AnswersTruncated}");
-                o.WriteLine($"chunk_prefills={summary.ChunkPrefills}");
-                o.WriteLine($"user_tokens={summary.UserTokens}");
-                o.WriteLine($"answer_tokens={summary.AnswerTokens}");
-                o.WriteLine($"target_entries={summary.TargetEntries}");
-                o.WriteLine(string.Create(ci, $"elapsed_s={summary.Elapsed.TotalSeconds:F1}"));
-                o.WriteLine(string.Create(ci, $"generated_tok_s={summary.TokensPerSecond:F1}"));
-                o.WriteLine($"dataset_conversations={writer.Count}");
-                return 0;
-            }
-            catch (ResourceException e)
+                Conversations = n,
+                Seed = pr.GetValue(seed),
+                SeedPrompts = SeedPromptMix.Parse(pr.GetValue(seedPrompts)!),
+                Rounds = pr.GetValue(rounds),
+                UserAgent = AgentOptions.UserDefaults with { Temperature = pr.GetValue(userTemperature) },
+                AnswerAgent = AgentOptions.AnswerDefaults with { Temperature = pr.GetValue(answerTemperature) },
+                TopK = pr.GetValue(topK),
+                TopKMass = pr.GetValue(topKMass),
+                ConversationsPerChunk = pr.GetValue(perChunk),
+                Concurrency = pr.GetValue(concurrency),
+                KeepChunkText = !pr.GetValue(noChunkText),
+                SharePrefix = !pr.GetValue(noSharing),
+            };
+            settings.Validate();
+            foreach (var (name, v) in new[] { ("--chunk-tokens", pr.GetValue(chunkTokens)), ("--min-chunk-tokens", pr.GetValue(minChunkTokens)), ("--max-user-tokens", pr.GetValue(maxUser)), ("--max-answer-tokens", pr.GetValue(maxAnswer)) })
+                if (v is int x && x < 1) throw new InvalidRequestException($"{name} must be at least 1, got {x}.");
+            var format = ChatFormat.Parse(pr.GetValue(chatFormat));
+            var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer));
+            var options = new SynthesisRunOptions
             {
-                Console.Error.WriteLine($"error: {e.Message}");
-                return 2;
-            }
+                Resources = pr.GetValue(resources) ?? [], OutputPath = pr.GetValue(output)!, Conversations = n, ChatFormat = format,
+                TokenizerPath = tokPath, Resume = pr.GetValue(resume), Strict = pr.GetValue(strict),
+                MinChunkTokens = pr.GetValue(minChunkTokens), MaxChunkTokens = pr.GetValue(chunkTokens),
+                MaxUserTokens = pr.GetValue(maxUser), MaxAnswerTokens = pr.GetValue(maxAnswer), Settings = settings,
+            };
+
+            using var cancel = new CancellationTokenSource();
+            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
+            Console.CancelKeyPress += onCancel;
+            SynthesisRunResult r;
+            try { r = RunWithProgress(m, tok, options, n, cancel.Token); }
+            catch (OperationCanceledException) { return 130; } // the run's last note said what is kept and how to continue
+            finally { Console.CancelKeyPress -= onCancel; }
+
+            var summary = r.Summary;
+            var ci = CultureInfo.InvariantCulture;
+            var o = Console.Out;
+            o.WriteLine($"out={r.OutputPath}");
+            o.WriteLine($"framing={r.Framing}");
+            o.WriteLine($"documents={r.Documents}");
+            o.WriteLine($"chunk_tokens={r.Plan.MinChunkTokens}:{r.Plan.MaxChunkTokens}");
+            o.WriteLine($"max_user_tokens={r.Plan.MaxUserTokens}");
+            o.WriteLine($"max_answer_tokens={r.Plan.MaxAnswerTokens}");
+            o.WriteLine($"conversations_requested={summary.Requested}");
+            o.WriteLine($"conversations_already_present={summary.AlreadyPresent}");
+            o.WriteLine($"conversations_written={summary.Written}");
+            o.WriteLine($"dropped_empty_user_message={summary.DroppedEmptyMessage}");
+            o.WriteLine($"dropped_empty_answer={summary.DroppedEmptyAnswer}");
+            o.WriteLine($"dropped_no_room_in_context={summary.DroppedNoRoom}");
+            o.WriteLine($"cut_short_rounds={summary.CutShort}");
+            o.WriteLine($"answers_truncated={summary.AnswersTruncated}");
+            o.WriteLine($"chunk_prefills={summary.ChunkPrefills}");
+            o.WriteLine($"user_tokens={summary.UserTokens}");
+            o.WriteLine($"answer_tokens={summary.AnswerTokens}");
+            o.WriteLine($"target_entries={summary.TargetEntries}");
+            o.WriteLine(string.Create(ci, $"elapsed_s={summary.Elapsed.TotalSeconds:F1}"));
+            o.WriteLine(string.Create(ci, $"generated_tok_s={summary.TokensPerSecond:F1}"));
+            o.WriteLine($"dataset_conversations={r.DatasetConversations}");
+            return 0;
         }));
         return cmd;
     }
 
-    /// <summary>Reads every resource, prints the report on stderr, and refuses an empty result.</summary>
-    static List<Cas.Resources.Document> ReadResources(string[] specs, bool strict)
-    {
-        if (specs.Length == 0) throw new InvalidRequestException("give at least one --resource KIND:PATH[#field].");
-        var report = new ResourceReport(strict);
-        var documents = new List<Cas.Resources.Document>();
-        var parsed = specs.Select(s => ResourceSpec.Parse(s)).ToList(); // every spec is checked before reading any
-        foreach (var r in parsed) documents.AddRange(r.Read(report));
-        Console.Error.Write(report.Summary());
-        if (documents.Count == 0)
-            throw new InvalidRequestException($"the resources ({string.Join(", ", specs)}) yielded no documents; see the report above for what was skipped.");
-        return documents;
-    }
-
-    /// <summary>auto: the tokenizer_config.json template, else the tokenizer's special tokens, else base-model framing (null).</summary>
-    static ChatFormatKind? ResolveChatFormat(string name, ITokenizer tok, string tokPath) => name.Trim().ToLowerInvariant() switch
-    {
-        "auto" => ChatFormat.Detect(tokPath)
-            ?? (tok.SpecialTokenId("<|im_start|>") != null && tok.SpecialTokenId("<|im_end|>") != null ? ChatFormatKind.ChatML
-            : tok.SpecialTokenId("<|start_header_id|>") != null && tok.SpecialTokenId("<|eot_id|>") != null ? ChatFormatKind.Llama3
-            : null),
-        "chatml" => ChatFormatKind.ChatML,
-        "llama3" => ChatFormatKind.Llama3,
-        "base" or "plain" => null,
-        "llama2" => ChatFormatKind.Llama2, // refused by the synthesizer with the reason
-        _ => throw new InvalidRequestException($"unknown --chat-format '{name}'; use auto, chatml, llama3 or base."),
-    };
-
-    /// <summary>SHA-256 of the tokenizer file (tokenizer.json inside a folder), so a resume cannot switch tokenizers.</summary>
-    static string TokenizerHash(string tokPath)
-    {
-        string file = Directory.Exists(tokPath) ? Path.Combine(tokPath, "tokenizer.json") : tokPath;
-        using var f = File.OpenRead(file);
-        return Convert.ToHexStringLower(SHA256.HashData(f));
-    }
-
-    static SynthesisSummary RunWithProgress(SelfStudySynthesizer synth, DatasetWriter writer, long total, CancellationToken cancel)
+    /// <summary>Runs <see cref="SynthesisRun.Execute"/> with notes and progress on stderr (plain lines when redirected, else a bar).</summary>
+    static SynthesisRunResult RunWithProgress(Model m, ITokenizer tok, SynthesisRunOptions options, long total, CancellationToken cancel)
     {
         if (Console.IsErrorRedirected)
         {
             // Plain lines for logs: one every 5 seconds and a last one.
             var last = TimeSpan.Zero;
             bool finished = false;
-            var summary = synth.WriteTo(writer, p =>
+            return SynthesisRun.Execute(m, tok, options, new SyncProgress<SynthesisRunEvent>(e =>
             {
+                if (e is SynthesisRunNote note) { Console.Error.WriteLine(note.Text); return; }
+                var p = ((SynthesisRunProgress)e).Progress;
                 if (finished || (p.Elapsed - last < TimeSpan.FromSeconds(5) && p.Remaining > 0)) return;
                 last = p.Elapsed;
                 finished = p.Remaining == 0;
                 Console.Error.WriteLine(Describe(p));
-            }, cancel);
-            return summary;
+            }), cancel);
         }
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
-        SynthesisSummary? result = null;
+        SynthesisRunResult? result = null;
         console.Progress()
             .AutoClear(false)
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn())
             .Start(ctx =>
             {
                 var task = ctx.AddTask("starting", maxValue: total);
-                result = synth.WriteTo(writer, p =>
+                result = SynthesisRun.Execute(m, tok, options, new SyncProgress<SynthesisRunEvent>(e =>
                 {
+                    if (e is SynthesisRunNote note) { console.MarkupLine("[grey]" + Markup.Escape(note.Text) + "[/]"); return; }
+                    var p = ((SynthesisRunProgress)e).Progress;
                     task.Value = p.AlreadyPresent + p.Done;
                     task.Description = Markup.Escape(Describe(p));
-                }, cancel);
+                }), cancel);
                 task.StopTask();
             });
         return result!;

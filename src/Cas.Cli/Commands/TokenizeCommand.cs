@@ -8,7 +8,8 @@ static class TokenizeCommand
 {
     public static Command Create()
     {
-        var tokenizer = new Option<string>("--tokenizer") { Description = "tokenizer.json (or its folder) or llama2.c tok*.bin.", Required = true };
+        var tokenizer = Options.Tokenizer();
+        tokenizer.Required = true;
         var text = new Option<string>("--text") { Description = "Text to encode; special tokens written in it are recognised.", Required = true };
         var cmd = new Command("tokenize", "Encode text to token ids.") { tokenizer, text };
         cmd.SetAction(pr => Cli.Run(() =>

@@ -169,6 +169,38 @@ public static class ChatFormat
         return firstTemplate;
     }
 
+    /// <summary>The names <see cref="Parse"/> accepts, for messages and help.</summary>
+    public const string Names = "auto | chatml | llama3 | llama2 | plain";
+
+    /// <summary>
+    /// The one parser of chat-format names for every command: "auto" (or empty) gives null, meaning
+    /// <see cref="Resolve"/> decides; "chatml", "llama3", "llama2", "plain" (also "base": a base model's plain text).
+    /// </summary>
+    public static ChatFormatKind? Parse(string? name) => (name ?? "").Trim().ToLowerInvariant() switch
+    {
+        "" or "auto" => null,
+        "chatml" => ChatFormatKind.ChatML,
+        "llama3" => ChatFormatKind.Llama3,
+        "llama2" => ChatFormatKind.Llama2,
+        "plain" or "base" => ChatFormatKind.Plain,
+        _ => throw new InvalidRequestException($"unknown chat format '{name}'; use {Names}."),
+    };
+
+    /// <summary>
+    /// The format to use: <paramref name="requested"/> when given; otherwise the template named by tokenizer_config.json
+    /// beside <paramref name="tokenizerPath"/>, else the one whose special tokens the tokenizer has (ChatML, Llama 3),
+    /// else <see cref="ChatFormatKind.Plain"/> (a base model).
+    /// </summary>
+    public static ChatFormatKind Resolve(ChatFormatKind? requested, ITokenizer tokenizer, string? tokenizerPath)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        if (requested is { } k) return k;
+        if (!string.IsNullOrEmpty(tokenizerPath) && Detect(tokenizerPath) is { } detected) return detected;
+        if (tokenizer.SpecialTokenId("<|im_start|>") != null && tokenizer.SpecialTokenId("<|im_end|>") != null) return ChatFormatKind.ChatML;
+        if (tokenizer.SpecialTokenId("<|start_header_id|>") != null && tokenizer.SpecialTokenId("<|eot_id|>") != null) return ChatFormatKind.Llama3;
+        return ChatFormatKind.Plain;
+    }
+
     /// <summary>Token ids that end an assistant turn for this format (only those the tokenizer has), EOS included.</summary>
     public static int[] StopTokens(ChatFormatKind kind, ITokenizer tokenizer)
     {

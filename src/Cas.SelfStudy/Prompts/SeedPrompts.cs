@@ -1,12 +1,6 @@
 namespace Cas.SelfStudy;
 
 /// <summary>
-/// A seed prompt: the instruction agent A receives (next to the chunk) telling it what kind of
-/// first message to write. <see cref="Format"/> is the target format for structuring prompts.
-/// </summary>
-public sealed record SeedPrompt(SeedPromptKind Kind, string Text, string? Format = null);
-
-/// <summary>
 /// The phrasings of each seed kind (several per kind, so the generated messages vary in wording).
 /// Every phrasing is addressed to agent A and asks for a message that makes sense without the
 /// passage in view, since the student answers it from its cartridge alone.

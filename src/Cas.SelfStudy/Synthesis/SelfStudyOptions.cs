@@ -69,7 +69,7 @@ public sealed record SelfStudyOptions
     /// <summary>Agent B, who answers with the chunk in context and whose log-probs are the targets (default greedy, 256 tokens).</summary>
     public AgentOptions AnswerAgent { get; init; } = AgentOptions.AnswerDefaults;
 
-    /// <summary>Most teacher entries kept per answer token (default 20; at most <see cref="TopKTargets.MaxK"/>).</summary>
+    /// <summary>Most teacher entries kept per answer token (default 20; at most <see cref="SparseTargets.MaxK"/>).</summary>
     public int TopK { get; init; } = TeacherTopK.DefaultMaxK;
 
     /// <summary>Entries are kept, most probable first, until their cumulative probability reaches this (default 0.99).</summary>
@@ -102,8 +102,8 @@ public sealed record SelfStudyOptions
             throw new InvalidRequestException($"chunk sizes {MinChunkTokens}:{MaxChunkTokens} are invalid; need 1 <= MIN <= MAX tokens.");
         if (Rounds < 1)
             throw new InvalidRequestException($"rounds must be at least 1, got {Rounds}.");
-        if (TopK < 1 || TopK > TopKTargets.MaxK)
-            throw new InvalidRequestException($"top-k must be in 1..{TopKTargets.MaxK}, got {TopK}.");
+        if (TopK < 1 || TopK > SparseTargets.MaxK)
+            throw new InvalidRequestException($"top-k must be in 1..{SparseTargets.MaxK}, got {TopK}.");
         if (!(TopKMass > 0 && TopKMass <= 1))
             throw new InvalidRequestException($"top-k probability mass must be in (0, 1], got {TopKMass}.");
         if (ConversationsPerChunk < 1)
@@ -115,23 +115,6 @@ public sealed record SelfStudyOptions
         ArgumentNullException.ThrowIfNull(AnswerAgent);
         UserAgent.Validate("agent A (user messages)");
         AnswerAgent.Validate("agent B (answers)");
-    }
-
-    /// <summary>
-    /// Parses "MIN:MAX" (or a single "N" for MIN = MAX = N) chunk sizes in tokens. Throws
-    /// <see cref="InvalidRequestException"/> with the text when it is not two integers 1 &lt;= MIN &lt;= MAX.
-    /// </summary>
-    public static (int Min, int Max) ParseChunkTokens(string spec)
-    {
-        string s = (spec ?? "").Trim();
-        int colon = s.IndexOf(':');
-        string a = colon < 0 ? s : s[..colon], b = colon < 0 ? s : s[(colon + 1)..];
-        if (!int.TryParse(a.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int min)
-            || !int.TryParse(b.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int max))
-            throw new InvalidRequestException($"chunk tokens \"{spec}\" is not MIN:MAX (two whole numbers, e.g. 512:2048).");
-        if (min < 1 || max < min)
-            throw new InvalidRequestException($"chunk tokens \"{spec}\": need 1 <= MIN <= MAX, got MIN={min}, MAX={max}.");
-        return (min, max);
     }
 }
 

@@ -208,7 +208,7 @@ public sealed class SelfStudySynthesizer
     }
 
     /// <summary>One finished exchange.</summary>
-    sealed record Turn(string User, int[] UserTokens, string Answer, int[] AnswerTokens, TopKTargets Targets);
+    sealed record Turn(string User, int[] UserTokens, string Answer, int[] AnswerTokens, SparseTargets Targets);
 
     enum EndReason { None, EmptyMessage, EmptyAnswer, NoRoom }
 
@@ -413,12 +413,29 @@ public sealed class SelfStudySynthesizer
             if (!endedOnStopToken && result.Finish != FinishReason.Stop) run.AnswersTruncated++;
             int[] answer = t.Sampled.GetRange(0, keep).ToArray();
             int entries = t.Offsets[keep];
-            var targets = new TopKTargets(t.Offsets.GetRange(0, keep + 1).ToArray(), t.Ids.GetRange(0, entries).ToArray(), t.LogProbs.GetRange(0, entries).ToArray());
+            var targets = new SparseTargets(t.Offsets.GetRange(0, keep + 1).ToArray(), t.Ids.GetRange(0, entries).ToArray(), t.LogProbs.GetRange(0, entries).ToArray());
             string text = tokenizer.Decode(answer.AsSpan(0, endedOnStopToken ? keep - 1 : keep));
             s.Turns.Add(new Turn(user, userTurns[j], text, answer, targets));
             s.History.Add((user, text));
             s.Student = [.. s.Student, .. userTurns[j], .. answer];
         }
+    }
+
+    /// <summary>
+    /// Context positions a first round needs besides the chunk and the generated tokens: agent A's prompt (framing,
+    /// the longest seed prompt of the mix, the reply instruction) and agent B's (framing around chunk and user turn).
+    /// </summary>
+    public static (int User, int Teacher) PromptOverheads(SynthesisFraming framing, ITokenizer tokenizer, SeedPromptMix mix)
+    {
+        ArgumentNullException.ThrowIfNull(framing); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(mix);
+        int seed = 0;
+        foreach (var kind in SeedPromptKinds.All)
+        {
+            if (mix.Weight(kind) == 0) continue;
+            foreach (var p in SeedPrompts.Phrasings(kind))
+                seed = Math.Max(seed, tokenizer.Encode(p.Replace(SeedPrompts.FormatPlaceholder, "plain text with one fact per line")).Length);
+        }
+        return (framing.Overhead(teacher: false) + seed + 16, framing.Overhead(teacher: true)); // 16: the reply instruction added to the seed prompt
     }
 
     /// <summary>Refuses settings whose first round cannot fit the model's context, with the numbers and what to change.</summary>
@@ -428,16 +445,10 @@ public sealed class SelfStudySynthesizer
         long longest = 0;
         for (int d = 0; d < Chunker.DocumentCount; d++) longest = Math.Max(longest, Chunker.SizeOf(d));
         int chunk = (int)Math.Min(longest, Options.MaxChunkTokens);
-        int seed = 0;
-        foreach (var kind in SeedPromptKinds.All)
-        {
-            if (Options.SeedPrompts.Weight(kind) == 0) continue;
-            foreach (var p in SeedPrompts.Phrasings(kind))
-                seed = Math.Max(seed, tokenizer.Encode(p.Replace(SeedPrompts.FormatPlaceholder, "plain text with one fact per line")).Length);
-        }
+        var (userOverhead, teacherOverhead) = PromptOverheads(framing, tokenizer, Options.SeedPrompts);
         int a = Options.UserAgent.MaxTokens, b = Options.AnswerAgent.MaxTokens;
-        int userNeed = framing.Overhead(teacher: false) + chunk + seed + 16 + a; // 16: the reply instruction added to the seed prompt
-        int answerNeed = framing.Overhead(teacher: true) + chunk + a + b;
+        int userNeed = userOverhead + chunk + a;
+        int answerNeed = teacherOverhead + chunk + a + b;
         int need = Math.Max(userNeed, answerNeed);
         if (need <= ctx) return;
         int fit = chunk - (need - ctx);
@@ -445,7 +456,7 @@ public sealed class SelfStudySynthesizer
             $"chunks of up to {chunk} tokens with prompts (about {need - chunk - a - b} tokens) and agent A's {a} and agent B's {b} generated tokens " +
             $"need about {need} positions, but the model's context is {ctx}. " +
             (fit >= 1
-                ? $"Lower the chunk size (--chunk-tokens MIN:MAX with MAX at most {fit}) or the token limits (--max-answer-tokens, --max-user-tokens)."
+                ? $"Lower the chunk size (--chunk-tokens {fit} or less) or the token limits (--max-answer-tokens, --max-user-tokens), or leave them out to have them derived from the context."
                 : "Lower the token limits (--max-answer-tokens, --max-user-tokens): even a one-token chunk does not fit."));
     }
 }

@@ -3,7 +3,6 @@ using Cas.Engine;
 using Cas.Engine.Cartridges;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
-using Cas.SelfStudy;
 
 namespace Cas.Training.Evaluation;
 

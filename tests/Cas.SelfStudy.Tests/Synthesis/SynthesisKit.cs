@@ -188,15 +188,15 @@ static class Kit
             if (m.Role == MessageRole.Assistant)
             {
                 Assert.NotNull(m.Targets);
-                Assert.Equal(m.Tokens.Length, m.Targets!.Positions);
+                Assert.Equal(m.Tokens.Length, m.Targets!.Length);
                 for (int p = 0; p < m.Tokens.Length; p++)
                 {
                     var row = logits.AsSpan((pos + p - 1) * vocab, vocab);
                     var reference = ReferenceLogSoftmax(row);
                     Assert.Equal(System.Numerics.Tensors.TensorPrimitives.IndexOfMax(row), m.Tokens[p]);
                     CheckTopKRule(m.Targets, p, maxK, mass);
-                    var ids = m.Targets.Ids(p);
-                    var lps = m.Targets.LogProbs(p);
+                    var ids = m.Targets.IdsAt(p);
+                    var lps = m.Targets.LogProbsAt(p);
                     Assert.Equal(m.Tokens[p], ids[0]);
                     for (int e = 0; e < ids.Length; e++)
                         Assert.True(Math.Abs(lps[e] - reference[ids[e]]) < tolerance, $"position {p} entry {e}: {lps[e]} vs reference {reference[ids[e]]}");
@@ -207,10 +207,10 @@ static class Kit
     }
 
     /// <summary>k ≤ maxK, ids distinct, log-probs descending, the cumulative probability reaches the mass exactly at the last entry (or k = maxK).</summary>
-    public static void CheckTopKRule(TopKTargets t, int p, int maxK, double mass)
+    public static void CheckTopKRule(SparseTargets t, int p, int maxK, double mass)
     {
-        var ids = t.Ids(p);
-        var lps = t.LogProbs(p);
+        var ids = t.IdsAt(p);
+        var lps = t.LogProbsAt(p);
         Assert.InRange(ids.Length, 1, maxK);
         Assert.Equal(ids.Length, ids.ToArray().Distinct().Count());
         double cum = 0;
@@ -242,8 +242,8 @@ static class Kit
                 if (a.Messages[m].Targets is not { } ta) { Assert.Null(b.Messages[m].Targets); continue; }
                 var tb = b.Messages[m].Targets!;
                 Assert.Equal(ta.Offsets.ToArray(), tb.Offsets.ToArray());
-                Assert.Equal(ta.AllIds.ToArray(), tb.AllIds.ToArray());
-                var la = ta.AllLogProbs; var lb = tb.AllLogProbs;
+                Assert.Equal(ta.Ids.ToArray(), tb.Ids.ToArray());
+                var la = ta.LogProbs; var lb = tb.LogProbs;
                 for (int e = 0; e < la.Length; e++)
                     Assert.True(Math.Abs(la[e] - lb[e]) <= logProbTolerance, $"record {i} message {m} entry {e}: {la[e]} vs {lb[e]}");
             }

@@ -113,13 +113,6 @@ public class SynthesizerTests
         Assert.Contains("conversations", e.Message);
         Assert.Throws<InvalidRequestException>(() => new SelfStudySynthesizer(model, tok, null, docs, o with { Conversations = -5 }));
 
-        foreach (var bad in new[] { "0:10", "20:10", "abc", "10:", "5:x", "-1:4", "" })
-        {
-            e = Assert.Throws<InvalidRequestException>(() => SelfStudyOptions.ParseChunkTokens(bad));
-            Assert.Contains("chunk tokens", e.Message);
-        }
-        Assert.Equal((12, 34), SelfStudyOptions.ParseChunkTokens("12:34"));
-        Assert.Equal((64, 64), SelfStudyOptions.ParseChunkTokens("64"));
         Assert.Throws<InvalidRequestException>(() => new SelfStudySynthesizer(model, tok, null, docs, o with { MinChunkTokens = 50, MaxChunkTokens = 40 }));
 
         // Chunks that cannot fit stories260K's 512-token context with the prompts and answers.

@@ -24,7 +24,7 @@ public class EvalCliTests
         Cartridge.ForModel(model, CartridgeInit.FirstK(model, docTokens, 32), CartridgeInitKind.FirstK).Save(cart);
 
         var (rc, stdout, stderr) = CasCli.Run("eval", "--model", mp, "--tokenizer", tp, "--cartridge", cart, "--data", doc,
-            "--examples-per-chunk", "8", "--continuation-tokens", "32");
+            "--probes-per-chunk", "8", "--continuation-tokens", "32");
         Assert.True(rc == 0, stderr);
         var lines = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.StartsWith("cartridge_gap_closed=", lines[^1]);
@@ -60,7 +60,7 @@ public class EvalCliTests
         string dir = TrainerFixtures.TempDir();
         const string text = "Once upon a time, there was a little dog named Max. Max liked to run in the park.";
         int[] ids = [.. tok.StartTokens, .. tok.Encode(text)];
-        Assert.Equal([.. ids, .. DocumentProbes.EncodeContinuation(tok, "\n")], [.. tok.StartTokens, .. tok.Encode(text + "\n")]);
+        Assert.Equal([.. ids, .. Prompting.EncodeContinuation(tok, "\n")], [.. tok.StartTokens, .. tok.Encode(text + "\n")]);
         string cart = Path.Combine(dir, "max.safetensors");
         Cartridge.ForModel(model, CartridgeInit.FirstK(model, ids, ids.Length), CartridgeInitKind.FirstK).Save(cart);
 
@@ -92,7 +92,7 @@ public class EvalCliTests
 
         string Expected(params KvPrefix[] parts)
         {
-            int[] ids = DocumentProbes.EncodeContinuation(tok, prompt);
+            int[] ids = Prompting.EncodeContinuation(tok, prompt);
             var r = new Generator(new Transformer(model)).Generate([new GenerationRequest(ids, KvPrefix.Concat(parts))
             {
                 MaxTokens = 30, StopTokens = [tok.EosId!.Value],

@@ -9,8 +9,8 @@ public class DatasetExamplesTests
     {
         // user [10, 11, 12] (no targets), assistant [20, 21] with targets for both tokens.
         var user = new ConversationMessage(MessageRole.User, "q", [10, 11, 12]);
-        var targets = new TopKTargets([0, 2, 3], [20, 25, 21], [-0.1f, -2.5f, float.NegativeInfinity]);
-        var targets2 = new TopKTargets([0, 2, 3], [20, 25, 21], [-0.1f, -2.5f, -0.01f]);
+        var targets = new SparseTargets([0, 2, 3], [20, 25, 21], [-0.1f, -2.5f, float.NegativeInfinity]);
+        var targets2 = new SparseTargets([0, 2, 3], [20, 25, 21], [-0.1f, -2.5f, -0.01f]);
         var asst = new ConversationMessage(MessageRole.Assistant, "a", [20, 21], id == 99 ? targets : targets2);
         return new Conversation(id, new ChunkLocation(doc, 0, 5, 0, 20), "", SeedPromptKind.Question, "ask", [user, asst]);
     }

@@ -41,7 +41,7 @@ public class Stories260KTrainingTests
         string[] Args(string outFile, bool resume) =>
         [
             "train", "--model", modelPath, "--tokenizer", tokPath, "--data", docPath, "--out", outFile, "--tokens", "16",
-            "--steps", "100", "--batch", "4", "--checkpoint-every", "5", "--examples-per-chunk", "8", "--continuation-tokens", "24",
+            "--steps", "100", "--batch", "4", "--checkpoint-every", "5", "--probes-per-chunk", "8", "--continuation-tokens", "24",
             "--held-out", "0", "--lr", "0.05", .. resume ? new[] { "--resume" } : [],
         ];
 

@@ -1,6 +1,6 @@
 using Microsoft.Win32.SafeHandles;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>How a <see cref="DatasetReader"/> treats damage at the end of the file.</summary>
 /// <param name="StopAtTornTail">

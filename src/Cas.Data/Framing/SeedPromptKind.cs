@@ -1,6 +1,6 @@
 using Cas.Engine;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>
 /// What kind of first message agent A is asked to write. The numeric values are stored in dataset

@@ -1,4 +1,4 @@
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>
 /// Constants of the self-study dataset file format. The full description is in DATASET_FORMAT.md

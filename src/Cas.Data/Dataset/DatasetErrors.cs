@@ -1,6 +1,6 @@
 using Cas.Engine;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>
 /// A dataset file cannot be used: not a dataset, a newer format version, in use by another writer,

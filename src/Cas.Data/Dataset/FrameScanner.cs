@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>The parsed file header.</summary>
 sealed record DatasetHeader(uint Version, Dictionary<string, string> Metadata, long DataOffset);

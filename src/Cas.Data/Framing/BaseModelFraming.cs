@@ -1,4 +1,4 @@
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>
 /// How self-study prompts look as plain text, for base models that have no chat template. All the

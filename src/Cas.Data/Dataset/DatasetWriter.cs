@@ -1,6 +1,6 @@
 using Cas.Engine;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>Durability and creation settings for <see cref="DatasetWriter"/>.</summary>
 public sealed record DatasetWriterOptions

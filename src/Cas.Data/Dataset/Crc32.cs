@@ -1,4 +1,4 @@
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>
 /// CRC-32 as used by zip, gzip and PNG (IEEE 802.3: reflected polynomial 0xEDB88320, initial value

@@ -1,7 +1,7 @@
 using System.Numerics.Tensors;
 using Cas.Engine;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>
 /// The teacher's sparse distribution for one position: the most probable tokens under
@@ -48,7 +48,7 @@ public static class TeacherTopK
     /// </summary>
     public static int Select(ReadOnlySpan<float> logits, int maxK, double mass, Span<int> ids, Span<float> logProbs)
     {
-        if (maxK < 1 || maxK > TopKTargets.MaxK) throw new ArgumentOutOfRangeException(nameof(maxK), $"must be in 1..{TopKTargets.MaxK}");
+        if (maxK < 1 || maxK > SparseTargets.MaxK) throw new ArgumentOutOfRangeException(nameof(maxK), $"must be in 1..{SparseTargets.MaxK}");
         if (!(mass > 0 && mass <= 1)) throw new ArgumentOutOfRangeException(nameof(mass), "must be in (0, 1]");
         if (ids.Length < maxK || logProbs.Length < maxK) throw new ArgumentException($"output spans need room for {maxK} entries.");
         double lse = LogSumExp(logits);

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Text;
 using Cas.Engine.Tokenizers;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>What <see cref="DatasetShow"/> prints.</summary>
 public sealed record DatasetShowOptions
@@ -70,20 +70,20 @@ public static class DatasetShow
             string role = m.Role switch { MessageRole.System => "system", MessageRole.User => "user", _ => "assistant" };
             sb.Append(ci, $"[{role}] ({m.Tokens.Length} tokens)\n").Append(Indent(m.Text)).Append('\n');
             if (m.Targets is not { } t) continue;
-            int np = o.MaxPositions > 0 ? Math.Min(o.MaxPositions, t.Positions) : t.Positions;
-            sb.Append(ci, $"  top-k targets ({t.Positions} positions, mean k {t.MeanK:F1}):\n");
+            int np = o.MaxPositions > 0 ? Math.Min(o.MaxPositions, t.Length) : t.Length;
+            sb.Append(ci, $"  top-k targets ({t.Length} positions, mean k {t.MeanK:F1}):\n");
             for (int p = 0; p < np; p++)
             {
                 sb.Append(ci, $"  {p,4} {Piece(o.Tokenizer, m.Tokens[p]),-16} |");
-                var ids = t.Ids(p);
-                var lps = t.LogProbs(p);
+                var ids = t.IdsAt(p);
+                var lps = t.LogProbsAt(p);
                 int shown = Math.Min(ids.Length, o.TopKShown);
                 for (int i = 0; i < shown; i++)
                     sb.Append(ci, $" {Piece(o.Tokenizer, ids[i])} {lps[i]:F3}");
                 if (ids.Length > shown) sb.Append(ci, $" (+{ids.Length - shown})");
                 sb.Append('\n');
             }
-            if (np < t.Positions) sb.Append(ci, $"  ... {t.Positions - np} more positions\n");
+            if (np < t.Length) sb.Append(ci, $"  ... {t.Length - np} more positions\n");
         }
     }
 

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>A malformed payload (it passed its CRC, so the writer or the version is at fault).</summary>
 sealed class PayloadFormatException(string message) : Exception(message);
@@ -185,11 +185,13 @@ static class RecordCodec
                 if (t < 0) throw Bad(c.Id, $"message {m} has negative token id {t}.");
             var tg = msg.Targets;
             if (tg is null) continue;
-            if (tg.Positions != msg.Tokens.Length)
-                throw Bad(c.Id, $"message {m} has {msg.Tokens.Length} tokens but top-k targets for {tg.Positions} positions; they must match.");
-            for (int p = 0; p < tg.Positions; p++)
+            if (tg.Length != msg.Tokens.Length)
+                throw Bad(c.Id, $"message {m} has {msg.Tokens.Length} tokens but top-k targets for {tg.Length} positions; they must match.");
+            for (int p = 0; p < tg.Length; p++)
             {
-                var ids = tg.Ids(p);
+                if (tg.K(p) > SparseTargets.MaxK)
+                    throw Bad(c.Id, $"message {m} position {p} keeps {tg.K(p)} teacher entries; the dataset format stores at most {SparseTargets.MaxK} per position.");
+                var ids = tg.IdsAt(p);
                 for (int i = 1; i < ids.Length; i++)
                     for (int j = 0; j < i; j++)
                         if (ids[i] == ids[j]) throw Bad(c.Id, $"message {m} position {p} lists token {ids[i]} twice in its top-k.");
@@ -218,11 +220,11 @@ static class RecordCodec
             if (m.Targets is null) { b.U8(0); continue; }
             var t = m.Targets;
             b.U8(1);
-            b.VarU((ulong)t.Positions);
-            var ks = b.Grab(t.Positions);
-            for (int p = 0; p < t.Positions; p++) ks[p] = (byte)t.K(p);
-            b.Int32s(t.AllIds);
-            b.Floats(t.AllLogProbs);
+            b.VarU((ulong)t.Length);
+            var ks = b.Grab(t.Length);
+            for (int p = 0; p < t.Length; p++) ks[p] = (byte)t.K(p);
+            b.Int32s(t.Ids);
+            b.Floats(t.LogProbs);
         }
     }
 
@@ -254,7 +256,7 @@ static class RecordCodec
             int nTok = r.Count("token count", 4);
             int[] tokens = r.Int32s(nTok, "tokens");
             byte has = r.U8("targets flag");
-            TopKTargets? targets = null;
+            SparseTargets? targets = null;
             if (has == 1)
             {
                 int positions = r.Count("target positions", 1);
@@ -267,7 +269,7 @@ static class RecordCodec
                     throw new PayloadFormatException($"message {m}: {total} target entries do not fit in the {r.Remaining} remaining bytes");
                 var ids = r.Int32s(total, "target ids");
                 var lps = r.Floats(total, "target log-probs");
-                try { targets = new TopKTargets(off, ids, lps); }
+                try { targets = new SparseTargets(off, ids, lps); }
                 catch (Cas.Engine.InvalidRequestException e) { throw new PayloadFormatException($"message {m}: {e.Message}"); }
             }
             else if (has != 0) throw new PayloadFormatException($"message {m}: targets flag is {has}, expected 0 or 1");

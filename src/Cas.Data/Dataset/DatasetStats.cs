@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace Cas.SelfStudy;
+namespace Cas.Data;
 
 /// <summary>
 /// Summary numbers of a dataset, for <c>cas dataset stats FILE</c>. Computed in one streaming pass.
@@ -61,9 +61,9 @@ public sealed record DatasetStats
                 tokens += m.Tokens.Length;
                 if (m.Role == MessageRole.Assistant) asst += m.Tokens.Length;
                 if (m.Targets is not { } t) continue;
-                positions += t.Positions;
+                positions += t.Length;
                 entries += t.TotalEntries;
-                for (int p = 0; p < t.Positions; p++)
+                for (int p = 0; p < t.Length; p++)
                 {
                     int k = t.K(p);
                     if (k < minK) minK = k;

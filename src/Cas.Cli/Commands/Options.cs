@@ -1,0 +1,100 @@
+using System.CommandLine;
+
+namespace Cas.Cli.Commands;
+
+/// <summary>
+/// Every option that more than one command takes, made in one place so that a name means one thing everywhere (a test
+/// walks the command tree and checks that each name has one description). Defaults may differ per command; the
+/// meaning may not.
+/// </summary>
+static class Options
+{
+    public static Option<string> Model() => new("--model")
+    {
+        Description = "Hugging Face model folder (config.json + *.safetensors) or llama2.c .bin checkpoint. Default: ../shared/models/stories260K/stories260K.bin",
+    };
+
+    public static Option<string> Tokenizer() => new("--tokenizer")
+    {
+        Description = "tokenizer.json (or its folder) or llama2.c tok*.bin. Default where a model is loaded: the model folder's tokenizer.json, or the tok*.bin beside a .bin checkpoint.",
+    };
+
+    public static Option<ulong> Seed(ulong defaultValue) => new("--seed")
+    {
+        Description = "Seed of the command's random choices (sampling, probes, example order); the same seed gives the same output.",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
+    public static Option<bool> Resume() => new("--resume")
+    {
+        Description = "Continue an interrupted run from what it already wrote (the same settings and data are required).",
+    };
+
+    public static Option<string> Out() => new("--out")
+    {
+        Description = "File to write: the cartridge (.safetensors; its checkpoint goes to OUT.ckpt) or, for synthesize, the dataset (.casds).",
+        Required = true,
+    };
+
+    public static Option<string> Data() => new("--data")
+    {
+        Description = "A self-study dataset (.casds) or a plain UTF-8 document (probes are made from it).",
+        Required = true,
+    };
+
+    public static Option<int?> ChunkTokens() => new("--chunk-tokens")
+    {
+        Description = "Largest chunk of a document, in tokens, that the teacher reads. Default: derived from the model's context.",
+    };
+
+    public static Option<int> ProbesPerChunk(int defaultValue) => new("--probes-per-chunk")
+    {
+        Description = "Document data: probes made per chunk (the teacher continues each one).",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
+    public static Option<int> ContinuationTokens() => new("--continuation-tokens")
+    {
+        Description = "Document data: most tokens the teacher writes after each probe (evaluate with the value training used).",
+        DefaultValueFactory = _ => new Cas.Training.DocumentProbeOptions().ContinuationTokens,
+    };
+
+    public static Option<int?> CartridgeTokens() => new("--tokens")
+    {
+        Description = "p: cartridge size in KV slots (cas train's default: min(2048, context/4)).",
+    };
+
+    public static Option<string> ChatFormat(string defaultValue) => new("--chat-format")
+    {
+        Description = "auto | chatml | llama3 | llama2 | plain (base also means plain). auto: the tokenizer_config.json template, else the tokenizer's special tokens, else plain text.",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
+    public static Option<int> TeacherTopK(int defaultValue) => new("--teacher-top-k")
+    {
+        Description = "Most teacher log-probs kept per target position.",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
+    public static Option<string[]> Cartridges(bool required) => new("--cartridge")
+    {
+        Description = "Cartridge file (.safetensors); repeat to compose several, in the given order.",
+        Required = required, AllowMultipleArgumentsPerToken = false, Arity = ArgumentArity.OneOrMore,
+    };
+
+    public static Option<string> Config() => new("--config")
+    {
+        Description = "Folder or config.json of the model shape (random weights). Default: SmolLM2-135M's config in ../shared, else the built-in copy of it.",
+    };
+
+    public static Option<int?> Steps() => new("--steps")
+    {
+        Description = "Optimizer steps to run (cas train's default: from --epochs).",
+    };
+}
+
+/// <summary>An <see cref="IProgress{T}"/> that calls its handler at once on the reporting thread (Progress&lt;T&gt; posts to a context).</summary>
+sealed class SyncProgress<T>(Action<T> handler) : IProgress<T>
+{
+    public void Report(T value) => handler(value);
+}

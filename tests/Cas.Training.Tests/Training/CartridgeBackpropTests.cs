@@ -8,14 +8,19 @@ public class CartridgeBackpropTests
     /// <summary>
     /// The training forward agrees with the engine's inference forward: logits from Transformer.ForwardAll over a
     /// KvCache holding the cartridge, scored with DistillationLoss, give the same mean loss (float32, 1e-5 relative).
+    /// The attention-bias cases (Llama/Qwen3 with attention_bias = true: q/k/v and o_proj biases) guard against the
+    /// training forward dropping a weight that generation uses.
     /// </summary>
     [Theory]
-    [InlineData(Architecture.Llama, RopeStyle.Halves)]
-    [InlineData(Architecture.Qwen2, RopeStyle.Interleaved)]
-    [InlineData(Architecture.Qwen3, RopeStyle.Halves)]
-    public void LossEqualsEngineForward(Architecture arch, RopeStyle rope)
+    [InlineData(Architecture.Llama, RopeStyle.Halves, false)]
+    [InlineData(Architecture.Qwen2, RopeStyle.Interleaved, false)]
+    [InlineData(Architecture.Qwen3, RopeStyle.Halves, false)]
+    [InlineData(Architecture.Llama, RopeStyle.Halves, true)]
+    [InlineData(Architecture.Qwen3, RopeStyle.Halves, true)]
+    public void LossEqualsEngineForward(Architecture arch, RopeStyle rope, bool attentionBias)
     {
-        var m = Tiny.Create(arch, rope);
+        var m = Tiny.Create(arch, rope, attentionBias: attentionBias);
+        Assert.Equal(attentionBias, m.Weights.Layers[0].Bo != null);
         var c = m.Config;
         var prefix = Tiny.Prefix(c, 6, seed: 2);
         var batch = Tiny.Batch(c, seed: 9, k: 3, 10, 3, 17);

@@ -223,34 +223,31 @@ public sealed partial class Transformer
     /// <summary>Qwen3's per-head q/k RMSNorm (from QPre/KPre when they are kept, else in place), then RoPE on q and k.</summary>
     void QkNormRope(int rows, LayerWeights w, LayerBuffers b, float[] cos, float[] sin)
     {
-        int qd = _c.QDim, kvd = _c.KvDim, hd = _c.HeadDim, half = hd / 2, heads = _c.Heads, kvHeads = _c.KvHeads;
-        float eps = _c.NormEps;
+        int half = _c.HeadDim / 2;
         Ops.ParallelRows(rows, (r0, r1) =>
         {
             for (int r = r0; r < r1; r++)
             {
                 var c = cos.AsSpan(r * half, half); var s = sin.AsSpan(r * half, half);
-                for (int h = 0; h < heads; h++)
-                {
-                    var qh = b.Q.AsSpan(r * qd + h * hd, hd);
-                    if (w.QNorm != null)
-                    {
-                        float inv = Ops.RmsNorm(b.QPre != null ? b.QPre.AsSpan(r * qd + h * hd, hd) : qh, w.QNorm, eps, qh);
-                        if (b.QInv != null) b.QInv[r * heads + h] = inv;
-                    }
-                    _rope.Rotate(qh, c, s);
-                }
-                for (int h = 0; h < kvHeads; h++)
-                {
-                    var kh = b.K.AsSpan(r * kvd + h * hd, hd);
-                    if (w.KNorm != null)
-                    {
-                        float inv = Ops.RmsNorm(b.KPre != null ? b.KPre.AsSpan(r * kvd + h * hd, hd) : kh, w.KNorm, eps, kh);
-                        if (b.KInv != null) b.KInv[r * kvHeads + h] = inv;
-                    }
-                    _rope.Rotate(kh, c, s);
-                }
+                NormRotateHeads(r, _c.Heads, b.Q, b.QPre, b.QInv, w.QNorm, c, s);
+                NormRotateHeads(r, _c.KvHeads, b.K, b.KPre, b.KInv, w.KNorm, c, s);
             }
         });
+    }
+
+    /// <summary>Row r of x [rows, heads·head_dim]: per head, RMSNorm from pre (or in place; 1/rms into inv) when norm is given, then RoPE.</summary>
+    void NormRotateHeads(int r, int heads, float[] x, float[]? pre, float[]? inv, float[]? norm, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        int hd = _c.HeadDim, width = heads * hd;
+        for (int h = 0; h < heads; h++)
+        {
+            var xh = x.AsSpan(r * width + h * hd, hd);
+            if (norm != null)
+            {
+                float i = Ops.RmsNorm(pre != null ? pre.AsSpan(r * width + h * hd, hd) : xh, norm, _c.NormEps, xh);
+                if (inv != null) inv[r * heads + h] = i;
+            }
+            _rope.Rotate(xh, cos, sin);
+        }
     }
 }

@@ -162,16 +162,10 @@ MODELS = {
                   max_position_embeddings=128, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
                   attention_bias=False, use_sliding_window=False, hidden_act="silu", torch_dtype="float32",
                   bos_token_id=1, eos_token_id=2),
-    "llama_bias": dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=97,
-                       max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
-                       attention_bias=True, hidden_act="silu", torch_dtype="float32", bos_token_id=1, eos_token_id=2),
-    "qwen3_bias": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=32, intermediate_size=56,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=83,
-                       max_position_embeddings=128, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                       attention_bias=True, use_sliding_window=False, hidden_act="silu", torch_dtype="float32",
-                       bos_token_id=1, eos_token_id=2),
 }
+# attention_bias = true: q/k/v and o_proj biases (Hugging Face's LlamaAttention/Qwen3Attention use one flag for all four).
+MODELS["llama_bias"] = dict(MODELS["llama"], attention_bias=True)
+MODELS["qwen3_bias"] = dict(MODELS["qwen3"], attention_bias=True)
 
 
 TOP_K = 5

@@ -30,6 +30,7 @@ public sealed partial class Transformer
     // Inference activations, C = MaxChunkTokens rows. One LayerBuffers serves every layer: the residual stream is
     // updated in place and nothing is kept for a backward pass.
     readonly LayerBuffers _inference;
+    readonly LayerBuffers[] _inferenceLayers; // [_inference]: what Layers reads for every layer
     readonly float[] _cos;    // [C, head_dim/2]
     readonly float[] _sin;    // [C, head_dim/2]
     readonly int[] _pos;      // [C] position of each row
@@ -66,6 +67,7 @@ public sealed partial class Transformer
             Q = new float[C * _c.QDim], K = new float[C * _c.KvDim], V = new float[C * _c.KvDim], Att = new float[C * _c.QDim],
             Gate = gate, Up = new float[C * _c.HiddenDim], H = gate,
         };
+        _inferenceLayers = [_inference];
         _cos = new float[C * _c.HeadDim / 2]; _sin = new float[C * _c.HeadDim / 2];
         _pos = new int[C];
     }
@@ -142,7 +144,7 @@ public sealed partial class Transformer
                 if (ends) { seq++; offset = 0; } else offset += take;
             }
             if (rows == 0) break;
-            Layers(rows, [_inference], _cos, _sin, prefixed: false);
+            Layers(rows, _inferenceLayers, _cos, _sin, prefixed: false);
 
             // LM head on the rows the caller wants.
             if (!allLogits.IsEmpty)

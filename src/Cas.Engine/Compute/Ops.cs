@@ -18,13 +18,6 @@ public static class Ops
         return inv;
     }
 
-    /// <summary>RMSNorm over each of <paramref name="rows"/> rows of width w.Length.</summary>
-    public static void RmsNormRows(ReadOnlySpan<float> x, ReadOnlySpan<float> w, float eps, int rows, Span<float> dst)
-    {
-        int d = w.Length;
-        for (int r = 0; r < rows; r++) RmsNorm(x.Slice(r * d, d), w, eps, dst.Slice(r * d, d));
-    }
-
     /// <summary>
     /// Backward of <see cref="RmsNorm"/> y = w∘x·inv, inv = 1/sqrt(mean(x²)+eps). Given dy (destroyed),
     /// dx (+)= inv·(dy∘w) − x·inv³·Σ(dy∘w∘x)/n. dx may be the same memory as dy when accumulate is false.

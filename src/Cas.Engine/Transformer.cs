@@ -41,6 +41,12 @@ public sealed partial class Transformer
     record struct Segment(int Seq, int Row, int Count, int Start, bool EndsSequence);
     IReadOnlyList<KvCache> _caches = [];
 
+    /// <summary>
+    /// Fewest rows per core for a layer's norms, RoPE and SwiGLU: decode steps (≤ 16 rows, microseconds of work) run
+    /// inline instead of paying a parallel loop four times per layer; prefill and training rows split over the cores.
+    /// </summary>
+    const int ElementwiseRowsPerCore = 32;
+
     /// <summary>Where one layer reads and writes its activations (rows × width, row-major).</summary>
     sealed class LayerBuffers
     {
@@ -200,7 +206,7 @@ public sealed partial class Transformer
             {
                 int at = r0 * hidden, n = (r1 - r0) * hidden;
                 Ops.SwiGlu(b.Gate.AsSpan(at, n), b.Up.AsSpan(at, n), b.H.AsSpan(at, n));
-            });
+            }, ElementwiseRowsPerCore);
             if (b.XOut != b.XMid) b.XMid.AsSpan(0, rows * dim).CopyTo(b.XOut);
             Mark(DecoderPhase.Elementwise);
             Blas.Sgemm(false, true, rows, dim, hidden, 1f, b.H, hidden, w.WDown, hidden, 1f, b.XOut, dim);
@@ -219,7 +225,7 @@ public sealed partial class Transformer
                 float i = Ops.RmsNorm(x.AsSpan(r * dim, dim), weight, eps, dst.AsSpan(r * dim, dim));
                 if (inv != null) inv[r] = i;
             }
-        });
+        }, ElementwiseRowsPerCore);
     }
 
     /// <summary>Qwen3's per-head q/k RMSNorm (from QPre/KPre when they are kept, else in place), then RoPE on q and k.</summary>
@@ -234,7 +240,7 @@ public sealed partial class Transformer
                 NormRotateHeads(r, _c.Heads, b.Q, b.QPre, b.QInv, w.QNorm, c, s);
                 NormRotateHeads(r, _c.KvHeads, b.K, b.KPre, b.KInv, w.KNorm, c, s);
             }
-        });
+        }, ElementwiseRowsPerCore);
     }
 
     /// <summary>Row r of x [rows, heads·head_dim]: per head, RMSNorm from pre (or in place; 1/rms into inv) when norm is given, then RoPE.</summary>

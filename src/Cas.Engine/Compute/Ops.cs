@@ -91,12 +91,12 @@ public static class Ops
     }
 
     /// <summary>
-    /// Runs body(r0, r1) over [0, rows) split into contiguous ranges, one per core (inline when rows are few):
-    /// the row-wise elementwise work of a forward or backward pass.
+    /// Runs body(r0, r1) over [0, rows) split into contiguous ranges of at least <paramref name="minRows"/> rows, at
+    /// most one per core (inline when rows are few): the row-wise elementwise work of a forward or backward pass.
     /// </summary>
-    public static void ParallelRows(int rows, Action<int, int> body)
+    public static void ParallelRows(int rows, Action<int, int> body, int minRows = 4)
     {
-        int chunks = Math.Min(Environment.ProcessorCount, rows / 4);
+        int chunks = Math.Min(Environment.ProcessorCount, rows / minRows);
         if (chunks <= 1) { body(0, rows); return; }
         Parallel.For(0, chunks, c => body((int)((long)rows * c / chunks), (int)((long)rows * (c + 1) / chunks)));
     }

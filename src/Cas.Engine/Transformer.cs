@@ -1,31 +1,36 @@
-using System.Numerics.Tensors;
 using Cas.Engine.Compute;
 using Cas.Engine.Models;
 
 namespace Cas.Engine;
 
 /// <summary>
-/// The forward pass of a Llama/Qwen2/Qwen3 decoder over a batch of sequences of different lengths.
-/// New tokens of all sequences are stacked as rows of one activation matrix so every projection is
-/// one SGEMM; attention runs per sequence against that sequence's <see cref="KvCache"/>.
-/// Activation buffers are sized once for <see cref="MaxChunkTokens"/> rows; longer inputs run in chunks.
-/// Not thread-safe: one Transformer per concurrent caller (they can share the Model).
+/// The Llama/Qwen2/Qwen3 decoder: the one forward pass of the engine, used by generation, evaluation and cartridge
+/// training alike (<see cref="Layers"/>). New tokens of all sequences of a call are stacked as rows of one activation
+/// matrix so every projection is one SGEMM. The type is split by concern:
+/// <list type="bullet">
+/// <item><c>Transformer.cs</c> — inference entry points (<see cref="Forward"/>, <see cref="ForwardAll"/> over
+///   <see cref="KvCache"/>s, in chunks of at most <see cref="MaxChunkTokens"/> rows) and the layer loop;</item>
+/// <item><c>Attention.cs</c> — attention over a KV cache (prefill and decode kernels) and over composed cartridge
+///   prefixes for training, forward and backward side by side;</item>
+/// <item><c>Transformer.Training.cs</c> — training batches (each sequence with its own <see cref="ComposedPrefix"/>),
+///   the saved activations and the backward pass to the prefix KV;</item>
+/// <item><c>Transformer.LmHead.cs</c> — the LM head: logits for generation, the sparse distillation loss and its
+///   gradient for training.</item>
+/// </list>
+/// Elementwise ops (RMSNorm, SwiGLU, softmax) with their backward are in <see cref="Ops"/>, RoPE in <see cref="Rope"/>.
+/// Inference allocates its buffers once for <see cref="MaxChunkTokens"/> rows; the training buffers are allocated only
+/// by the first training call. Not thread-safe: one Transformer per concurrent caller (they can share the Model).
 /// </summary>
-public sealed class Transformer
+public sealed partial class Transformer
 {
     readonly ModelConfig _c;
     readonly ModelWeights _w;
     readonly Rope _rope;
 
-    // Activations, C = MaxChunkTokens rows.
-    readonly float[] _x;      // [C, dim]     residual stream
-    readonly float[] _xn;     // [C, dim]     normed input of the current block
-    readonly float[] _q;      // [C, heads*head_dim]
-    readonly float[] _k;      // [C, kv_heads*head_dim]
-    readonly float[] _v;      // [C, kv_heads*head_dim]
-    readonly float[] _att;    // [C, heads*head_dim] attention output before o_proj
-    readonly float[] _gate;   // [C, hidden]
-    readonly float[] _up;     // [C, hidden]
+    // Inference activations, C = MaxChunkTokens rows. One LayerBuffers serves every layer: the residual stream is
+    // updated in place and nothing is kept for a backward pass.
+    readonly LayerBuffers _inference;
+    readonly LayerBuffers[] _inferenceLayers; // [_inference]: what Layers reads for every layer
     readonly float[] _cos;    // [C, head_dim/2]
     readonly float[] _sin;    // [C, head_dim/2]
     readonly int[] _pos;      // [C] position of each row
@@ -34,6 +39,25 @@ public sealed class Transformer
     // Chunk bookkeeping: one segment = consecutive new tokens of one sequence.
     readonly List<Segment> _segments = new();
     record struct Segment(int Seq, int Row, int Count, int Start, bool EndsSequence);
+    IReadOnlyList<KvCache> _caches = [];
+
+    /// <summary>
+    /// Fewest rows per core for a layer's norms, RoPE and SwiGLU: decode steps (≤ 16 rows, microseconds of work) run
+    /// inline instead of paying a parallel loop four times per layer; prefill and training rows split over the cores.
+    /// </summary>
+    const int ElementwiseRowsPerCore = 32;
+
+    /// <summary>Where one layer reads and writes its activations (rows × width, row-major).</summary>
+    sealed class LayerBuffers
+    {
+        public required float[] XIn, XMid, XOut;       // residual: layer input, after attention, layer output (may alias)
+        public required float[] Xn;                    // normed block input (scratch)
+        public required float[] Q, K, V;               // q, k after RoPE (and Qwen3 norm); v
+        public required float[] Att;                   // attention output before o_proj
+        public required float[] Gate, Up, H;           // MLP pre-activations; H = silu(Gate)·Up (may alias Gate)
+        public float[]? Inv1, Inv2;                    // 1/rms of the two norms, kept for backward
+        public float[]? QPre, KPre, QInv, KInv;        // Qwen3: q/k before their per-head norm, and its 1/rms
+    }
 
     public Transformer(Model model, int maxChunkTokens = 256)
     {
@@ -41,10 +65,15 @@ public sealed class Transformer
         Model = model; _c = model.Config; _w = model.Weights; _rope = new Rope(_c);
         MaxChunkTokens = maxChunkTokens;
         int C = maxChunkTokens;
-        _x = new float[C * _c.Dim]; _xn = new float[C * _c.Dim];
-        _q = new float[C * _c.QDim]; _k = new float[C * _c.KvDim]; _v = new float[C * _c.KvDim];
-        _att = new float[C * _c.QDim];
-        _gate = new float[C * _c.HiddenDim]; _up = new float[C * _c.HiddenDim];
+        var gate = new float[C * _c.HiddenDim];
+        var x = new float[C * _c.Dim];
+        _inference = new LayerBuffers
+        {
+            XIn = x, XMid = x, XOut = x, Xn = new float[C * _c.Dim],
+            Q = new float[C * _c.QDim], K = new float[C * _c.KvDim], V = new float[C * _c.KvDim], Att = new float[C * _c.QDim],
+            Gate = gate, Up = new float[C * _c.HiddenDim], H = gate,
+        };
+        _inferenceLayers = [_inference];
         _cos = new float[C * _c.HeadDim / 2]; _sin = new float[C * _c.HeadDim / 2];
         _pos = new int[C];
     }
@@ -52,6 +81,11 @@ public sealed class Transformer
     public Model Model { get; }
     public ModelConfig Config => _c;
     public int MaxChunkTokens { get; }
+
+    /// <summary>When set, every call charges its wall time per <see cref="DecoderPhase"/> to this timer.</summary>
+    public PhaseTimer? Timer { get; set; }
+
+    void Mark(DecoderPhase phase) => Timer?.Mark(phase);
 
     /// <summary>
     /// Appends tokens[s] to caches[s] for every sequence s. For each sequence with at least one new
@@ -89,7 +123,9 @@ public sealed class Transformer
                     throw new InvalidRequestException($"token id {t} is outside the model's vocabulary [0, {_c.VocabSize}).");
         }
 
-        int seq = 0, offset = 0, allRow = 0;
+        _caches = caches;
+        var x = _inference.XIn;
+        int seq = 0, offset = 0, allRow = 0, half = _c.HeadDim / 2;
         while (seq < caches.Count)
         {
             _segments.Clear();
@@ -103,8 +139,10 @@ public sealed class Transformer
                 var toks = tokens[seq].AsSpan(offset, take);
                 for (int i = 0; i < take; i++)
                 {
-                    _w.TokenEmbedding.AsSpan(toks[i] * _c.Dim, _c.Dim).CopyTo(_x.AsSpan((rows + i) * _c.Dim, _c.Dim));
-                    _pos[rows + i] = start + i;
+                    int r = rows + i;
+                    _w.TokenEmbedding.AsSpan(toks[i] * _c.Dim, _c.Dim).CopyTo(x.AsSpan(r * _c.Dim, _c.Dim));
+                    _pos[r] = start + i;
+                    _rope.Angles(start + i, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
                 }
                 bool ends = take == remaining;
                 _segments.Add(new Segment(seq, rows, take, start, ends));
@@ -112,147 +150,112 @@ public sealed class Transformer
                 if (ends) { seq++; offset = 0; } else offset += take;
             }
             if (rows == 0) break;
-            ForwardChunk(caches, rows);
+            Layers(rows, _inferenceLayers, _cos, _sin, prefixed: false);
 
             // LM head on the rows the caller wants.
-            var xn = _xn.AsSpan();
             if (!allLogits.IsEmpty)
             {
-                Ops.RmsNormRows(_x.AsSpan(0, rows * _c.Dim), _w.FinalNorm, _c.NormEps, rows, xn);
-                Ops.Linear(xn, rows, _w.LmHead, _c.VocabSize, _c.Dim, allLogits.Slice(allRow * _c.VocabSize, rows * _c.VocabSize));
+                AllLogits(x, rows, allLogits.Slice(allRow * _c.VocabSize, rows * _c.VocabSize));
                 allRow += rows;
             }
             else if (!lastLogits.IsEmpty)
                 LastTokenLogits(lastLogits);
         }
+        _caches = [];
     }
 
     /// <summary>
-    /// LM head for the last row of every segment that ends its sequence. The rows are gathered and
-    /// multiplied in one product when their sequences are consecutive (the decode case), so the
-    /// [vocab, dim] head is read once per step rather than once per sequence.
+    /// THE forward pass: all layers over <paramref name="rows"/> rows whose embeddings are in layers[0].XIn and whose
+    /// RoPE angles are in cos/sin. <paramref name="layers"/> holds one <see cref="LayerBuffers"/> per layer when the
+    /// activations are kept for backward (layer l's XOut is layer l+1's XIn), or a single one that every layer reuses.
+    /// Attention reads the sequences' KV caches (inference: new K/V are appended to them) or, when
+    /// <paramref name="prefixed"/>, the training batch's composed prefixes and the batch's own token K/V.
     /// </summary>
-    void LastTokenLogits(Span<float> lastLogits)
+    void Layers(int rows, LayerBuffers[] layers, float[] cos, float[] sin, bool prefixed)
     {
-        int dim = _c.Dim, vocab = _c.VocabSize, n = 0, firstSeq = -1;
-        bool consecutive = true;
-        foreach (var sg in _segments)
-        {
-            if (!sg.EndsSequence) continue;
-            if (n == 0) firstSeq = sg.Seq; else if (sg.Seq != firstSeq + n) consecutive = false;
-            int r = sg.Row + sg.Count - 1;
-            Ops.RmsNorm(_x.AsSpan(r * dim, dim), _w.FinalNorm, _c.NormEps, _xn.AsSpan(n * dim, dim));
-            n++;
-        }
-        if (n == 0) return;
-        if (consecutive)
-        {
-            Ops.Linear(_xn.AsSpan(0, n * dim), n, _w.LmHead, vocab, dim, lastLogits.Slice(firstSeq * vocab, n * vocab));
-            return;
-        }
-        int i = 0;
-        foreach (var sg in _segments)
-        {
-            if (!sg.EndsSequence) continue;
-            Ops.Linear(_xn.AsSpan(i * dim, dim), 1, _w.LmHead, vocab, dim, lastLogits.Slice(sg.Seq * vocab, vocab));
-            i++;
-        }
-    }
-
-    /// <summary>All layers for the rows of the current chunk (embeddings already in _x).</summary>
-    void ForwardChunk(IReadOnlyList<KvCache> caches, int rows)
-    {
-        int dim = _c.Dim, qd = _c.QDim, kvd = _c.KvDim, hd = _c.HeadDim, half = hd / 2, hidden = _c.HiddenDim;
-        for (int r = 0; r < rows; r++)
-            _rope.Angles(_pos[r], _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
-
-        var x = _x.AsSpan(0, rows * dim); var xn = _xn.AsSpan(0, rows * dim);
-        var q = _q.AsSpan(0, rows * qd); var k = _k.AsSpan(0, rows * kvd); var v = _v.AsSpan(0, rows * kvd);
+        int dim = _c.Dim, qd = _c.QDim, kvd = _c.KvDim, hidden = _c.HiddenDim;
         for (int l = 0; l < _c.Layers; l++)
         {
             var w = _w.Layers[l];
-            // ---- attention block: x += Wo · Attn(RoPE(Wq·norm(x)), RoPE(Wk·norm(x)), Wv·norm(x))
-            Ops.RmsNormRows(x, w.AttnNorm, _c.NormEps, rows, xn);
-            Ops.Linear(xn, rows, w.Wq, qd, dim, q, w.Bq);
-            Ops.Linear(xn, rows, w.Wk, kvd, dim, k, w.Bk);
-            Ops.Linear(xn, rows, w.Wv, kvd, dim, v, w.Bv);
-            for (int r = 0; r < rows; r++)
-            {
-                var cos = _cos.AsSpan(r * half, half); var sin = _sin.AsSpan(r * half, half);
-                for (int h = 0; h < _c.Heads; h++)
-                {
-                    var qh = q.Slice(r * qd + h * hd, hd);
-                    if (w.QNorm != null) Ops.RmsNorm(qh, w.QNorm, _c.NormEps, qh);
-                    _rope.Rotate(qh, cos, sin);
-                }
-                for (int h = 0; h < _c.KvHeads; h++)
-                {
-                    var kh = k.Slice(r * kvd + h * hd, hd);
-                    if (w.KNorm != null) Ops.RmsNorm(kh, w.KNorm, _c.NormEps, kh);
-                    _rope.Rotate(kh, cos, sin);
-                }
-            }
-            StoreKv(caches, l, k, v);
-            Attend(caches, l);
-            Blas.Sgemm(false, true, rows, dim, qd, 1f, _att, qd, w.Wo, qd, 1f, x, dim);
-            if (w.Bo != null) Ops.AddBiasRows(x, w.Bo, rows);
+            var b = layers[layers.Length == 1 ? 0 : l];
+
+            // ---- attention block: x += Wo · Attn(RoPE(Wq·norm(x) + bq), RoPE(Wk·norm(x) + bk), Wv·norm(x) + bv) + bo
+            NormRows(b.XIn, w.AttnNorm, rows, b.Xn, b.Inv1);
+            Mark(DecoderPhase.Elementwise);
+            var xn = b.Xn.AsSpan(0, rows * dim);
+            Ops.Linear(xn, rows, w.Wq, qd, dim, (b.QPre ?? b.Q).AsSpan(0, rows * qd), w.Bq);
+            Ops.Linear(xn, rows, w.Wk, kvd, dim, (b.KPre ?? b.K).AsSpan(0, rows * kvd), w.Bk);
+            Ops.Linear(xn, rows, w.Wv, kvd, dim, b.V.AsSpan(0, rows * kvd), w.Bv);
+            Mark(DecoderPhase.Projections);
+            QkNormRope(rows, w, b, cos, sin);
+            Mark(DecoderPhase.Elementwise);
+            if (prefixed) AttendPrefixed(l, rows, b); else AttendCaches(l, rows, b);
+            Mark(DecoderPhase.Attention);
+            if (b.XMid != b.XIn) b.XIn.AsSpan(0, rows * dim).CopyTo(b.XMid);
+            Blas.Sgemm(false, true, rows, dim, qd, 1f, b.Att, qd, w.Wo, qd, 1f, b.XMid, dim);
+            if (w.Bo != null) Ops.AddBiasRows(b.XMid.AsSpan(0, rows * dim), w.Bo, rows);
+            Mark(DecoderPhase.Projections);
 
             // ---- MLP block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
-            Ops.RmsNormRows(x, w.FfnNorm, _c.NormEps, rows, xn);
-            var gate = _gate.AsSpan(0, rows * hidden); var up = _up.AsSpan(0, rows * hidden);
-            Ops.Linear(xn, rows, w.WGate, hidden, dim, gate);
-            Ops.Linear(xn, rows, w.WUp, hidden, dim, up);
-            Ops.SwiGlu(gate, up);
-            Blas.Sgemm(false, true, rows, dim, hidden, 1f, gate, hidden, w.WDown, hidden, 1f, x, dim);
-        }
-    }
-
-    void StoreKv(IReadOnlyList<KvCache> caches, int layer, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
-    {
-        int hd = _c.HeadDim, kvd = _c.KvDim;
-        foreach (var sg in _segments)
-        {
-            var cache = caches[sg.Seq];
-            var K = cache.Keys[layer]; var V = cache.Values[layer]; int cap = cache.Capacity;
-            for (int i = 0; i < sg.Count; i++)
+            NormRows(b.XMid, w.FfnNorm, rows, b.Xn, b.Inv2);
+            Mark(DecoderPhase.Elementwise);
+            Ops.Linear(xn, rows, w.WGate, hidden, dim, b.Gate.AsSpan(0, rows * hidden));
+            Ops.Linear(xn, rows, w.WUp, hidden, dim, b.Up.AsSpan(0, rows * hidden));
+            Mark(DecoderPhase.Projections);
+            Ops.ParallelRows(rows, (r0, r1) =>
             {
-                int r = sg.Row + i, slot = sg.Start + i;
-                for (int g = 0; g < _c.KvHeads; g++)
-                {
-                    k.Slice(r * kvd + g * hd, hd).CopyTo(K.AsSpan((g * cap + slot) * hd, hd));
-                    v.Slice(r * kvd + g * hd, hd).CopyTo(V.AsSpan((g * cap + slot) * hd, hd));
-                }
-            }
+                int at = r0 * hidden, n = (r1 - r0) * hidden;
+                Ops.SwiGlu(b.Gate.AsSpan(at, n), b.Up.AsSpan(at, n), b.H.AsSpan(at, n));
+            }, ElementwiseRowsPerCore);
+            if (b.XOut != b.XMid) b.XMid.AsSpan(0, rows * dim).CopyTo(b.XOut);
+            Mark(DecoderPhase.Elementwise);
+            Blas.Sgemm(false, true, rows, dim, hidden, 1f, b.H, hidden, w.WDown, hidden, 1f, b.XOut, dim);
+            Mark(DecoderPhase.Projections);
         }
     }
 
-    [ThreadStatic] static float[]? t_scores;
-
-    void Attend(IReadOnlyList<KvCache> caches, int layer)
+    /// <summary>dst[r] = RMSNorm(x[r]) for each row (over the cores); 1/rms into inv[r] when inv is given.</summary>
+    void NormRows(float[] x, float[] weight, int rows, float[] dst, float[]? inv)
     {
-        int qd = _c.QDim, heads = _c.Heads;
-        // Long segments: SGEMM per head (BLAS uses all cores).
-        int small = 0;
-        foreach (var sg in _segments)
+        int dim = _c.Dim; float eps = _c.NormEps;
+        Ops.ParallelRows(rows, (r0, r1) =>
         {
-            if (sg.Count < Attention.GemmMinRows) { small++; continue; }
-            int need = sg.Count * (sg.Start + sg.Count);
-            if (_scores.Length < need) _scores = GC.AllocateUninitializedArray<float>(need);
-            Attention.ForwardGemm(_q.AsSpan(sg.Row * qd), qd, caches[sg.Seq], layer, sg.Start, sg.Count,
-                _att.AsSpan(sg.Row * qd), _scores);
+            for (int r = r0; r < r1; r++)
+            {
+                float i = Ops.RmsNorm(x.AsSpan(r * dim, dim), weight, eps, dst.AsSpan(r * dim, dim));
+                if (inv != null) inv[r] = i;
+            }
+        }, ElementwiseRowsPerCore);
+    }
+
+    /// <summary>Qwen3's per-head q/k RMSNorm (from QPre/KPre when they are kept, else in place), then RoPE on q and k.</summary>
+    void QkNormRope(int rows, LayerWeights w, LayerBuffers b, float[] cos, float[] sin)
+    {
+        int half = _c.HeadDim / 2;
+        Ops.ParallelRows(rows, (r0, r1) =>
+        {
+            for (int r = r0; r < r1; r++)
+            {
+                var c = cos.AsSpan(r * half, half); var s = sin.AsSpan(r * half, half);
+                NormRotateHeads(r, _c.Heads, b.Q, b.QPre, b.QInv, w.QNorm, c, s);
+                NormRotateHeads(r, _c.KvHeads, b.K, b.KPre, b.KInv, w.KNorm, c, s);
+            }
+        }, ElementwiseRowsPerCore);
+    }
+
+    /// <summary>Row r of x [rows, heads·head_dim]: per head, RMSNorm from pre (or in place; 1/rms into inv) when norm is given, then RoPE.</summary>
+    void NormRotateHeads(int r, int heads, float[] x, float[]? pre, float[]? inv, float[]? norm, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        int hd = _c.HeadDim, width = heads * hd;
+        for (int h = 0; h < heads; h++)
+        {
+            var xh = x.AsSpan(r * width + h * hd, hd);
+            if (norm != null)
+            {
+                float i = Ops.RmsNorm(pre != null ? pre.AsSpan(r * width + h * hd, hd) : xh, norm, _c.NormEps, xh);
+                if (inv != null) inv[r * heads + h] = i;
+            }
+            _rope.Rotate(xh, cos, sin);
         }
-        if (small == 0) return;
-        // Short segments (decode): one work item per (segment, head), spread over the cores.
-        var segs = _segments;
-        Parallel.For(0, segs.Count * heads, item =>
-        {
-            var sg = segs[item / heads];
-            if (sg.Count >= Attention.GemmMinRows) return;
-            int L = sg.Start + sg.Count;
-            var scores = t_scores;
-            if (scores == null || scores.Length < L) t_scores = scores = GC.AllocateUninitializedArray<float>(Math.Max(L, 1024));
-            Attention.ForwardHead(_q.AsSpan(sg.Row * qd), qd, caches[sg.Seq], layer, sg.Start, sg.Count, item % heads,
-                _att.AsSpan(sg.Row * qd), scores);
-        });
     }
 }

@@ -68,7 +68,7 @@ public static class TrainingBenchmark
             if (times[i] <= times[..i].DefaultIfEmpty(double.MaxValue).Min()) bp.PhaseSeconds.CopyTo(bestPhases, 0);
             log?.Invoke($"step {i + 1}/{steps}: {times[i]:F3} s, loss {loss:F4}");
         }
-        LastPhases = Enum.GetValues<CartridgeBackprop.Phase>().Where(p => p != CartridgeBackprop.Phase.Count)
+        LastPhases = Enum.GetValues<DecoderPhase>().Where(p => p != DecoderPhase.Count)
             .ToDictionary(p => p.ToString(), p => bestPhases[(int)p]);
         Array.Sort(times);
         double best = times[0], median = times[steps / 2];

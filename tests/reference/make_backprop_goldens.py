@@ -1,10 +1,12 @@
 #!/usr/bin/python3
 """Goldens for the cartridge backward pass (tests/Cas.Training.Tests), computed with PyTorch autograd in float64.
 
-For each of three tiny random Hugging Face-style models
-  llama : LlamaForCausalLM, GQA (4 query heads, 2 KV heads), tied embeddings
-  qwen2 : Qwen2ForCausalLM, q/k/v biases, untied
-  qwen3 : Qwen3ForCausalLM, per-head q/k RMSNorm, explicit head_dim (16, not hidden/heads = 8)
+For each of five tiny random Hugging Face-style models
+  llama      : LlamaForCausalLM, GQA (4 query heads, 2 KV heads), tied embeddings
+  qwen2      : Qwen2ForCausalLM, q/k/v biases, untied
+  qwen3      : Qwen3ForCausalLM, per-head q/k RMSNorm, explicit head_dim (16, not hidden/heads = 8)
+  llama_bias : llama with attention_bias = true (q/k/v AND o_proj biases)
+  qwen3_bias : qwen3 with attention_bias = true
 it writes tests/goldens/backprop/<arch>/:
   config.json, model.safetensors (F32)  -- the model, loadable by Cas.Engine.Models.ModelLoader
   prefix_k.f32, prefix_v.f32            -- the cartridge, [layers, kv_heads, p, head_dim] little-endian float32
@@ -13,6 +15,8 @@ it writes tests/goldens/backprop/<arch>/:
 The loss is the mean over positions with targets of  -sum_j exp(lp_j) * log_softmax(logits)[id_j];
 every sequence attends to the whole prefix and causally to its own tokens at positions p..p+T-1.
 Weights, prefix and log-probs are float32 values; the computation runs in float64 from them.
+It also writes tests/goldens/backprop/composed/ (see make_composed): a CAS-style batch on llama_bias where the
+sequences sit behind different compositions of two cartridges, with each cartridge's summed gradient.
 
 Usage: /usr/bin/python3 tests/reference/make_backprop_goldens.py   (torch >= 1.13; no other packages)
 """
@@ -89,7 +93,7 @@ def forward_loss_sum(cfg, W, prefix_k, prefix_v, tokens, tgt_ids, tgt_w):
         K = K.repeat_interleave(H // G, dim=1)
         V = V.repeat_interleave(H // G, dim=1)
         att = torch.softmax(q @ K.transpose(-1, -2) / math.sqrt(hd) + mask, dim=-1) @ V
-        x = x + att.transpose(1, 2).reshape(B, T, H * hd) @ W[pre + "self_attn.o_proj.weight"].T
+        x = x + lin("self_attn.o_proj", att.transpose(1, 2).reshape(B, T, H * hd))  # o_proj bias: attention_bias = true
         xn = rms_norm(x, W[pre + "post_attention_layernorm.weight"], eps)
         h = torch.nn.functional.silu(lin("mlp.gate_proj", xn)) * lin("mlp.up_proj", xn)
         x = x + h @ W[pre + "mlp.down_proj.weight"].T
@@ -131,6 +135,9 @@ def random_weights(cfg, gen):
         if cfg["model_type"] == "qwen3":
             W[pre + "self_attn.q_norm.weight"] = norm(hd)
             W[pre + "self_attn.k_norm.weight"] = norm(hd)
+        if cfg.get("attention_bias"):  # Llama/Qwen3 attention_bias = true: q/k/v and o_proj biases
+            for n, o in (("q", H * hd), ("k", G * hd), ("v", G * hd), ("o", D)):
+                W[pre + f"self_attn.{n}_proj.bias"] = 0.1 * torch.randn(o, generator=gen)
         W[pre + "post_attention_layernorm.weight"] = norm(D)
         W[pre + "mlp.gate_proj.weight"] = mat(F, D)
         W[pre + "mlp.up_proj.weight"] = mat(F, D)
@@ -156,6 +163,94 @@ MODELS = {
                   attention_bias=False, use_sliding_window=False, hidden_act="silu", torch_dtype="float32",
                   bos_token_id=1, eos_token_id=2),
 }
+# attention_bias = true: q/k/v and o_proj biases (Hugging Face's LlamaAttention/Qwen3Attention use one flag for all four).
+MODELS["llama_bias"] = dict(MODELS["llama"], attention_bias=True)
+MODELS["qwen3_bias"] = dict(MODELS["qwen3"], attention_bias=True)
+
+
+TOP_K = 5
+
+
+def random_sequence(gen, V, T):
+    """T random tokens with sparse top-k targets; positions with (t*7+T) % 4 == 3 are masked."""
+    tokens = torch.randint(0, V, (T,), generator=gen)
+    offsets, ids, lps = [0], [], []
+    for t in range(T):
+        if (t * 7 + T) % 4 != 3:  # masked otherwise
+            dist = torch.log_softmax(2.0 * torch.randn(V, generator=gen, dtype=torch.float64), -1)
+            top = torch.topk(dist, TOP_K)
+            ids += top.indices.tolist()
+            lps += [float(torch.tensor(v, dtype=torch.float32)) for v in top.values.tolist()]
+        offsets.append(len(ids))
+    return dict(tokens=tokens.tolist(), offsets=offsets, ids=ids, log_probs=lps)
+
+
+def sequence_loss_sum(cfg, W64, pk, pv, s):
+    """(loss sum, target positions) of one sequence behind the prefix pk/pv (per layer [G, p, hd])."""
+    T, k = len(s["tokens"]), TOP_K
+    tid = torch.zeros(1, T, k, dtype=torch.int64)
+    tw = torch.zeros(1, T, k, dtype=torch.float64)
+    count = 0
+    for t in range(T):
+        a, b = s["offsets"][t], s["offsets"][t + 1]
+        if b > a:
+            count += 1
+            tid[0, t, : b - a] = torch.tensor(s["ids"][a:b])
+            tw[0, t, : b - a] = torch.tensor(s["log_probs"][a:b], dtype=torch.float64).exp()
+    return forward_loss_sum(cfg, W64, pk, pv, torch.tensor([s["tokens"]]), tid, tw), count
+
+
+def raw(path, t, fmt):
+    with open(path, "wb") as f:
+        f.write(t.detach().contiguous().numpy().astype(fmt).tobytes())
+
+
+def make_composed(arch, seed):
+    """CAS-style batch on the <arch> model: two cartridges A (p=5) and B (p=3) and three sequences behind different
+    composed prefixes -- [A], [B, A], [A, B] -- (keys not re-rotated: each part keeps positions 0..p-1, tokens start at
+    the sum). Writes tests/goldens/backprop/composed/: prefix_{a,b}_{k,v}.f32, grad_{a,b}_{k,v}.f64 (the gradient of
+    the batch's mean loss with respect to each cartridge, summed over every sequence that used it) and case.json."""
+    cfg = dict(MODELS[arch])
+    cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    W = random_weights(cfg, torch.Generator().manual_seed(MODEL_SEEDS[arch]))  # the weights make(arch) wrote
+    gen = torch.Generator().manual_seed(seed)
+    L, G, hd, V = cfg["num_hidden_layers"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["vocab_size"]
+    parts32 = {name: ((0.7 * torch.randn(L, G, p, hd, generator=gen)).float(), (0.7 * torch.randn(L, G, p, hd, generator=gen)).float())
+               for name, p in (("a", 5), ("b", 3))}
+    layout = [["a"], ["b", "a"], ["a", "b"]]
+    seqs = [dict(random_sequence(gen, V, T), prefix=pre) for T, pre in zip((7, 9, 6), layout)]
+
+    W64 = {n: t.to(torch.float64) for n, t in W.items()}
+    leaf = {name: ([k[l].to(torch.float64).clone().requires_grad_(True) for l in range(L)],
+                   [v[l].to(torch.float64).clone().requires_grad_(True) for l in range(L)]) for name, (k, v) in parts32.items()}
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for s in seqs:
+        pk = [torch.cat([leaf[n][0][l] for n in s["prefix"]], dim=1) for l in range(L)]
+        pv = [torch.cat([leaf[n][1][l] for n in s["prefix"]], dim=1) for l in range(L)]
+        part, n = sequence_loss_sum(cfg, W64, pk, pv, s)
+        total, count = total + part, count + n
+    loss = total / count
+    loss.backward()
+
+    folder = os.path.join(OUT, "composed")
+    os.makedirs(folder, exist_ok=True)
+    for name, (k, v) in parts32.items():
+        raw(os.path.join(folder, f"prefix_{name}_k.f32"), k, "<f4")
+        raw(os.path.join(folder, f"prefix_{name}_v.f32"), v, "<f4")
+        raw(os.path.join(folder, f"grad_{name}_k.f64"), torch.stack([x.grad for x in leaf[name][0]]), "<f8")
+        raw(os.path.join(folder, f"grad_{name}_v.f64"), torch.stack([x.grad for x in leaf[name][1]]), "<f8")
+    case = dict(model=arch, layers=L, kv_heads=G, head_dim=hd, prefix_lengths=dict(a=5, b=3),
+                loss=loss.item(), target_positions=count, sequences=seqs,
+                note="each sequence attends to the concatenation of its prefix parts (in order, keys as stored) and "
+                     "causally to its tokens at positions sum(p)..; loss = mean over all target positions; grad_X = "
+                     "d loss / d cartridge X, summed over the sequences using X; files [layers, kv_heads, p, head_dim]")
+    with open(os.path.join(folder, "case.json"), "w") as f:
+        json.dump(case, f, indent=1)
+    print(f"composed ({arch}): lengths={[len(s['tokens']) for s in seqs]} prefixes={layout} targets={count} "
+          f"loss={loss.item():.10f}")
+
+
+MODEL_SEEDS = {}
 
 
 def make(arch, seed):
@@ -163,6 +258,7 @@ def make(arch, seed):
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
     gen = torch.Generator().manual_seed(seed)
     W = random_weights(cfg, gen)
+    MODEL_SEEDS[arch] = seed
     folder = os.path.join(OUT, arch)
     os.makedirs(folder, exist_ok=True)
     file_cfg = dict(MODELS[arch])
@@ -176,41 +272,17 @@ def make(arch, seed):
     pv32 = (0.7 * torch.randn(L, G, p, hd, generator=gen)).float()
 
     # Two sequences of different lengths with sparse top-k targets; some positions masked.
-    k = 5
-    seqs = []
-    for T in (7, 12):
-        tokens = torch.randint(0, V, (T,), generator=gen)
-        offsets, ids, lps = [0], [], []
-        for t in range(T):
-            if (t * 7 + T) % 4 != 3:  # masked otherwise
-                dist = torch.log_softmax(2.0 * torch.randn(V, generator=gen, dtype=torch.float64), -1)
-                top = torch.topk(dist, k)
-                ids += top.indices.tolist()
-                lps += [float(torch.tensor(v, dtype=torch.float32)) for v in top.values.tolist()]
-            offsets.append(len(ids))
-        seqs.append(dict(tokens=tokens.tolist(), offsets=offsets, ids=ids, log_probs=lps))
+    seqs = [random_sequence(gen, V, T) for T in (7, 12)]
 
     W64 = {n: t.to(torch.float64) for n, t in W.items()}
     pk = [pk32[l].to(torch.float64).clone().requires_grad_(True) for l in range(L)]
     pv = [pv32[l].to(torch.float64).clone().requires_grad_(True) for l in range(L)]
     total, count = torch.zeros((), dtype=torch.float64), 0
     for s in seqs:
-        T = len(s["tokens"])
-        tid = torch.zeros(1, T, k, dtype=torch.int64)
-        tw = torch.zeros(1, T, k, dtype=torch.float64)
-        for t in range(T):
-            a, b = s["offsets"][t], s["offsets"][t + 1]
-            if b > a:
-                count += 1
-                tid[0, t, : b - a] = torch.tensor(s["ids"][a:b])
-                tw[0, t, : b - a] = torch.tensor(s["log_probs"][a:b], dtype=torch.float64).exp()
-        total = total + forward_loss_sum(cfg, W64, pk, pv, torch.tensor([s["tokens"]]), tid, tw)
+        part, n = sequence_loss_sum(cfg, W64, pk, pv, s)
+        total, count = total + part, count + n
     loss = total / count
     loss.backward()
-
-    def raw(path, t, fmt):
-        with open(path, "wb") as f:
-            f.write(t.detach().contiguous().numpy().astype(fmt).tobytes())
 
     raw(os.path.join(folder, "prefix_k.f32"), pk32, "<f4")
     raw(os.path.join(folder, "prefix_v.f32"), pv32, "<f4")
@@ -230,4 +302,5 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     for i, arch in enumerate(MODELS):
         make(arch, seed=11 + i)
+    make_composed("llama_bias", seed=41)
     sys.exit(0)

@@ -3,7 +3,7 @@
 
 Run from the repository root:   /usr/bin/python3 tests/reference/make_model_goldens.py
 
-Writes tests/goldens/models/{llama,qwen2,qwen3}/ (config.json + safetensors weights, the form
+Writes tests/goldens/models/{llama,qwen2,qwen3,llama_bias,qwen3_bias}/ (config.json + safetensors weights, the form
 HfModelLoader reads) and tests/goldens/models/manifest.json + tests/goldens/models/ref/*.f32
 (reference logits). The layout is documented in tests/reference/README.md.
 
@@ -122,6 +122,32 @@ SPECS = {
         },
         "dtype": "F32", "shards": 1, "seed": 3003,
     },
+    # Llama with attention_bias = true: q/k/v AND o_proj biases (LlamaAttention's o_proj uses the same flag).
+    "llama_bias": {
+        "config": {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "vocab_size": 256, "max_position_embeddings": 256, "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "attention_bias": True,
+            "mlp_bias": False, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+            "torch_dtype": "float32",
+        },
+        "dtype": "F32", "shards": 1, "seed": 4004,
+    },
+    # Qwen3 with attention_bias = true: q/k/v/o biases on top of the per-head q/k norms.
+    "qwen3_bias": {
+        "config": {
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+            "vocab_size": 256, "max_position_embeddings": 1024, "rope_theta": 1000000.0,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "attention_bias": True,
+            "hidden_act": "silu", "use_sliding_window": False,
+            "bos_token_id": 7, "eos_token_id": 9, "torch_dtype": "float32",
+        },
+        "dtype": "F32", "shards": 1, "seed": 5005,
+    },
 }
 
 
@@ -158,9 +184,14 @@ def make_weights(name, spec):
             w[p + "self_attn.q_proj.bias"] = rnd(H * HD, std=0.2)
             w[p + "self_attn.k_proj.bias"] = rnd(KV * HD, std=0.2)
             w[p + "self_attn.v_proj.bias"] = rnd(KV * HD, std=0.1)
-        if name == "qwen3":
+        if cfg["model_type"] == "qwen3":
             w[p + "self_attn.q_norm.weight"] = norm_w(HD)
             w[p + "self_attn.k_norm.weight"] = norm_w(HD)
+        if cfg.get("attention_bias"):
+            w[p + "self_attn.q_proj.bias"] = rnd(H * HD, std=0.2)
+            w[p + "self_attn.k_proj.bias"] = rnd(KV * HD, std=0.2)
+            w[p + "self_attn.v_proj.bias"] = rnd(KV * HD, std=0.1)
+            w[p + "self_attn.o_proj.bias"] = rnd(D, std=0.2)
         w[p + "post_attention_layernorm.weight"] = norm_w(D)
         w[p + "mlp.gate_proj.weight"] = rnd(F, D, std=0.1)
         w[p + "mlp.up_proj.weight"] = rnd(F, D, std=0.1)
@@ -270,6 +301,8 @@ def forward(name, cfg, W, tokens, prefix=None, dt=torch.float64, kv_out=None):
         att = torch.softmax(scores, dim=-1) @ v                            # [H, T, HD]
         att = att.transpose(0, 1).reshape(T, H * HD)
         x = x + att @ W[L + "self_attn.o_proj.weight"].T
+        if L + "self_attn.o_proj.bias" in W:                               # attention_bias = true
+            x = x + W[L + "self_attn.o_proj.bias"]
         h = rms_norm(x, W[L + "post_attention_layernorm.weight"], eps)
         gate = h @ W[L + "mlp.gate_proj.weight"].T
         up = h @ W[L + "mlp.up_proj.weight"].T

@@ -2,7 +2,10 @@ using System.Numerics.Tensors;
 
 namespace Cas.Engine.Compute;
 
-/// <summary>Row-wise elementwise kernels over TensorPrimitives. Shapes in comments; destination last.</summary>
+/// <summary>
+/// Row-wise elementwise kernels over TensorPrimitives, each forward beside its backward. Shapes in comments;
+/// destination last.
+/// </summary>
 public static class Ops
 {
     /// <summary>out = x * w / sqrt(mean(x²) + eps) for one row; returns 1/rms (backward needs it).</summary>
@@ -15,20 +18,56 @@ public static class Ops
         return inv;
     }
 
-    /// <summary>RMSNorm over each of <paramref name="rows"/> rows of width w.Length.</summary>
-    public static void RmsNormRows(ReadOnlySpan<float> x, ReadOnlySpan<float> w, float eps, int rows, Span<float> dst)
+    /// <summary>
+    /// Backward of <see cref="RmsNorm"/> y = w∘x·inv, inv = 1/sqrt(mean(x²)+eps). Given dy (destroyed),
+    /// dx (+)= inv·(dy∘w) − x·inv³·Σ(dy∘w∘x)/n. dx may be the same memory as dy when accumulate is false.
+    /// </summary>
+    public static void RmsNormBackward(ReadOnlySpan<float> x, float inv, ReadOnlySpan<float> w, Span<float> dy, Span<float> dx, bool accumulate)
     {
-        int d = w.Length;
-        for (int r = 0; r < rows; r++) RmsNorm(x.Slice(r * d, d), w, eps, dst.Slice(r * d, d));
+        TensorPrimitives.Multiply(dy, w, dy);
+        float c = TensorPrimitives.Dot(dy, x) * inv * inv * inv / x.Length;
+        TensorPrimitives.Multiply(dy, inv, dy);
+        TensorPrimitives.MultiplyAdd(x, -c, dy, dy);
+        if (accumulate) TensorPrimitives.Add(dx, dy, dx);
+        else dy.CopyTo(dx);
     }
 
-    /// <summary>gate = silu(gate) * up elementwise; up is overwritten (used as scratch).</summary>
-    public static void SwiGlu(Span<float> gate, Span<float> up)
+    /// <summary>h = silu(gate)·up elementwise. h may be the same memory as gate (inference runs it in place).</summary>
+    public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> h)
     {
-        // silu(g)·u = g·u·σ(g)
-        TensorPrimitives.Multiply(up, gate, up);   // up   = g·u
-        TensorPrimitives.Sigmoid(gate, gate);      // gate = σ(g)
-        TensorPrimitives.Multiply(gate, up, gate); // gate = g·u·σ(g)
+        Span<float> tBuf = stackalloc float[256];
+        for (int i = 0; i < gate.Length; i += 256)
+        {
+            int n = Math.Min(256, gate.Length - i);
+            var g = gate.Slice(i, n); var t = tBuf.Slice(0, n);
+            TensorPrimitives.Sigmoid(g, t);                  // σ(g)
+            TensorPrimitives.Multiply(t, g, t);              // silu(g)
+            TensorPrimitives.Multiply(t, up.Slice(i, n), h.Slice(i, n)); // silu(g)·u
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="SwiGlu"/>. Given dh in dg: du = dh·silu(g), dg = dh·u·σ(g)·(1 + g·(1−σ(g))).
+    /// </summary>
+    public static void SwiGluBackward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> dg, Span<float> du)
+    {
+        Span<float> sBuf = stackalloc float[256];
+        Span<float> tBuf = stackalloc float[256];
+        for (int i = 0; i < gate.Length; i += 256)
+        {
+            int n = Math.Min(256, gate.Length - i);
+            var g = gate.Slice(i, n); var u = up.Slice(i, n); var dh = dg.Slice(i, n); var dU = du.Slice(i, n);
+            var s = sBuf.Slice(0, n); var t = tBuf.Slice(0, n);
+            TensorPrimitives.Sigmoid(g, s);           // s = σ(g)
+            TensorPrimitives.Multiply(g, s, t);       // t = silu(g)
+            TensorPrimitives.Multiply(dh, t, dU);     // du = dh·silu(g)
+            // silu'(g) = s + t·(1 − s) = s + t − t·s
+            TensorPrimitives.Multiply(t, s, t);       // t = g·s²
+            TensorPrimitives.MultiplyAdd(g, s, s, s); // s = s + g·s
+            TensorPrimitives.Subtract(s, t, s);       // s = silu'(g)
+            TensorPrimitives.Multiply(dh, u, dh);
+            TensorPrimitives.Multiply(dh, s, dh);     // dg = dh·u·silu'(g)
+        }
     }
 
     /// <summary>In-place softmax of one row; subtracts the row max first.</summary>
@@ -39,6 +78,27 @@ public static class Ops
         TensorPrimitives.Exp(x, x);
         float sum = TensorPrimitives.Sum(x);
         TensorPrimitives.Multiply(x, 1f / sum, x);
+    }
+
+    /// <summary>
+    /// One attention score row under the causal mask: softmax over the first <paramref name="visible"/> entries,
+    /// zeros after them (the masked keys get probability 0).
+    /// </summary>
+    public static void MaskedSoftmax(Span<float> row, int visible)
+    {
+        Softmax(row.Slice(0, visible));
+        row.Slice(visible).Clear();
+    }
+
+    /// <summary>
+    /// Runs body(r0, r1) over [0, rows) split into contiguous ranges of at least <paramref name="minRows"/> rows, at
+    /// most one per core (inline when rows are few): the row-wise elementwise work of a forward or backward pass.
+    /// </summary>
+    public static void ParallelRows(int rows, Action<int, int> body, int minRows = 4)
+    {
+        int chunks = Math.Min(Environment.ProcessorCount, rows / minRows);
+        if (chunks <= 1) { body(0, rows); return; }
+        Parallel.For(0, chunks, c => body((int)((long)rows * c / chunks), (int)((long)rows * (c + 1) / chunks)));
     }
 
     /// <summary>log-softmax of a row into dst (numerically stable).</summary>

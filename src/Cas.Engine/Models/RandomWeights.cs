@@ -2,7 +2,8 @@ namespace Cas.Engine.Models;
 
 /// <summary>
 /// Random weights for a real config: the subject of speed and memory benchmarks (not of quality).
-/// Linear weights ~ N(0, 0.02²)·(scaled by fan-in for stability), norms ≈ 1.
+/// Linear weights ~ N(0, 0.02²)·(scaled by fan-in for stability), norms ≈ 1; q/k/v biases when
+/// <see cref="ModelConfig.QkvBias"/>, the o_proj bias when <see cref="ModelConfig.AttnOutBias"/>.
 /// </summary>
 public static class RandomWeights
 {
@@ -20,6 +21,7 @@ public static class RandomWeights
                 AttnNorm = Norm(c.Dim),
                 Wq = Mat(c.QDim, c.Dim), Wk = Mat(c.KvDim, c.Dim), Wv = Mat(c.KvDim, c.Dim), Wo = Mat(c.Dim, c.QDim),
                 Bq = c.QkvBias ? Bias(c.QDim) : null, Bk = c.QkvBias ? Bias(c.KvDim) : null, Bv = c.QkvBias ? Bias(c.KvDim) : null,
+                Bo = c.AttnOutBias ? Bias(c.Dim) : null, // attention_bias = true (Llama/Qwen3): o_proj has a bias too
                 QNorm = c.QkNorm ? Norm(c.HeadDim) : null, KNorm = c.QkNorm ? Norm(c.HeadDim) : null,
                 FfnNorm = Norm(c.Dim),
                 WGate = Mat(c.HiddenDim, c.Dim), WUp = Mat(c.HiddenDim, c.Dim), WDown = Mat(c.Dim, c.HiddenDim),

@@ -6,7 +6,8 @@ namespace Cas.Engine.Tests.Engine;
 
 /// <summary>
 /// Logits of tiny random-weight HF models (Llama with llama3 RoPE scaling + tied embeddings in bf16,
-/// Qwen2 with biases in two shards, Qwen3 with q/k norms and head_dim ≠ dim/heads) against the float64
+/// Qwen2 with biases in two shards, Qwen3 with q/k norms and head_dim ≠ dim/heads, Llama and Qwen3 with
+/// attention_bias = true: q/k/v and o_proj biases) against the float64
 /// PyTorch reference written by tests/reference/make_model_goldens.py, with and without a random
 /// cartridge prefix. Tolerance: relative error ≤ 1e-4, measured as max |ours − ref| / max |ref|
 /// over the whole [12, vocab] logits block (the fp32 reference itself sits ≈2e-6 from float64).
@@ -27,6 +28,8 @@ public class ReferenceLogitsTests
     [InlineData("llama")]
     [InlineData("qwen2")]
     [InlineData("qwen3")]
+    [InlineData("llama_bias")]
+    [InlineData("qwen3_bias")]
     public void LogitsMatchPyTorch(string name)
     {
         using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(Dir, "manifest.json")));

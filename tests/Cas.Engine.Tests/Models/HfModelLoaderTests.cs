@@ -47,6 +47,8 @@ public class HfModelLoaderTests
     [InlineData("llama")]
     [InlineData("qwen2")]
     [InlineData("qwen3")]
+    [InlineData("llama_bias")]
+    [InlineData("qwen3_bias")]
     public void GoldenModelsMatchTheValuesPythonStored(string name)
     {
         var entry = Manifest()["models"]![name]!;

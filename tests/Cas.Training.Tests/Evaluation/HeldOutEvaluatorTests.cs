@@ -90,7 +90,8 @@ public class HeldOutEvaluatorTests
     [Fact]
     public void KlEqualsTheTrainingLossMinusTheTeacherEntropy()
     {
-        // CartridgeBackprop.Loss is an independent forward pass (the training one): mean −Σ p log q per target position.
+        // CartridgeBackprop.Loss runs the training layout (prefix read in place, batch-packed attention) rather than the
+        // evaluator's KV caches: mean −Σ p log q per target position.
         var model = TrainerFixtures.Model(maxSeq: 64);
         var c = model.Config;
         var prefix = TrainingBenchmark.RandomPrefix(c, 7, new Random(3), 0.7f);

@@ -8,14 +8,19 @@ public class CartridgeBackpropTests
     /// <summary>
     /// The training forward agrees with the engine's inference forward: logits from Transformer.ForwardAll over a
     /// KvCache holding the cartridge, scored with DistillationLoss, give the same mean loss (float32, 1e-5 relative).
+    /// The attention-bias cases (Llama/Qwen3 with attention_bias = true: q/k/v and o_proj biases) guard against the
+    /// training forward dropping a weight that generation uses.
     /// </summary>
     [Theory]
-    [InlineData(Architecture.Llama, RopeStyle.Halves)]
-    [InlineData(Architecture.Qwen2, RopeStyle.Interleaved)]
-    [InlineData(Architecture.Qwen3, RopeStyle.Halves)]
-    public void LossEqualsEngineForward(Architecture arch, RopeStyle rope)
+    [InlineData(Architecture.Llama, RopeStyle.Halves, false)]
+    [InlineData(Architecture.Qwen2, RopeStyle.Interleaved, false)]
+    [InlineData(Architecture.Qwen3, RopeStyle.Halves, false)]
+    [InlineData(Architecture.Llama, RopeStyle.Halves, true)]
+    [InlineData(Architecture.Qwen3, RopeStyle.Halves, true)]
+    public void LossEqualsEngineForward(Architecture arch, RopeStyle rope, bool attentionBias)
     {
-        var m = Tiny.Create(arch, rope);
+        var m = Tiny.Create(arch, rope, attentionBias: attentionBias);
+        Assert.Equal(attentionBias, m.Weights.Layers[0].Bo != null);
         var c = m.Config;
         var prefix = Tiny.Prefix(c, 6, seed: 2);
         var batch = Tiny.Batch(c, seed: 9, k: 3, 10, 3, 17);
@@ -44,6 +49,60 @@ public class CartridgeBackpropTests
         Assert.Equal(n, train.LastTargetPositions);
         foreach (var (what, v) in new[] { ("LossAndGradient", withGrad), ("Loss", trainLoss), ("loss-only instance", evalLoss) })
             Assert.True(Math.Abs(v - expect) <= 1e-5 * Math.Abs(expect), $"{what}: {v} vs engine {expect}");
+    }
+
+    /// <summary>
+    /// A batch whose sequences sit behind different composed prefixes ([A], [B, A], [A, B], [] — references, no copy)
+    /// gives the same loss as the engine's generation path over caches holding <see cref="KvPrefix.Concat"/> of the
+    /// same parts (float32, 1e-5 relative); A's gradient from the batch equals the sum of the gradients of the
+    /// sequences computed one by one, and a frozen B is left untouched.
+    /// </summary>
+    [Theory]
+    [InlineData(Architecture.Llama, true)]
+    [InlineData(Architecture.Qwen3, false)]
+    public void ComposedPrefixesEqualConcatenatedCaches(Architecture arch, bool attentionBias)
+    {
+        var m = Tiny.Create(arch, RopeStyle.Halves, attentionBias: attentionBias);
+        var c = m.Config;
+        var a = Tiny.Prefix(c, 6, seed: 3); var b = Tiny.Prefix(c, 4, seed: 5);
+        var batch = Tiny.Batch(c, seed: 11, k: 3, 9, 12, 7, 5);
+        ComposedPrefix[] prefixes = [ComposedPrefix.Of(a), ComposedPrefix.Of(b, a), ComposedPrefix.Of(a, b), ComposedPrefix.Empty];
+
+        double sum = 0; int n = 0;
+        var t = new Transformer(m);
+        for (int s = 0; s < batch.Length; s++)
+        {
+            var parts = prefixes[s].Parts;
+            var cache = new KvCache(c, prefixes[s].Length + batch[s].Tokens.Length, parts.Count == 0 ? null : KvPrefix.Concat(parts));
+            var logits = new float[batch[s].Tokens.Length * c.VocabSize];
+            t.ForwardAll(cache, batch[s].Tokens, logits);
+            for (int i = 0; i < batch[s].Tokens.Length; i++)
+                if (batch[s].Targets.HasTarget(i))
+                {
+                    sum += DistillationLoss.Compute(logits.AsSpan(i * c.VocabSize, c.VocabSize), batch[s].Targets.IdsAt(i), batch[s].Targets.LogProbsAt(i), default);
+                    n++;
+                }
+        }
+
+        var bBefore = b.Keys.Concat(b.Values).Select(x => (float[])x.Clone()).ToArray();
+        var bp = new CartridgeBackprop(m, maxTokens: 40) { AttentionBlockRows = 8, ScoreBufferFloats = 400 };
+        var whole = new KvGradient(a);
+        float loss = bp.LossAndGradient(prefixes, batch, [whole]);
+        Assert.True(Math.Abs(loss - sum / n) <= 1e-5 * Math.Abs(sum / n), $"composed batch loss {loss} vs engine {sum / n}");
+        float lossOnly = new CartridgeBackprop(m, maxTokens: 8, training: false).Loss(prefixes, batch);
+        Assert.True(Math.Abs(lossOnly - sum / n) <= 1e-5 * Math.Abs(sum / n), $"loss-only {lossOnly} vs engine {sum / n}");
+        Assert.Equal(bBefore, b.Keys.Concat(b.Values).ToArray());
+
+        var oneByOne = new KvGradient(a);
+        for (int s = 0; s < batch.Length; s++)
+            bp.LossAndGradient([prefixes[s]], [batch[s]], [oneByOne], accumulate: true, divisor: n);
+        for (int l = 0; l < c.Layers; l++)
+            foreach (var (x, y) in new[] { (whole.Keys[l], oneByOne.Keys[l]), (whole.Values[l], oneByOne.Values[l]) })
+            {
+                float max = x.Max(Math.Abs);
+                Assert.True(max > 0);
+                for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - y[i]) <= 1e-5f * max, $"layer {l} [{i}]: {x[i]} vs {y[i]}");
+            }
     }
 
     /// <summary>

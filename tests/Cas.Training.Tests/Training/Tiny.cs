@@ -6,15 +6,16 @@ namespace Cas.Training.Tests.Training;
 /// <summary>Small random-weight models, cartridges and batches for the gradient tests.</summary>
 static class Tiny
 {
-    public static ModelConfig Config(Architecture arch, RopeStyle rope, int kvHeads = 2) => new()
+    /// <param name="attentionBias">Llama/Qwen3 with attention_bias = true: q/k/v and o_proj biases.</param>
+    public static ModelConfig Config(Architecture arch, RopeStyle rope, int kvHeads = 2, bool attentionBias = false) => new()
     {
         Architecture = arch, Dim = 32, HiddenDim = 48, Layers = 2, Heads = 4, KvHeads = kvHeads, HeadDim = 8,
         VocabSize = 61, MaxSeqLen = 64, RopeTheta = 10000f, NormEps = 1e-5f, Rope = rope,
-        QkvBias = arch == Architecture.Qwen2, QkNorm = arch == Architecture.Qwen3, TiedEmbeddings = arch == Architecture.Llama,
+        QkvBias = arch == Architecture.Qwen2 || attentionBias, AttnOutBias = attentionBias, QkNorm = arch == Architecture.Qwen3, TiedEmbeddings = arch == Architecture.Llama,
     };
 
-    public static Model Create(Architecture arch, RopeStyle rope, int kvHeads = 2, ulong seed = 3) =>
-        RandomWeights.Create(Config(arch, rope, kvHeads), seed);
+    public static Model Create(Architecture arch, RopeStyle rope, int kvHeads = 2, ulong seed = 3, bool attentionBias = false) =>
+        RandomWeights.Create(Config(arch, rope, kvHeads, attentionBias), seed);
 
     public static KvPrefix Prefix(ModelConfig c, int p, int seed, float std = 0.7f) =>
         TrainingBenchmark.RandomPrefix(c, p, new Random(seed), std);

@@ -144,6 +144,35 @@ internal static class UnicodeNormalizer
         return sb.ToString();
     }
 
+    /// <summary>
+    /// Normalizes and appends, per output character, the input span it came from. The text is cut before
+    /// every BMP character the form cannot change or combine backwards (a "safe" one), which is a
+    /// normalization boundary; each output character maps to its whole segment (for Latin text, one
+    /// character plus its combining marks).
+    /// </summary>
+    public static string Normalize(string text, NormalForm form, List<(int S, int E)> map)
+    {
+        string whole = Normalize(text, form);
+        if (ReferenceEquals(whole, text) || whole == text)
+        {
+            for (int i = 0; i < text.Length; i++) map.Add((i, i + 1));
+            return whole;
+        }
+        var unsafeChars = Data.Value.Unsafe[(int)form];
+        var sb = new StringBuilder(whole.Length);
+        int s = 0;
+        while (s < text.Length)
+        {
+            int e = s + 1;
+            while (e < text.Length && unsafeChars[text[e]]) e++;
+            string seg = Normalize(text.Substring(s, e - s), form);
+            sb.Append(seg);
+            for (int k = 0; k < seg.Length; k++) map.Add((s, e));
+            s = e;
+        }
+        return sb.ToString();
+    }
+
     static byte CccOf(Tables t, int cp) => t.Ccc.TryGetValue(cp, out var c) ? c : (byte)0;
 
     static void Compose(Tables t, List<int> cps)

@@ -188,7 +188,7 @@ internal sealed class BpeModel
             }
         }
         int n = entry.Length / 3;
-        for (int k = 0; k < n; k++) ids.Add(entry[k]);
+        ids.AddRange(entry.AsSpan(0, n));
         if (ranges != null)
             for (int k = 0; k < n; k++) ranges.Add((offset + entry[n + k], offset + entry[2 * n + k]));
     }

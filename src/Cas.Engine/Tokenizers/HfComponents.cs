@@ -529,19 +529,29 @@ internal abstract class HfPreTokenizer
                 if (l > 0) Encode(buf, s == 0 && l == piece.TextLength ? piece : piece.Slice(s, s + l), output);
         }
 
+        [System.Runtime.CompilerServices.SkipLocalsInit]
         static void Encode(PreTokenBuffer buf, in PreToken piece, List<PreToken> output)
         {
             int max = piece.TextLength * 3;
             buf.Reserve(max);
             var src = buf.Text(piece);
-            Span<byte> small = stackalloc byte[512];
-            byte[]? rented = null;
-            Span<byte> bytes = max <= small.Length ? small : (rented = System.Buffers.ArrayPool<byte>.Shared.Rent(max));
-            int n = System.Text.Encoding.UTF8.GetBytes(src, bytes); // a lone surrogate becomes EF BF BD (U+FFFD)
-            var dst = buf.Chars.AsSpan(buf.Length, n);
+            var dst = buf.Chars.AsSpan(buf.Length);
             var table = ByteLevelAlphabet.ByteToChar;
-            for (int i = 0; i < n; i++) dst[i] = table[bytes[i]];
-            if (rented != null) System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+            int n;
+            if (!System.Text.Ascii.IsValid(src))
+            {
+                Span<byte> small = stackalloc byte[512];
+                byte[]? rented = null;
+                Span<byte> bytes = max <= small.Length ? small : (rented = System.Buffers.ArrayPool<byte>.Shared.Rent(max));
+                n = System.Text.Encoding.UTF8.GetBytes(src, bytes); // a lone surrogate becomes EF BF BD (U+FFFD)
+                for (int i = 0; i < n; i++) dst[i] = table[bytes[i]];
+                if (rented != null) System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+            }
+            else
+            {
+                n = src.Length;
+                for (int i = 0; i < n; i++) dst[i] = table[src[i]];
+            }
             output.Add(new PreToken
             {
                 TextStart = buf.Length, TextLength = n, Start = piece.Start, End = piece.End, Origin = piece.TextStart,
@@ -645,7 +655,8 @@ internal abstract class HfPreTokenizer
 
 internal abstract class HfDecoder
 {
-    public abstract List<string> DecodeChain(List<string> tokens);
+    /// <summary>Decodes token strings; with holdTail, a trailing incomplete UTF-8 sequence is held back (not emitted as U+FFFD).</summary>
+    public abstract List<string> DecodeChain(List<string> tokens, bool holdTail);
 
     public static HfDecoder? Create(JsonElement e, string where, HashSet<string> addedTokenContents)
     {
@@ -680,13 +691,27 @@ internal abstract class HfDecoder
         }
     }
 
+    /// <summary>Drops a UTF-8 sequence cut short at the end (a lead byte without all its continuation bytes).</summary>
+    static void HoldIncompleteTail(List<byte> bytes)
+    {
+        int n = bytes.Count;
+        for (int back = 1; back <= 3 && back <= n; back++)
+        {
+            byte b = bytes[n - back];
+            if ((b & 0xC0) == 0x80) continue; // continuation byte: look further back
+            int need = b >= 0xF0 && b <= 0xF4 ? 4 : b >= 0xE0 ? 3 : b >= 0xC2 ? 2 : 1;
+            if (need > back) bytes.RemoveRange(n - back, back);
+            return;
+        }
+    }
+
     /// <summary>UTF-8 decoding with U+FFFD for ill-formed sequences (as TextDecoder with fatal=false).</summary>
     static readonly UTF8Encoding Utf8 = new(false, false);
 
     /// <summary>ByteLevel: characters back to bytes, UTF-8 decoded; added tokens pass through verbatim.</summary>
     sealed class ByteLevelDec(HashSet<string> added) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var result = new List<string>();
             var bytes = new List<byte>();
@@ -704,6 +729,7 @@ internal abstract class HfDecoder
                     bytes.Add(b < 0 ? (byte)0 : (byte)b); // Tokenizers.js: an unmapped character becomes byte 0
                 }
             }
+            if (holdTail) HoldIncompleteTail(bytes);
             Flush(bytes, result);
             return result;
         }
@@ -718,7 +744,7 @@ internal abstract class HfDecoder
 
     sealed class MetaspaceDec(string replacement, bool stripFirst) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             for (int i = 0; i < tokens.Count; i++)
@@ -733,7 +759,7 @@ internal abstract class HfDecoder
 
     sealed class ReplaceDec(HfPattern pattern, string content) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             foreach (var t in tokens) r.Add(pattern.ReplaceAll(t, content));
@@ -744,7 +770,7 @@ internal abstract class HfDecoder
     /// <summary>ByteFallback: runs of &lt;0xNN&gt; tokens become UTF-8 text (TextDecoder: U+FFFD on errors, leading BOM dropped).</summary>
     sealed class ByteFallbackDec : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             var bytes = new List<byte>();
@@ -754,6 +780,7 @@ internal abstract class HfDecoder
                 Flush(bytes, r);
                 r.Add(t);
             }
+            if (holdTail) HoldIncompleteTail(bytes);
             Flush(bytes, r);
             return r;
         }
@@ -782,12 +809,12 @@ internal abstract class HfDecoder
 
     sealed class FuseDec : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens) => new() { string.Concat(tokens) };
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail) => new() { string.Concat(tokens) };
     }
 
     sealed class StripDec(string content, int start, int stop) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             foreach (var t in tokens)
@@ -811,7 +838,7 @@ internal abstract class HfDecoder
 
     sealed class BpeDec(string suffix) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             for (int i = 0; i < tokens.Count; i++)
@@ -822,9 +849,9 @@ internal abstract class HfDecoder
 
     sealed class SequenceDec(List<HfDecoder> items) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
-            foreach (var d in items) tokens = d.DecodeChain(tokens);
+            foreach (var d in items) tokens = d.DecodeChain(tokens, holdTail);
             return tokens;
         }
     }

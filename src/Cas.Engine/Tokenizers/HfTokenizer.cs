@@ -418,7 +418,16 @@ public sealed class HfTokenizer : ITokenizer
         offsets?.RemoveRange(w, offsets.Count - w);
     }
 
-    public string Decode(ReadOnlySpan<int> ids)
+    public string Decode(ReadOnlySpan<int> ids) => Decode(ids, holdTail: false);
+
+    /// <summary>
+    /// Decodes ids that may be followed by more (streaming): a character whose UTF-8 bytes are not all
+    /// there yet is held back instead of being emitted as U+FFFD, so DecodePrefix(ids[..k]) is a prefix of
+    /// Decode(ids) for byte-level and byte-fallback tokenizers.
+    /// </summary>
+    public string DecodePrefix(ReadOnlySpan<int> ids) => Decode(ids, holdTail: true);
+
+    string Decode(ReadOnlySpan<int> ids, bool holdTail)
     {
         var tokens = new List<string>(ids.Length);
         foreach (int id in ids)
@@ -427,7 +436,7 @@ public sealed class HfTokenizer : ITokenizer
             t ??= _model.UnkToken;
             if (t != null) tokens.Add(t);
         }
-        string decoded = _decoder != null ? string.Concat(_decoder.DecodeChain(tokens)) : string.Join(' ', tokens);
+        string decoded = _decoder != null ? string.Concat(_decoder.DecodeChain(tokens, holdTail)) : string.Join(' ', tokens);
         if (_decoder != null && _model.EndOfWordSuffix != null) decoded = decoded.Replace(_model.EndOfWordSuffix, " ", StringComparison.Ordinal);
         return decoded;
     }

@@ -259,6 +259,7 @@ public sealed class HfTokenizer : ITokenizer
     /// </summary>
     void EncodeCore(string text, List<int> output, List<TokenSpan>? offsets)
     {
+        text = RustText.ReplaceLoneSurrogates(text); // one character for one: offsets are unchanged
         var sections = _splitUnnormalized.Split(text, 0, text.Length);
         ApplyStrips(text, sections);
         var map = offsets != null ? new List<(int S, int E)>() : null;

@@ -49,4 +49,24 @@ internal static class RustText
         while (e > 0 && IsWhiteSpace(s[e - 1])) e--;
         return e == s.Length ? s : s[..e];
     }
+
+    /// <summary>
+    /// The text with every lone surrogate replaced by U+FFFD (a Rust string cannot hold one; UTF-8 encoding
+    /// writes U+FFFD for it). Returns the same string when there is none (a vectorized scan).
+    /// </summary>
+    public static string ReplaceLoneSurrogates(string text)
+    {
+        int first = text.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF');
+        if (first < 0) return text;
+        char[]? copy = null;
+        for (int i = first; i < text.Length; i++)
+        {
+            char c = text[i];
+            if (!char.IsSurrogate(c)) continue;
+            if (char.IsHighSurrogate(c) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) { i++; continue; }
+            copy ??= text.ToCharArray();
+            copy[i] = '\uFFFD';
+        }
+        return copy == null ? text : new string(copy);
+    }
 }

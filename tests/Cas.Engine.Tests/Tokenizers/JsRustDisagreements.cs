@@ -28,6 +28,8 @@ internal static class JsRustDisagreements
         if (nonAsciiNumeric) found.Add("Digits: Rust splits every numeric character (Nd, Nl, No: ½, Ⅻ, ١, 𝟏), Tokenizers.js only ASCII 0-9");
         if (text.Contains('Σ')) found.Add("Lowercase: Rust maps Σ to σ everywhere, JavaScript to ς at the end of a word");
         if (nonAscii) found.Add("Whitespace pre-tokenizer: Rust's \\w is Unicode (letters, marks, digits of every script), Tokenizers.js's is [A-Za-z0-9_]");
+        if (System.Text.RegularExpressions.Regex.Split(text, @"<\|[^|<>]*\|>|</?s>").Any(part => part.Length > 0 && part.Trim().Length == 0))
+            found.Add("Prepend: Rust prepends only to a non-empty section, Tokenizers.js also to one that Strip left empty");
         return found;
     }
 }

@@ -313,8 +313,8 @@ public sealed class HfTokenizer : ITokenizer
                                 ne = p.Start + Math.Max(0, b - p.Lead);
                                 break;
                             case PieceKind.Bytes:
-                                ns = p.Start + cursor.CharOfByte(a);
-                                ne = p.Start + cursor.CharOfByte(b - 1) + 1;
+                                ns = p.Start + cursor.CharOfByte(a, out _);
+                                ne = p.Start + cursor.CharOfByte(b - 1, out int units) + units;
                                 break;
                             default:
                                 ns = p.Start;
@@ -347,12 +347,14 @@ public sealed class HfTokenizer : ITokenizer
         readonly ReadOnlySpan<char> _text = text;
         int _char, _byte; // _byte = first byte of character _char
 
-        public int CharOfByte(int b)
+        /// <summary>The index of the character holding byte b, and its UTF-16 length.</summary>
+        public int CharOfByte(int b, out int units)
         {
+            units = 1;
             if (b < _byte) { _char = 0; _byte = 0; }
             while (_char < _text.Length)
             {
-                int len = RustText.CodePointAt(_text, _char, out int units) switch
+                int len = RustText.CodePointAt(_text, _char, out units) switch
                 {
                     < 0x80 => 1, < 0x800 => 2, < 0x10000 => 3, _ => 4, // a lone surrogate is written as U+FFFD: 3 bytes
                 };

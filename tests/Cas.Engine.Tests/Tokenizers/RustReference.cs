@@ -35,10 +35,10 @@ internal sealed class RustReference : IDisposable
         lock (Gate)
         {
             if (Loaded.TryGetValue(name, out var r)) return r;
-            var tok = TokenizerGoldenTests.Load(name); // skips when the file is absent
+            var tok = TokenizerCorpus.LoadTokenizer(name); // skips when the file is absent
             using var golden = TokenizerCorpus.ReadGolden(name);
             var root = golden.RootElement;
-            string src = TokenizerGoldenTests.SourcePath(root);
+            string src = TokenizerCorpus.SourcePath(root);
             var json = JsonNode.Parse(File.ReadAllText(src))!.AsObject();
             if (root.GetProperty("patch").ValueKind == JsonValueKind.Object)
                 foreach (var p in root.GetProperty("patch").EnumerateObject())

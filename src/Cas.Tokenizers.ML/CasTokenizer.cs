@@ -98,8 +98,9 @@ public sealed class CasTokenizer : Tokenizer
     }
 
     /// <summary>
-    /// Writes the text of as many leading ids as fit. Only whole characters are written: an id whose bytes
-    /// end in the middle of a character is consumed with the ids that complete it.
+    /// Writes Decode(ids[..idsConsumed]) for the most leading ids whose text fits and ends on a whole
+    /// character (an id whose bytes stop inside a character is left for the next call). As with any decode of
+    /// a slice, a SentencePiece-style decoder (Llama 2) drops the leading space of the slice's first token.
     /// </summary>
     public override OperationStatus Decode(IEnumerable<int> ids, Span<char> destination, out int idsConsumed, out int charsWritten)
     {
@@ -124,7 +125,8 @@ public sealed class CasTokenizer : Tokenizer
             else hi = mid - 1;
         }
         // Ids whose bytes were held back (an unfinished character) are not consumed: the caller resends them.
-        while (lo > 0 && Inner.DecodePrefix(all.AsSpan(0, lo - 1)) == best) lo--;
+        while (lo > 0 && Inner.Decode(all.AsSpan(0, lo)) != Inner.DecodePrefix(all.AsSpan(0, lo))) lo--;
+        best = Inner.Decode(all.AsSpan(0, lo));
         best.CopyTo(destination);
         idsConsumed = lo;
         charsWritten = best.Length;

@@ -153,12 +153,6 @@ internal sealed class BpeModel
     public void Encode(ReadOnlySpan<char> word, List<int> ids, List<(int Start, int End)>? ranges)
     {
         if (word.Length == 0) return;
-        if (IgnoreMerges && _tokenLookup.TryGetValue(word, out var whole))
-        {
-            ids.Add(whole);
-            ranges?.Add((0, word.Length));
-            return;
-        }
         if (_splitBefore is char x)
         {
             // No merge joins a symbol ending in a non-x character with one starting with x (checked at load),
@@ -180,7 +174,9 @@ internal sealed class BpeModel
     {
         if (!_cacheLookup.TryGetValue(word, out var entry))
         {
-            entry = EncodeUncached(word);
+            // ignore_merges: a word that is a vocabulary entry is that one token (looked up after the cache,
+            // which is small and hot, where the vocabulary is large).
+            entry = IgnoreMerges && _tokenLookup.TryGetValue(word, out var whole) ? [whole, 0, word.Length] : EncodeUncached(word);
             if (word.Length <= MaxCachedLength)
             {
                 if (_cache.Count >= CacheCapacity) _cache.Clear();

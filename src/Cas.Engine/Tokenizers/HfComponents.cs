@@ -438,6 +438,19 @@ internal abstract class HfPreTokenizer
             var matches = t_matches ??= new();
             var segs = t_segments ??= new();
             pattern.Matches(buf.Text(piece), matches);
+            if (behavior == Behavior.Isolated && !invert)
+            {
+                // The common case (Llama 3, Qwen): every match and every gap between matches is a piece.
+                int at = 0;
+                foreach (var (s, l) in matches)
+                {
+                    Emit(piece, at, s, output);
+                    Emit(piece, s, s + l, output);
+                    at = s + l;
+                }
+                Emit(piece, at, piece.TextLength, output);
+                return;
+            }
             segs.Clear();
             int prev = 0, n = piece.TextLength;
             foreach (var (s, l) in matches)
@@ -636,17 +649,28 @@ internal abstract class HfPreTokenizer
 
     sealed class SequencePre(List<HfPreTokenizer> items) : HfPreTokenizer
     {
+        // Reused lists per thread (a stack of them, for sequences inside sequences): no allocation per call.
+        [ThreadStatic] static Stack<List<PreToken>>? t_free;
+
         public override void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output)
         {
-            var current = new List<PreToken> { piece };
-            var next = new List<PreToken>();
-            foreach (var p in items)
+            var free = t_free ??= new();
+            var current = free.Count > 0 ? free.Pop() : new List<PreToken>();
+            var next = free.Count > 0 ? free.Pop() : new List<PreToken>();
+            current.Clear();
+            current.Add(piece);
+            for (int k = 0; k < items.Count; k++)
             {
-                next.Clear();
-                foreach (var q in current) p.Split(buf, q, sectionIndex, next);
-                (current, next) = (next, current);
+                var target = k == items.Count - 1 ? output : next;
+                if (target == next) next.Clear();
+                foreach (var q in current) items[k].Split(buf, q, sectionIndex, target);
+                if (target == next) (current, next) = (next, current);
             }
-            output.AddRange(current);
+            if (items.Count == 0) output.Add(piece);
+            current.Clear();
+            next.Clear();
+            free.Push(current);
+            free.Push(next);
         }
     }
 }

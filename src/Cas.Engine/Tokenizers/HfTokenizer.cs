@@ -457,6 +457,7 @@ internal sealed class AddedTokenSplitter
 
     readonly Node _root = new();
     readonly bool _empty;
+    readonly System.Buffers.SearchValues<char> _firsts;
 
     public AddedTokenSplitter(IEnumerable<(string Text, AddedToken Token)> words)
     {
@@ -475,6 +476,7 @@ internal sealed class AddedTokenSplitter
             node.Token = token;
             _empty = false;
         }
+        _firsts = System.Buffers.SearchValues.Create(_root.Children?.Keys.ToArray() ?? []);
     }
 
     /// <summary>Cuts text[start..end) into (start, end, token) sections; token is null for text between added tokens.</summary>
@@ -486,6 +488,10 @@ internal sealed class AddedTokenSplitter
         var rootChildren = _root.Children!;
         while (i < to)
         {
+            // Jump to the next character that starts some added token (vectorized): most text holds none.
+            int skip = text.AsSpan(i, to - i).IndexOfAny(_firsts);
+            if (skip < 0) break;
+            i += skip;
             Node? match = null;
             int matchEnd = 0;
             if (rootChildren.TryGetValue(text[i], out var node))

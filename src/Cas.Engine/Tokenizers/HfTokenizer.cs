@@ -13,9 +13,11 @@ public readonly record struct TokenSpan(int Start, int End)
 }
 
 /// <summary>
-/// A Hugging Face tokenizer.json tokenizer (BPE model), encoding exactly as Tokenizers.js does:
+/// A Hugging Face tokenizer.json tokenizer (BPE model), giving the ids of HF's Rust tokenizers library
+/// (what the models were trained with; checked at test time, see README.md beside this file):
 /// added tokens are split out of the raw text first (longest match), the rest is normalized,
-/// pre-tokenized and byte-pair encoded. Encode never adds BOS/EOS. Decode is the decoder chain
+/// pre-tokenized and byte-pair encoded. Encode never adds BOS/EOS; it can also give each token's
+/// span of the input. Decode is the decoder chain
 /// without clean-up of tokenization spaces, so Decode(Encode(x)) == x for byte-level tokenizers
 /// without a normalizer.
 /// </summary>
@@ -28,7 +30,6 @@ public sealed class HfTokenizer : ITokenizer
     readonly Dictionary<string, int> _tokenToId;
     readonly string?[] _idToToken;
     readonly List<AddedToken> _added = new();
-    readonly Dictionary<string, AddedToken> _addedByText = new(StringComparer.Ordinal); // content and normalized content
     readonly Dictionary<string, int> _addedIdByContent = new(StringComparer.Ordinal);
     readonly AddedTokenSplitter _splitUnnormalized;
     readonly AddedTokenSplitter _splitNormalized;
@@ -130,13 +131,11 @@ public sealed class HfTokenizer : ITokenizer
         {
             _tokenToId[t.Content] = t.Id;
             _idToToken[t.Id] = t.Content;
-            _addedByText[t.Content] = t;
             _addedIdByContent.TryAdd(t.Content, t.Id);
             if (t.Normalized && _normalizer != null)
             {
                 string nc = _normalizer.Normalize(t.Content);
                 normalized.Add((nc, t));
-                _addedByText[nc] = t;
             }
             else unnormalized.Add((t.Content, t));
         }

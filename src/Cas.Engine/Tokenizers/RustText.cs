@@ -36,18 +36,17 @@ internal static class RustText
         return c;
     }
 
-    public static string TrimStart(string s)
-    {
-        int i = 0;
-        while (i < s.Length && IsWhiteSpace(s[i])) i++;
-        return i == 0 ? s : s[i..];
-    }
+    public static string TrimStart(string s) => Trim(s, true, false, c => IsWhiteSpace(c));
 
-    public static string TrimEnd(string s)
+    public static string TrimEnd(string s) => Trim(s, false, true, c => IsWhiteSpace(c));
+
+    /// <summary>Removes the leading and/or trailing characters that <paramref name="isSpace"/> accepts (same string when none).</summary>
+    internal static string Trim(string s, bool start, bool end, Func<char, bool> isSpace)
     {
-        int e = s.Length;
-        while (e > 0 && IsWhiteSpace(s[e - 1])) e--;
-        return e == s.Length ? s : s[..e];
+        int i = 0, e = s.Length;
+        if (start) while (i < e && isSpace(s[i])) i++;
+        if (end) while (e > i && isSpace(s[e - 1])) e--;
+        return i == 0 && e == s.Length ? s : s[i..e];
     }
 
     /// <summary>

@@ -24,6 +24,7 @@ internal sealed class BpeModel
     readonly char? _splitBefore;
     const int CacheCapacity = 50_000;
     const int MaxCachedLength = 256;
+    const int ScratchLimit = 4096;
 
     public readonly string? UnkToken;
     public readonly bool ByteFallback;
@@ -207,7 +208,9 @@ internal sealed class BpeModel
     int[] EncodeUncached(ReadOnlySpan<char> word)
     {
         // Split into code points (a lone surrogate is its own character).
-        var arr = t_syms is { } a0 && a0.Length >= word.Length ? a0 : (t_syms = new Sym[Math.Max(word.Length, 64)]);
+        // Scratch is kept per thread for ordinary words; a huge word gets its own, freed afterwards.
+        bool huge = word.Length > ScratchLimit;
+        var arr = huge ? new Sym[word.Length] : t_syms ??= new Sym[ScratchLimit];
         int n = 0;
         for (int i = 0; i < word.Length;)
         {
@@ -235,7 +238,7 @@ internal sealed class BpeModel
         if (n > 1)
         {
             // Min-heap on (rank, position of the left symbol): lowest rank first, leftmost on ties.
-            var heap = t_heap ??= new();
+            var heap = huge ? new() : t_heap ??= new();
             heap.Clear();
             for (int k = 0; k + 1 < n; k++) Push(heap, arr, k);
             while (heap.TryDequeue(out var top, out _))
@@ -254,7 +257,7 @@ internal sealed class BpeModel
             }
         }
 
-        var result = t_result ??= new();
+        var result = huge ? new() : t_result ??= new();
         result.Clear(); // triples (id, start, end)
         int unk = UnkId;
         for (int k = 0; k >= 0 && k < n; k = arr[k].Next)

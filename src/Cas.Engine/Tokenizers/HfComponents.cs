@@ -449,6 +449,7 @@ internal abstract class HfPreTokenizer
                     at = s + l;
                 }
                 Emit(piece, at, piece.TextLength, output);
+                if (matches.Capacity > 1 << 16) t_matches = null; // let a huge text's scratch go
                 return;
             }
             segs.Clear();
@@ -540,6 +541,7 @@ internal abstract class HfPreTokenizer
             Gpt2.Matches(buf.Text(piece), matches);
             foreach (var (s, l) in matches)
                 if (l > 0) Encode(buf, s == 0 && l == piece.TextLength ? piece : piece.Slice(s, s + l), output);
+            if (matches.Capacity > 1 << 16) t_matches = null; // let a huge text's scratch go
         }
 
         [System.Runtime.CompilerServices.SkipLocalsInit]
@@ -669,8 +671,8 @@ internal abstract class HfPreTokenizer
             if (items.Count == 0) output.Add(piece);
             current.Clear();
             next.Clear();
-            free.Push(current);
-            free.Push(next);
+            if (current.Capacity <= 1 << 16) free.Push(current); // a huge text's lists are let go
+            if (next.Capacity <= 1 << 16) free.Push(next);
         }
     }
 }

@@ -326,6 +326,10 @@ public sealed class HfTokenizer : ITokenizer
                 if (_model.FuseUnk) FuseUnknowns(output, offsets, start);
             }
         }
+        // Keep the per-thread scratch of ordinary texts; let a huge text's go.
+        if (buf.Chars.Length > 1 << 20) t_buffer = null;
+        if (pieces.Capacity > 1 << 16) t_pieces = null;
+        if (ranges is { Capacity: > 1 << 16 }) t_ranges = null;
     }
 
     /// <summary>A normalized span of a section as a span of the input text.</summary>

@@ -43,11 +43,18 @@ internal sealed class RustReference : IDisposable
             if (root.GetProperty("patch").ValueKind == JsonValueKind.Object)
                 foreach (var p in root.GetProperty("patch").EnumerateObject())
                     json[p.Name] = JsonNode.Parse(p.Value.GetRawText());
-            // The wrapper reads a file: write the (patched) JSON where the test run owns it.
-            var dir = Path.Combine(Path.GetTempPath(), "cas-rust-reference", Environment.ProcessId.ToString());
+            // The wrapper reads a file: write the (patched) JSON once, named by its content, and reuse it.
+            string text = json.ToJsonString();
+            string hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(text)))[..16];
+            var dir = Path.Combine(Path.GetTempPath(), "cas-rust-reference");
             Directory.CreateDirectory(dir);
-            var path = Path.Combine(dir, name + ".json");
-            File.WriteAllText(path, json.ToJsonString());
+            var path = Path.Combine(dir, $"{name}-{hash}.json");
+            if (!File.Exists(path))
+            {
+                var tmp = path + "." + Environment.ProcessId + ".tmp";
+                File.WriteAllText(tmp, text);
+                File.Move(tmp, path, overwrite: true);
+            }
             // Its Encode applies the post-processor: a TemplateProcessing "single" that starts with BOS adds it.
             int? bos = tok.StartTokens.Count == 1 ? tok.StartTokens[0] : null;
             r = new RustReference(path, bos);

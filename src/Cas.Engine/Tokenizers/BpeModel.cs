@@ -17,8 +17,14 @@ internal sealed class BpeModel
     readonly Dictionary<string, int> _tokenToId;           // tokens_to_ids (added tokens included)
     readonly int[] _byteTokenIds = new int[256];            // <0xNN> ids when byte_fallback, else -1
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    // Look-ups by span, so that no string is made for a pre-token that is cached or in the vocabulary.
+    readonly ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheLookup;
+    readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _tokenLookup;
+    readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _symbolLookup;
+    readonly char? _splitBefore;
     const int CacheCapacity = 50_000;
     const int MaxCachedLength = 256;
+    const int ScratchLimit = 4096;
 
     public readonly string? UnkToken;
     public readonly bool ByteFallback;
@@ -79,10 +85,41 @@ internal sealed class BpeModel
             rank++;
         }
 
+        _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+        _tokenLookup = _tokenToId.GetAlternateLookup<ReadOnlySpan<char>>();
+        _symbolLookup = _symbolIds.GetAlternateLookup<ReadOnlySpan<char>>();
+        _splitBefore = SafeSplitChar(merges);
+
         Array.Fill(_charSymbol, -1);
         for (int i = 0; i < _symbols.Count; i++)
             if (_symbols[i].Length == 1) _charSymbol[_symbols[i][0]] = i;
         RefreshTokenIds();
+    }
+
+    /// <summary>
+    /// U+2581 when words may be cut before every U+2581 that follows another character without changing the
+    /// result: no merge (a, b) has a ending in another character and b starting with U+2581. True of
+    /// SentencePiece-style vocabularies (Llama 2), whose normalizer leaves one long word per section.
+    /// </summary>
+    char? SafeSplitChar(JsonElement merges)
+    {
+        const char x = '\u2581';
+        if (IgnoreMerges || EndOfWordSuffix != null || !_tokenToId.ContainsKey(x.ToString())) return null;
+        foreach (var m in merges.EnumerateArray())
+        {
+            string a, b;
+            if (m.ValueKind == JsonValueKind.String)
+            {
+                var s = m.GetString()!;
+                int sp = s.IndexOf(' ');
+                a = s[..sp];
+                int sp2 = s.IndexOf(' ', sp + 1);
+                b = sp2 < 0 ? s[(sp + 1)..] : s[(sp + 1)..sp2];
+            }
+            else { a = m[0].GetString()!; b = m[1].GetString()!; }
+            if (a.Length > 0 && b.Length > 0 && a[^1] != x && b[0] == x) return null;
+        }
+        return x;
     }
 
     /// <summary>Recomputes symbol -> id after the tokens_to_ids map changed (added tokens).</summary>
@@ -107,21 +144,50 @@ internal sealed class BpeModel
 
     static long Key(int a, int b) => ((long)a << 32) | (uint)b;
 
-    int? UnkId => UnkToken != null && _tokenToId.TryGetValue(UnkToken, out var u) ? u : null;
+    int UnkId => UnkToken != null && _tokenToId.TryGetValue(UnkToken, out var u) ? u : -1;
 
-    /// <summary>Appends the ids of one pre-token.</summary>
-    public void Encode(string preToken, List<int> output)
+    /// <summary>
+    /// Appends the ids of one pre-token and, when <paramref name="ranges"/> is given, each token's span in it
+    /// (UTF-16 indices; the byte tokens of one byte-fallback character all get that character's span).
+    /// Cost: O(n log n) for a word of n characters (a heap of candidate merges over a linked list of symbols).
+    /// </summary>
+    public void Encode(ReadOnlySpan<char> word, List<int> ids, List<(int Start, int End)>? ranges)
     {
-        if (preToken.Length == 0) return;
-        if (IgnoreMerges && _tokenToId.TryGetValue(preToken, out var whole)) { output.Add(whole); return; }
-        if (_cache.TryGetValue(preToken, out var cached)) { output.AddRange(cached); return; }
-        var ids = EncodeUncached(preToken);
-        if (preToken.Length <= MaxCachedLength)
+        if (word.Length == 0) return;
+        if (_splitBefore is char x)
         {
-            if (_cache.Count >= CacheCapacity) _cache.Clear();
-            _cache[preToken] = ids;
+            // No merge joins a symbol ending in a non-x character with one starting with x (checked at load),
+            // so cutting before each such x gives the same tokens, and the pieces are short and cacheable.
+            int s = 0;
+            for (int i = 1; i < word.Length; i++)
+            {
+                if (word[i] != x || word[i - 1] == x) continue;
+                EncodeCached(word[s..i], s, ids, ranges);
+                s = i;
+            }
+            EncodeCached(word[s..], s, ids, ranges);
+            return;
         }
-        output.AddRange(ids);
+        EncodeCached(word, 0, ids, ranges);
+    }
+
+    void EncodeCached(ReadOnlySpan<char> word, int offset, List<int> ids, List<(int Start, int End)>? ranges)
+    {
+        if (!_cacheLookup.TryGetValue(word, out var entry))
+        {
+            // ignore_merges: a word that is a vocabulary entry is that one token (looked up after the cache,
+            // which is small and hot, where the vocabulary is large).
+            entry = IgnoreMerges && _tokenLookup.TryGetValue(word, out var whole) ? [whole, 0, word.Length] : EncodeUncached(word);
+            if (word.Length <= MaxCachedLength)
+            {
+                if (_cache.Count >= CacheCapacity) _cache.Clear();
+                _cache[word.ToString()] = entry;
+            }
+        }
+        int n = entry.Length / 3;
+        ids.AddRange(entry.AsSpan(0, n));
+        if (ranges != null)
+            for (int k = 0; k < n; k++) ranges.Add((offset + entry[n + k], offset + entry[2 * n + k]));
     }
 
     // One symbol of the word being merged.
@@ -134,10 +200,17 @@ internal sealed class BpeModel
         public bool Alive;
     }
 
-    int[] EncodeUncached(string word)
+    [ThreadStatic] static Sym[]? t_syms;
+    [ThreadStatic] static PriorityQueue<(int Pos, int Left, int Right, int Merged), long>? t_heap;
+    [ThreadStatic] static List<int>? t_result;
+
+    /// <summary>The tokens of a word as one array: ids, then start offsets, then end offsets.</summary>
+    int[] EncodeUncached(ReadOnlySpan<char> word)
     {
-        // Split into code points (Array.from semantics: a lone surrogate is its own character).
-        var arr = new Sym[word.Length];
+        // Split into code points (a lone surrogate is its own character).
+        // Scratch is kept per thread for ordinary words; a huge word gets its own, freed afterwards.
+        bool huge = word.Length > ScratchLimit;
+        var arr = huge ? new Sym[word.Length] : t_syms ??= new Sym[ScratchLimit];
         int n = 0;
         for (int i = 0; i < word.Length;)
         {
@@ -151,9 +224,12 @@ internal sealed class BpeModel
                 arr[k].Symbol = _charSymbol[word[arr[k].Start]];
             else
             {
-                string piece = word.Substring(arr[k].Start, arr[k].End - arr[k].Start);
-                if (k == n - 1 && EndOfWordSuffix != null) piece += EndOfWordSuffix;
-                arr[k].Symbol = _symbolIds.TryGetValue(piece, out var sid) ? sid : -1;
+                var piece = word[arr[k].Start..arr[k].End];
+                int sid;
+                if (k == n - 1 && EndOfWordSuffix != null)
+                    sid = _symbolIds.TryGetValue(string.Concat(piece, EndOfWordSuffix), out var s1) ? s1 : -1;
+                else sid = _symbolLookup.TryGetValue(piece, out var s2) ? s2 : -1;
+                arr[k].Symbol = sid;
             }
             arr[k].Prev = k - 1;
             arr[k].Next = k + 1 < n ? k + 1 : -1;
@@ -161,8 +237,9 @@ internal sealed class BpeModel
 
         if (n > 1)
         {
-            // Min-heap on (rank, position of the left symbol).
-            var heap = new PriorityQueue<(int Pos, int Left, int Right, int Merged), long>();
+            // Min-heap on (rank, position of the left symbol): lowest rank first, leftmost on ties.
+            var heap = huge ? new() : t_heap ??= new();
+            heap.Clear();
             for (int k = 0; k + 1 < n; k++) Push(heap, arr, k);
             while (heap.TryDequeue(out var top, out _))
             {
@@ -180,24 +257,37 @@ internal sealed class BpeModel
             }
         }
 
-        var result = new List<int>(n);
+        var result = huge ? new() : t_result ??= new();
+        result.Clear(); // triples (id, start, end)
+        int unk = UnkId;
         for (int k = 0; k >= 0 && k < n; k = arr[k].Next)
         {
-            int sym = arr[k].Symbol;
+            int sym = arr[k].Symbol, st = arr[k].Start, en = arr[k].End;
             int id = sym >= 0 ? _symbolTokenId[sym] : -1;
-            if (id >= 0) { result.Add(id); continue; }
-            string piece = sym >= 0 ? _symbols[sym] : word.Substring(arr[k].Start, arr[k].End - arr[k].Start)
-                + (arr[k].Next < 0 && EndOfWordSuffix != null ? EndOfWordSuffix : "");
+            if (id >= 0) { result.Add(id); result.Add(st); result.Add(en); continue; }
+            string piece = sym >= 0 ? _symbols[sym] : string.Concat(word[st..en], arr[k].Next < 0 && EndOfWordSuffix != null ? EndOfWordSuffix : "");
             if (ByteFallback)
             {
                 var bytes = Encoding.UTF8.GetBytes(piece);
                 bool all = true;
                 foreach (var b in bytes) if (_byteTokenIds[b] < 0) { all = false; break; }
-                if (all) { foreach (var b in bytes) result.Add(_byteTokenIds[b]); continue; }
+                if (all)
+                {
+                    foreach (var b in bytes) { result.Add(_byteTokenIds[b]); result.Add(st); result.Add(en); }
+                    continue;
+                }
             }
-            if (UnkToken != null && UnkId is { } unk) result.Add(unk);
+            if (unk >= 0) { result.Add(unk); result.Add(st); result.Add(en); }
         }
-        return result.ToArray();
+        int count = result.Count / 3;
+        var entry = new int[count * 3];
+        for (int t = 0; t < count; t++)
+        {
+            entry[t] = result[3 * t];
+            entry[count + t] = result[3 * t + 1];
+            entry[2 * count + t] = result[3 * t + 2];
+        }
+        return entry;
     }
 
     void Push(PriorityQueue<(int Pos, int Left, int Right, int Merged), long> heap, Sym[] arr, int pos)

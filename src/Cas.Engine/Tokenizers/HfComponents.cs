@@ -53,13 +53,17 @@ internal sealed class HfPattern
         _regex = regex ?? (literal is { Length: 0 } ? new CodePointRegex("") : null);
     }
 
-    public void Matches(string text, List<(int Start, int Length)> into)
+    public void Matches(ReadOnlySpan<char> text, List<(int Start, int Length)> into)
     {
         if (_regex != null) { _regex.Matches(text, into); return; }
         into.Clear();
         string lit = _literal!;
-        for (int i = text.IndexOf(lit, StringComparison.Ordinal); i >= 0; i = text.IndexOf(lit, i + lit.Length, StringComparison.Ordinal))
-            into.Add((i, lit.Length));
+        for (int i = text.IndexOf(lit, StringComparison.Ordinal), from = 0; i >= 0; )
+        {
+            into.Add((from + i, lit.Length));
+            from += i + lit.Length;
+            i = text[from..].IndexOf(lit, StringComparison.Ordinal);
+        }
     }
 
     /// <summary>JavaScript replaceAll(pattern, content), including $&amp; / $$ in content.</summary>
@@ -77,6 +81,33 @@ internal sealed class HfPattern
 internal abstract class HfNormalizer
 {
     public abstract string Normalize(string text);
+
+    /// <summary>
+    /// Normalizes and appends, for every output character, the span [S, E) of input characters it came from
+    /// (inserted characters get an empty span). Used only when offsets are asked for.
+    /// </summary>
+    public abstract string Normalize(string text, List<(int S, int E)> map);
+
+    static void Identity(int length, List<(int S, int E)> map)
+    {
+        for (int i = 0; i < length; i++) map.Add((i, i + 1));
+    }
+
+    /// <summary>Per code point rewriting: every output character maps to the code point it came from.</summary>
+    static string PerCodePoint(string text, List<(int S, int E)>? map, Func<Rune, string?> rewrite)
+    {
+        var sb = new StringBuilder(text.Length);
+        for (int i = 0; i < text.Length;)
+        {
+            int len = Rune.TryGetRuneAt(text, i, out var r) ? r.Utf16SequenceLength : 1;
+            string? o = len == 1 && char.IsSurrogate(text[i]) ? null : rewrite(r);
+            if (o == null) sb.Append(text, i, len); else sb.Append(o);
+            int added = o?.Length ?? len;
+            if (map != null) for (int k = 0; k < added; k++) map.Add((i, i + len));
+            i += len;
+        }
+        return sb.ToString();
+    }
 
     public static HfNormalizer? Create(JsonElement e, string where)
     {
@@ -114,45 +145,105 @@ internal abstract class HfNormalizer
     sealed class UnicodeNorm(NormalForm form) : HfNormalizer
     {
         public override string Normalize(string text) => UnicodeNormalizer.Normalize(text, form);
+        public override string Normalize(string text, List<(int S, int E)> map) => UnicodeNormalizer.Normalize(text, form, map);
     }
 
+    /// <summary>
+    /// Lowercase as the Rust crate: each code point by its full lowercase mapping (U+0130 becomes "i̇"),
+    /// with no context rule (Σ always becomes σ; JavaScript's toLowerCase uses ς at the end of a word).
+    /// </summary>
     sealed class Lower : HfNormalizer
     {
-        public override string Normalize(string text) => JsText.ToLower(text);
+        public override string Normalize(string text)
+        {
+            foreach (char c in text) if (c >= 0x80) return PerCodePoint(text, null, LowerRune);
+            return text.ToLowerInvariant();
+        }
+
+        public override string Normalize(string text, List<(int S, int E)> map) => PerCodePoint(text, map, LowerRune);
+
+        static string? LowerRune(Rune r) => r.Value == 0x130 ? "i\u0307" : Rune.ToLowerInvariant(r) is var l && l != r ? l.ToString() : null;
     }
 
     sealed class Prepend(string prefix) : HfNormalizer
     {
-        public override string Normalize(string text) => prefix + text;
+        public override string Normalize(string text) => text.Length == 0 ? text : prefix + text;
+
+        public override string Normalize(string text, List<(int S, int E)> map)
+        {
+            if (text.Length == 0) return text;
+            for (int i = 0; i < prefix.Length; i++) map.Add((0, 0));
+            for (int i = 0; i < text.Length; i++) map.Add((i, i + 1));
+            return prefix + text;
+        }
     }
 
     sealed class Replace(HfPattern pattern, string content) : HfNormalizer
     {
+        [ThreadStatic] static List<(int Start, int Length)>? t_matches;
+
         public override string Normalize(string text) => pattern.ReplaceAll(text, content);
+
+        public override string Normalize(string text, List<(int S, int E)> map)
+        {
+            string result = pattern.ReplaceAll(text, content);
+            var matches = t_matches ??= new();
+            pattern.Matches(text, matches);
+            if (content.IndexOf('$') >= 0 || result.Length != text.Length - matches.Sum(m => m.Length) + matches.Count * content.Length)
+            {
+                // A substitution in the content: only the whole text is known.
+                for (int i = 0; i < result.Length; i++) map.Add((0, text.Length));
+                return result;
+            }
+            int prev = 0;
+            foreach (var (s, l) in matches)
+            {
+                for (int i = prev; i < s; i++) map.Add((i, i + 1));
+                for (int k = 0; k < content.Length; k++) map.Add((s, s + l));
+                prev = s + l;
+            }
+            for (int i = prev; i < text.Length; i++) map.Add((i, i + 1));
+            return result;
+        }
     }
 
+    /// <summary>Strip: leading / trailing whitespace (char::is_whitespace, as the Rust crate).</summary>
     sealed class Strip(bool left, bool right) : HfNormalizer
     {
         public override string Normalize(string text)
         {
-            if (left) text = JsText.TrimStart(text);
-            if (right) text = JsText.TrimEnd(text);
+            if (left) text = RustText.TrimStart(text);
+            if (right) text = RustText.TrimEnd(text);
             return text;
+        }
+
+        public override string Normalize(string text, List<(int S, int E)> map)
+        {
+            string l = left ? RustText.TrimStart(text) : text;
+            int skip = text.Length - l.Length;
+            string r = right ? RustText.TrimEnd(l) : l;
+            for (int i = 0; i < r.Length; i++) map.Add((skip + i, skip + i + 1));
+            return r;
         }
     }
 
     sealed class StripAccents : HfNormalizer
     {
-        public override string Normalize(string text)
+        public override string Normalize(string text) => Normalize(text, null);
+
+        public override string Normalize(string text, List<(int S, int E)>? map)
         {
             var sb = new StringBuilder(text.Length);
             for (int i = 0; i < text.Length;)
             {
-                if (!Rune.TryGetRuneAt(text, i, out var r)) { sb.Append(text[i++]); continue; }
+                if (!Rune.TryGetRuneAt(text, i, out var r)) { sb.Append(text[i]); map?.Add((i, i + 1)); i++; continue; }
                 var cat = Rune.GetUnicodeCategory(r);
                 if (cat is not (System.Globalization.UnicodeCategory.NonSpacingMark or System.Globalization.UnicodeCategory.SpacingCombiningMark
                     or System.Globalization.UnicodeCategory.EnclosingMark))
+                {
                     sb.Append(text, i, r.Utf16SequenceLength);
+                    if (map != null) for (int k = 0; k < r.Utf16SequenceLength; k++) map.Add((i, i + r.Utf16SequenceLength));
+                }
                 i += r.Utf16SequenceLength;
             }
             return sb.ToString();
@@ -166,15 +257,109 @@ internal abstract class HfNormalizer
             foreach (var n in items) text = n.Normalize(text);
             return text;
         }
+
+        public override string Normalize(string text, List<(int S, int E)> map)
+        {
+            int start = map.Count;
+            Identity(text.Length, map);
+            var step = new List<(int S, int E)>();
+            foreach (var n in items)
+            {
+                step.Clear();
+                int before = text.Length;
+                text = n.Normalize(text, step);
+                // Compose: output char i came from step[i] of the previous text, which came from map[start + ...].
+                var composed = new (int S, int E)[step.Count];
+                for (int i = 0; i < step.Count; i++)
+                {
+                    var (s, e) = step[i];
+                    composed[i] = e > s
+                        ? (map[start + s].S, map[start + e - 1].E)
+                        : s < before ? (map[start + s].S, map[start + s].S)
+                        : before > 0 ? (map[start + before - 1].E, map[start + before - 1].E) : (0, 0);
+                }
+                map.RemoveRange(start, map.Count - start);
+                map.AddRange(composed);
+            }
+            return text;
+        }
     }
 }
 
 // ---------------------------------------------------------------- pre-tokenizers
 
+/// <summary>How the characters of a pre-token relate to the normalized text they came from (for offsets).</summary>
+internal enum PieceKind : byte
+{
+    /// <summary>Character i (after <see cref="PreToken.Lead"/> inserted ones) stands for normalized character Start + i - Lead.</summary>
+    Chars,
+    /// <summary>Character i stands for UTF-8 byte i of the text at <see cref="PreToken.Origin"/> (ByteLevel), itself Chars-aligned at Start.</summary>
+    Bytes,
+    /// <summary>Only the whole span [Start, End) is known.</summary>
+    Opaque,
+}
+
+/// <summary>
+/// A pre-token: TextLength characters at TextStart of a <see cref="PreTokenBuffer"/>, standing for
+/// normalized characters [Start, End). Splitting a piece makes children that point into the same
+/// buffer, so no string is made per pre-token.
+/// </summary>
+internal struct PreToken
+{
+    public int TextStart, TextLength;
+    public int Start, End;
+    public int Lead;        // Chars: inserted characters at the front (Metaspace's prepended replacement)
+    public int Origin;      // Bytes: buffer index of the Chars text that was byte-encoded (TextLength of it = End - Start)
+    public PieceKind Kind;
+
+    /// <summary>The child covering characters [a, b) of this piece.</summary>
+    public readonly PreToken Slice(int a, int b)
+    {
+        var c = this;
+        c.TextStart = TextStart + a;
+        c.TextLength = b - a;
+        if (Kind == PieceKind.Chars)
+        {
+            c.Start = Start + Math.Max(0, a - Lead);
+            c.End = Start + Math.Max(0, b - Lead);
+            c.Lead = Math.Clamp(Lead - a, 0, b - a);
+        }
+        else c.Kind = PieceKind.Opaque; // a split of byte-level text: keep the parent's span
+        return c;
+    }
+}
+
+/// <summary>The characters of the pre-tokens of one encode call (reused per thread).</summary>
+internal sealed class PreTokenBuffer
+{
+    public char[] Chars = new char[1024];
+    public int Length;
+
+    public ReadOnlySpan<char> Text(in PreToken p) => Chars.AsSpan(p.TextStart, p.TextLength);
+
+    /// <summary>Makes room for n more characters (Chars may be replaced: take spans after calling this).</summary>
+    public void Reserve(int n)
+    {
+        if (Length + n <= Chars.Length) return;
+        var bigger = new char[Math.Max(Chars.Length * 2, Length + n)];
+        Chars.AsSpan(0, Length).CopyTo(bigger);
+        Chars = bigger;
+    }
+
+    public PreToken Add(ReadOnlySpan<char> text, int start, int end)
+    {
+        Reserve(text.Length);
+        text.CopyTo(Chars.AsSpan(Length));
+        var p = new PreToken { TextStart = Length, TextLength = text.Length, Start = start, End = end, Kind = PieceKind.Chars };
+        Length += text.Length;
+        return p;
+    }
+}
+
 internal abstract class HfPreTokenizer
 {
-    /// <summary>Splits one piece of text, appending the resulting pre-tokens.</summary>
-    public abstract void Split(string text, int sectionIndex, List<string> output);
+    /// <summary>Splits one piece, appending the resulting pre-tokens (which may point into the same buffer).</summary>
+    public abstract void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output);
 
     public static HfPreTokenizer? Create(JsonElement e, string where)
     {
@@ -198,9 +383,9 @@ internal abstract class HfPreTokenizer
                 return new MetaspacePre(replacement, scheme, HfJson.Bool(e, "split", true));
             }
             case "Whitespace":
-                return new RegexPre(new CodePointRegex("[A-Za-z0-9_]+|[^A-Za-z0-9_" + PatternTranslator.JsWhiteSpaceBody + "]+"));
+                return new RegexPre(new CodePointRegex(PatternTranslator.Translate(@"\w+|[^\w\s]+"))); // the Rust crate's pattern
             case "WhitespaceSplit":
-                return new RegexPre(new CodePointRegex("[^" + PatternTranslator.JsWhiteSpaceBody + "]+"));
+                return new RegexPre(new CodePointRegex("[^" + PatternTranslator.WhiteSpaceBody + "]+")); // split on char::is_whitespace
             case "Replace":
                 return new ReplacePre(HfJson.Pattern(e, where), HfJson.Str(e, "content") ?? "");
             case "Sequence":
@@ -234,38 +419,56 @@ internal abstract class HfPreTokenizer
             $"tokenizer.json {where}.behavior \"{s}\" is not supported; supported: Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous."),
     };
 
+    static void Emit(in PreToken piece, int s, int e, List<PreToken> output)
+    {
+        if (e > s) output.Add(s == 0 && e == piece.TextLength ? piece : piece.Slice(s, e));
+    }
+
     /// <summary>
     /// Split semantics of the Rust tokenizers crate: the text is cut into match / non-match segments
     /// (flags flipped when inverted), then the behaviour decides what is kept and what is merged.
-    /// For Isolated and Removed without invert this is exactly what Tokenizers.js does.
     /// </summary>
     sealed class SplitPre(HfPattern pattern, Behavior behavior, bool invert) : HfPreTokenizer
     {
         [ThreadStatic] static List<(int Start, int Length)>? t_matches;
         [ThreadStatic] static List<(int Start, int End, bool Match)>? t_segments;
 
-        public override void Split(string text, int sectionIndex, List<string> output)
+        public override void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output)
         {
             var matches = t_matches ??= new();
             var segs = t_segments ??= new();
-            pattern.Matches(text, matches);
+            pattern.Matches(buf.Text(piece), matches);
+            if (behavior == Behavior.Isolated && !invert)
+            {
+                // The common case (Llama 3, Qwen): every match and every gap between matches is a piece.
+                int at = 0;
+                foreach (var (s, l) in matches)
+                {
+                    Emit(piece, at, s, output);
+                    Emit(piece, s, s + l, output);
+                    at = s + l;
+                }
+                Emit(piece, at, piece.TextLength, output);
+                if (matches.Capacity > 1 << 16) t_matches = null; // let a huge text's scratch go
+                return;
+            }
             segs.Clear();
-            int prev = 0;
+            int prev = 0, n = piece.TextLength;
             foreach (var (s, l) in matches)
             {
                 if (prev < s) segs.Add((prev, s, invert));
                 segs.Add((s, s + l, !invert));
                 prev = s + l;
             }
-            if (prev < text.Length) segs.Add((prev, text.Length, invert));
+            if (prev < n) segs.Add((prev, n, invert));
 
             switch (behavior)
             {
                 case Behavior.Isolated:
-                    foreach (var (s, e, _) in segs) Emit(text, s, e, output);
+                    foreach (var (s, e, _) in segs) Emit(piece, s, e, output);
                     break;
                 case Behavior.Removed:
-                    foreach (var (s, e, m) in segs) if (!m) Emit(text, s, e, output);
+                    foreach (var (s, e, m) in segs) if (!m) Emit(piece, s, e, output);
                     break;
                 case Behavior.MergedWithPrevious:
                 {
@@ -274,10 +477,10 @@ internal abstract class HfPreTokenizer
                     foreach (var (s, e, m) in segs)
                     {
                         if (m && !prevMatch && curS >= 0) curE = e;
-                        else { if (curS >= 0) Emit(text, curS, curE, output); curS = s; curE = e; }
+                        else { if (curS >= 0) Emit(piece, curS, curE, output); curS = s; curE = e; }
                         prevMatch = m;
                     }
-                    if (curS >= 0) Emit(text, curS, curE, output);
+                    if (curS >= 0) Emit(piece, curS, curE, output);
                     break;
                 }
                 case Behavior.MergedWithNext:
@@ -291,7 +494,7 @@ internal abstract class HfPreTokenizer
                         else merged.Add((s, e));
                         prevMatch = m;
                     }
-                    for (int k = merged.Count - 1; k >= 0; k--) Emit(text, merged[k].S, merged[k].E, output);
+                    for (int k = merged.Count - 1; k >= 0; k--) Emit(piece, merged[k].S, merged[k].E, output);
                     break;
                 }
                 case Behavior.Contiguous:
@@ -301,80 +504,124 @@ internal abstract class HfPreTokenizer
                     foreach (var (s, e, m) in segs)
                     {
                         if (m == prevMatch && curS >= 0) curE = e;
-                        else { if (curS >= 0) Emit(text, curS, curE, output); curS = s; curE = e; }
+                        else { if (curS >= 0) Emit(piece, curS, curE, output); curS = s; curE = e; }
                         prevMatch = m;
                     }
-                    if (curS >= 0) Emit(text, curS, curE, output);
+                    if (curS >= 0) Emit(piece, curS, curE, output);
                     break;
                 }
             }
         }
-
-        static void Emit(string text, int s, int e, List<string> output)
-        {
-            if (e > s) output.Add(s == 0 && e == text.Length ? text : text.Substring(s, e - s));
-        }
     }
 
-    /// <summary>ByteLevel: optional prefix space, GPT-2 split (JavaScript \s semantics, as Tokenizers.js), UTF-8 bytes as characters.</summary>
+    /// <summary>ByteLevel: optional prefix space, GPT-2 split (\s = Unicode White_Space, as the Rust crate), UTF-8 bytes as characters.</summary>
     sealed class ByteLevelPre(bool addPrefixSpace, bool useRegex) : HfPreTokenizer
     {
-        const string Ws = PatternTranslator.JsWhiteSpaceBody;
+        const string Ws = PatternTranslator.WhiteSpaceBody; // Oniguruma's \s in the Rust crate: U+0085 in, U+FEFF out
         static readonly CodePointRegex Gpt2 = new(
             @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^" + Ws + @"\p{L}\p{N}]+|[" + Ws + "]+(?![^" + Ws + "])|[" + Ws + "]+");
         [ThreadStatic] static List<(int Start, int Length)>? t_matches;
 
-        public override void Split(string text, int sectionIndex, List<string> output)
+        public override void Split(PreTokenBuffer buf, in PreToken input, int sectionIndex, List<PreToken> output)
         {
-            if (addPrefixSpace && !text.StartsWith(' ')) text = " " + text;
-            if (!useRegex) { output.Add(ByteLevelAlphabet.Encode(text)); return; }
+            var piece = input;
+            if (addPrefixSpace && (piece.TextLength == 0 || buf.Chars[piece.TextStart] != ' '))
+            {
+                // The Rust crate prepends the space to the text (it stands for nothing in the input).
+                var p = buf.Add(" ", piece.Start, piece.Start);
+                var rest = buf.Add(buf.Text(piece), piece.Start, piece.End);
+                piece = new PreToken
+                {
+                    TextStart = p.TextStart, TextLength = 1 + rest.TextLength, Start = piece.Start, End = piece.End,
+                    Kind = piece.Kind == PieceKind.Chars ? PieceKind.Chars : PieceKind.Opaque, Lead = piece.Lead + 1,
+                };
+            }
+            if (!useRegex) { Encode(buf, piece, output); return; }
             var matches = t_matches ??= new();
-            Gpt2.Matches(text, matches);
+            Gpt2.Matches(buf.Text(piece), matches);
             foreach (var (s, l) in matches)
-                if (l > 0) output.Add(ByteLevelAlphabet.Encode(text.AsSpan(s, l)));
+                if (l > 0) Encode(buf, s == 0 && l == piece.TextLength ? piece : piece.Slice(s, s + l), output);
+            if (matches.Capacity > 1 << 16) t_matches = null; // let a huge text's scratch go
+        }
+
+        [System.Runtime.CompilerServices.SkipLocalsInit]
+        static void Encode(PreTokenBuffer buf, in PreToken piece, List<PreToken> output)
+        {
+            int max = piece.TextLength * 3;
+            buf.Reserve(max);
+            var src = buf.Text(piece);
+            var dst = buf.Chars.AsSpan(buf.Length);
+            var table = ByteLevelAlphabet.ByteToChar;
+            int n;
+            if (!System.Text.Ascii.IsValid(src))
+            {
+                Span<byte> small = stackalloc byte[512];
+                byte[]? rented = null;
+                Span<byte> bytes = max <= small.Length ? small : (rented = System.Buffers.ArrayPool<byte>.Shared.Rent(max));
+                n = System.Text.Encoding.UTF8.GetBytes(src, bytes); // a lone surrogate becomes EF BF BD (U+FFFD)
+                for (int i = 0; i < n; i++) dst[i] = table[bytes[i]];
+                if (rented != null) System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+            }
+            else
+            {
+                n = src.Length;
+                for (int i = 0; i < n; i++) dst[i] = table[src[i]];
+            }
+            output.Add(new PreToken
+            {
+                TextStart = buf.Length, TextLength = n, Start = piece.Start, End = piece.End, Origin = piece.TextStart,
+                Kind = piece.Kind == PieceKind.Chars && piece.Lead == 0 ? PieceKind.Bytes : PieceKind.Opaque,
+            });
+            buf.Length += n;
         }
     }
 
-    /// <summary>Digits: runs of non-digits, and ASCII digits one by one or as runs.</summary>
+    /// <summary>Digits: runs of numeric characters (char::is_numeric: Nd, Nl, No, as the Rust crate), one by one or as runs.</summary>
     sealed class DigitsPre(bool individual) : HfPreTokenizer
     {
-        public override void Split(string text, int sectionIndex, List<string> output)
+        public override void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output)
         {
+            var text = buf.Text(piece);
             int i = 0;
             while (i < text.Length)
             {
                 int s = i;
-                if (char.IsAsciiDigit(text[i]))
+                bool numeric = RustText.IsNumeric(RustText.CodePointAt(text, i, out int len));
+                i += len;
+                if (!numeric || !individual)
                 {
-                    i++;
-                    if (!individual) while (i < text.Length && char.IsAsciiDigit(text[i])) i++;
+                    while (i < text.Length && RustText.IsNumeric(RustText.CodePointAt(text, i, out len)) == numeric) i += len;
                 }
-                else while (i < text.Length && !char.IsAsciiDigit(text[i])) i++;
-                output.Add(s == 0 && i == text.Length ? text : text.Substring(s, i - s));
+                Emit(piece, s, i, output);
             }
         }
     }
 
     /// <summary>
     /// Metaspace: spaces become the replacement character, which is prepended per prepend_scheme
-    /// ("first" = only in the first section, as Tokenizers.js). With split (the Rust default) the text
-    /// is cut before every replacement character, as the Rust crate does; Tokenizers.js never splits.
+    /// ("first" = only in the first section). With split (the Rust default) the text is cut before every
+    /// replacement character, as the Rust crate does.
     /// </summary>
     sealed class MetaspacePre(string replacement, string scheme, bool split) : HfPreTokenizer
     {
-        public override void Split(string text, int sectionIndex, List<string> output)
+        public override void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output)
         {
-            string t = text.Replace(" ", replacement, StringComparison.Ordinal);
-            if (!t.StartsWith(replacement, StringComparison.Ordinal) && (scheme == "always" || scheme == "first" && sectionIndex == 0))
-                t = replacement + t;
-            if (!split || replacement.Length == 0) { output.Add(t); return; }
+            bool prepend = (scheme == "always" || scheme == "first" && sectionIndex == 0)
+                && !buf.Text(piece).StartsWith(replacement, StringComparison.Ordinal)
+                && !(piece.TextLength > 0 && buf.Chars[piece.TextStart] == ' ');
+            string t = (prepend ? replacement : "") + buf.Text(piece).ToString().Replace(" ", replacement, StringComparison.Ordinal);
+            var whole = buf.Add(t, piece.Start, piece.End);
+            bool aligned = replacement.Length == 1 && piece.Kind == PieceKind.Chars;
+            whole.Kind = aligned ? PieceKind.Chars : PieceKind.Opaque;
+            whole.Lead = aligned ? piece.Lead + (prepend ? 1 : 0) : 0;
+            if (!split || replacement.Length == 0) { output.Add(whole); return; }
             int start = 0;
             for (int i = t.IndexOf(replacement, 1, StringComparison.Ordinal); i > 0; i = t.IndexOf(replacement, i + replacement.Length, StringComparison.Ordinal))
             {
-                if (i > start) output.Add(t.Substring(start, i - start));
+                Emit(whole, start, i, output);
                 start = i;
             }
-            if (start < t.Length) output.Add(t[start..]);
+            Emit(whole, start, t.Length, output);
         }
     }
 
@@ -383,32 +630,49 @@ internal abstract class HfPreTokenizer
     {
         [ThreadStatic] static List<(int Start, int Length)>? t_matches;
 
-        public override void Split(string text, int sectionIndex, List<string> output)
+        public override void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output)
         {
             var matches = t_matches ??= new();
-            regex.Matches(text, matches);
-            foreach (var (s, l) in matches) if (l > 0) output.Add(text.Substring(s, l));
+            regex.Matches(buf.Text(piece), matches);
+            foreach (var (s, l) in matches) Emit(piece, s, s + l, output);
         }
     }
 
     sealed class ReplacePre(HfPattern pattern, string content) : HfPreTokenizer
     {
-        public override void Split(string text, int sectionIndex, List<string> output) => output.Add(pattern.ReplaceAll(text, content));
+        public override void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output)
+        {
+            string replaced = pattern.ReplaceAll(buf.Text(piece).ToString(), content);
+            var p = buf.Add(replaced, piece.Start, piece.End);
+            p.Kind = PieceKind.Opaque;
+            output.Add(p);
+        }
     }
 
     sealed class SequencePre(List<HfPreTokenizer> items) : HfPreTokenizer
     {
-        public override void Split(string text, int sectionIndex, List<string> output)
+        // Reused lists per thread (a stack of them, for sequences inside sequences): no allocation per call.
+        [ThreadStatic] static Stack<List<PreToken>>? t_free;
+
+        public override void Split(PreTokenBuffer buf, in PreToken piece, int sectionIndex, List<PreToken> output)
         {
-            var current = new List<string> { text };
-            var next = new List<string>();
-            foreach (var p in items)
+            var free = t_free ??= new();
+            var current = free.Count > 0 ? free.Pop() : new List<PreToken>();
+            var next = free.Count > 0 ? free.Pop() : new List<PreToken>();
+            current.Clear();
+            current.Add(piece);
+            for (int k = 0; k < items.Count; k++)
             {
-                next.Clear();
-                foreach (var piece in current) p.Split(piece, sectionIndex, next);
-                (current, next) = (next, current);
+                var target = k == items.Count - 1 ? output : next;
+                if (target == next) next.Clear();
+                foreach (var q in current) items[k].Split(buf, q, sectionIndex, target);
+                if (target == next) (current, next) = (next, current);
             }
-            output.AddRange(current);
+            if (items.Count == 0) output.Add(piece);
+            current.Clear();
+            next.Clear();
+            if (current.Capacity <= 1 << 16) free.Push(current); // a huge text's lists are let go
+            if (next.Capacity <= 1 << 16) free.Push(next);
         }
     }
 }
@@ -417,7 +681,8 @@ internal abstract class HfPreTokenizer
 
 internal abstract class HfDecoder
 {
-    public abstract List<string> DecodeChain(List<string> tokens);
+    /// <summary>Decodes token strings; with holdTail, a trailing incomplete UTF-8 sequence is held back (not emitted as U+FFFD).</summary>
+    public abstract List<string> DecodeChain(List<string> tokens, bool holdTail);
 
     public static HfDecoder? Create(JsonElement e, string where, HashSet<string> addedTokenContents)
     {
@@ -452,13 +717,27 @@ internal abstract class HfDecoder
         }
     }
 
+    /// <summary>Drops a UTF-8 sequence cut short at the end (a lead byte without all its continuation bytes).</summary>
+    static void HoldIncompleteTail(List<byte> bytes)
+    {
+        int n = bytes.Count;
+        for (int back = 1; back <= 3 && back <= n; back++)
+        {
+            byte b = bytes[n - back];
+            if ((b & 0xC0) == 0x80) continue; // continuation byte: look further back
+            int need = b >= 0xF0 && b <= 0xF4 ? 4 : b >= 0xE0 ? 3 : b >= 0xC2 ? 2 : 1;
+            if (need > back) bytes.RemoveRange(n - back, back);
+            return;
+        }
+    }
+
     /// <summary>UTF-8 decoding with U+FFFD for ill-formed sequences (as TextDecoder with fatal=false).</summary>
     static readonly UTF8Encoding Utf8 = new(false, false);
 
     /// <summary>ByteLevel: characters back to bytes, UTF-8 decoded; added tokens pass through verbatim.</summary>
     sealed class ByteLevelDec(HashSet<string> added) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var result = new List<string>();
             var bytes = new List<byte>();
@@ -476,6 +755,7 @@ internal abstract class HfDecoder
                     bytes.Add(b < 0 ? (byte)0 : (byte)b); // Tokenizers.js: an unmapped character becomes byte 0
                 }
             }
+            if (holdTail) HoldIncompleteTail(bytes);
             Flush(bytes, result);
             return result;
         }
@@ -490,7 +770,7 @@ internal abstract class HfDecoder
 
     sealed class MetaspaceDec(string replacement, bool stripFirst) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             for (int i = 0; i < tokens.Count; i++)
@@ -505,7 +785,7 @@ internal abstract class HfDecoder
 
     sealed class ReplaceDec(HfPattern pattern, string content) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             foreach (var t in tokens) r.Add(pattern.ReplaceAll(t, content));
@@ -516,7 +796,7 @@ internal abstract class HfDecoder
     /// <summary>ByteFallback: runs of &lt;0xNN&gt; tokens become UTF-8 text (TextDecoder: U+FFFD on errors, leading BOM dropped).</summary>
     sealed class ByteFallbackDec : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             var bytes = new List<byte>();
@@ -526,6 +806,7 @@ internal abstract class HfDecoder
                 Flush(bytes, r);
                 r.Add(t);
             }
+            if (holdTail) HoldIncompleteTail(bytes);
             Flush(bytes, r);
             return r;
         }
@@ -554,12 +835,12 @@ internal abstract class HfDecoder
 
     sealed class FuseDec : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens) => new() { string.Concat(tokens) };
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail) => new() { string.Concat(tokens) };
     }
 
     sealed class StripDec(string content, int start, int stop) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             foreach (var t in tokens)
@@ -583,7 +864,7 @@ internal abstract class HfDecoder
 
     sealed class BpeDec(string suffix) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
             var r = new List<string>(tokens.Count);
             for (int i = 0; i < tokens.Count; i++)
@@ -594,9 +875,9 @@ internal abstract class HfDecoder
 
     sealed class SequenceDec(List<HfDecoder> items) : HfDecoder
     {
-        public override List<string> DecodeChain(List<string> tokens)
+        public override List<string> DecodeChain(List<string> tokens, bool holdTail)
         {
-            foreach (var d in items) tokens = d.DecodeChain(tokens);
+            foreach (var d in items) tokens = d.DecodeChain(tokens, holdTail);
             return tokens;
         }
     }

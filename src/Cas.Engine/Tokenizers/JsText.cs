@@ -3,7 +3,7 @@ using System.Text;
 
 namespace Cas.Engine.Tokenizers;
 
-/// <summary>JavaScript string behaviours that Tokenizers.js relies on (trim, toLowerCase).</summary>
+/// <summary>JavaScript string behaviours (trim for the chat templates, toLowerCase checked against the JS goldens).</summary>
 internal static class JsText
 {
     /// <summary>JavaScript WhiteSpace or LineTerminator (what String.prototype.trim removes).</summary>
@@ -15,21 +15,7 @@ internal static class JsText
         _ => false,
     };
 
-    public static string TrimStart(string s)
-    {
-        int i = 0;
-        while (i < s.Length && IsWhiteSpace(s[i])) i++;
-        return i == 0 ? s : s[i..];
-    }
-
-    public static string TrimEnd(string s)
-    {
-        int e = s.Length;
-        while (e > 0 && IsWhiteSpace(s[e - 1])) e--;
-        return e == s.Length ? s : s[..e];
-    }
-
-    public static string Trim(string s) => TrimEnd(TrimStart(s));
+    public static string Trim(string s) => RustText.Trim(s, true, true, IsWhiteSpace);
 
     /// <summary>
     /// String.prototype.toLowerCase: simple lowercase mapping per code point, plus the unconditional

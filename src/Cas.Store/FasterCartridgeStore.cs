@@ -141,14 +141,12 @@ public sealed class FasterCartridgeStore : ICartridgeStore
 
     public StoredCartridge Get(string id, CancellationToken cancellation = default)
     {
-        var (info, bytes) = ReadVerified(id, cancellation);
-        var (prefix, meta) = CartridgeCodec.Decode(bytes, $"stored cartridge '{id}' v{info.Version}");
-        return new StoredCartridge(info, prefix, meta);
+        var file = ReadFile(id, cancellation);
+        var (prefix, meta) = CartridgeCodec.Decode(file.Bytes, $"stored cartridge '{id}' v{file.Info.Version}");
+        return new StoredCartridge(file.Info, prefix, meta);
     }
 
-    public byte[] ReadFile(string id, CancellationToken cancellation = default) => ReadVerified(id, cancellation).Bytes;
-
-    (StoredCartridgeInfo Info, byte[] Bytes) ReadVerified(string id, CancellationToken ct)
+    public StoredFile ReadFile(string id, CancellationToken ct = default)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         maintenance.EnterReadLock();
@@ -176,7 +174,7 @@ public sealed class FasterCartridgeStore : ICartridgeStore
                     throw new CartridgeCorruptException(id, row.Info.Version, $"cartridge '{id}' v{row.Info.Version} is damaged ({reason}); it is marked bad and will not be served. Train or import it again; other cartridges are unaffected.");
                 }
             }
-            return (row.Info, bytes);
+            return new StoredFile(row.Info, bytes);
         }
         finally
         {

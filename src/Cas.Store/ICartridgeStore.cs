@@ -32,6 +32,9 @@ public sealed record StoredCartridgeInfo(
 /// <summary>A cartridge read back from the store: its manifest row, its K/V in compute layout, and its cas.* metadata.</summary>
 public sealed record StoredCartridge(StoredCartridgeInfo Info, KvPrefix Prefix, IReadOnlyDictionary<string, string> Metadata);
 
+/// <summary>A cartridge version's stored bytes (a cartridge file) with its manifest row.</summary>
+public sealed record StoredFile(StoredCartridgeInfo Info, byte[] Bytes);
+
 /// <summary>Outcome of <see cref="ICartridgeStore.Verify"/>: every committed cartridge read and checked.</summary>
 public sealed record VerifyReport(int Checked, IReadOnlyList<(string Id, long Version, string Problem)> Bad);
 
@@ -61,8 +64,11 @@ public interface ICartridgeStore : IDisposable
     /// <summary>Reads, verifies (every chunk's checksum) and decodes the current version to fp32.</summary>
     StoredCartridge Get(string id, CancellationToken cancellation = default);
 
-    /// <summary>The current version's stored bytes, verified: a complete cartridge file (safetensors), ready to export.</summary>
-    byte[] ReadFile(string id, CancellationToken cancellation = default);
+    /// <summary>
+    /// The current version's stored bytes, verified: a complete cartridge file (safetensors, BF16 or F32), ready to
+    /// export or to keep in a host-memory tier; <see cref="CartridgeCodec.Decode"/> turns it into the compute layout.
+    /// </summary>
+    StoredFile ReadFile(string id, CancellationToken cancellation = default);
 
     /// <summary>Removes the cartridge (all versions); space returns at the next <see cref="Compact"/>. False if absent.</summary>
     bool Delete(string id);

@@ -57,7 +57,7 @@ public class StoreTests
         using var store = new FasterCartridgeStore(dir, Small);
         store.Put("e", c);
         string file = Path.Combine(dir, "e.safetensors");
-        File.WriteAllBytes(file, store.ReadFile("e"));
+        File.WriteAllBytes(file, store.ReadFile("e").Bytes);
         var read = Cartridge.Read(file);
         AssertSamePrefix(c.Prefix, read.Prefix);
         Assert.Equal(Fingerprint, read.ModelFingerprint);
@@ -109,7 +109,7 @@ public class StoreTests
         {
             store.Put("victim", victim, dtype: StoredDType.F32);
             store.Put("bystander", bystander, dtype: StoredDType.F32);
-            victimFile = store.ReadFile("victim");
+            victimFile = store.ReadFile("victim").Bytes;
         }
         // Flip one byte of the victim's data in the FASTER log file on disk.
         var probe = victimFile.AsSpan(victimFile.Length - 3000, 64).ToArray();

@@ -10,5 +10,7 @@ var root = new RootCommand("cas — cartridges: small trained KV caches that sta
     SynthesizeCommand.Create(),
     DatasetCommand.Create(),
     EvalCommand.Create(),
+    CollectionCommand.Create(),
+    StoreCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using Cas.Engine;
@@ -55,8 +56,9 @@ public static class CartridgeCodec
         for (int t = 0; t < 2 * p.Layers; t++)
         {
             var src = (t % 2 == 0 ? p.Keys : p.Values)[t / 2].AsSpan();
-            for (int i = 0; i < src.Length; i++)
-                if (!float.IsFinite(src[i])) throw new InvalidRequestException($"refusing to store a cartridge with {src[i]} in {(t % 2 == 0 ? "keys" : "values")} of layer {t / 2} at index {i}; training diverged.");
+            if (!float.IsFinite(TensorPrimitives.MaxMagnitude(src))) // NaN or ±Inf somewhere: find it for the message
+                for (int i = 0; i < src.Length; i++)
+                    if (!float.IsFinite(src[i])) throw new InvalidRequestException($"refusing to store a cartridge with {src[i]} in {(t % 2 == 0 ? "keys" : "values")} of layer {t / 2} at index {i}; training diverged.");
             var dst = bytes.AsSpan(at, elems * esize);
             if (dtype == StoredDType.BF16) HalfPrecision.FloatToBF16(src, MemoryMarshal.Cast<byte, ushort>(dst));
             else MemoryMarshal.AsBytes(src).CopyTo(dst);

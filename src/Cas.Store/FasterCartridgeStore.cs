@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Cas.Engine;
 using Cas.Engine.Cartridges;
 
@@ -65,6 +66,9 @@ public sealed class FasterCartridgeStore : ICartridgeStore
     /// <summary>Writes found uncommitted when the store was opened (a crash interrupted them); their chunks were collected.</summary>
     public int RecoveredPending { get; }
 
+    /// <summary>Where puts spent their time so far (for `cas bench store`).</summary>
+    public PutTimings Timings { get; } = new();
+
     /// <summary>The store's folder (DATA_DIR/store).</summary>
     public string Folder => folder;
 
@@ -76,7 +80,9 @@ public sealed class FasterCartridgeStore : ICartridgeStore
     {
         ValidateId(id);
         ArgumentNullException.ThrowIfNull(cartridge);
+        long t0 = Stopwatch.GetTimestamp();
         var bytes = CartridgeCodec.Encode(cartridge, dtype);
+        Timings.Add(0, t0);
         return PutEncoded(id, bytes, cartridge, labels ?? new Dictionary<string, string>(), dtype, cancellation);
     }
 
@@ -89,6 +95,7 @@ public sealed class FasterCartridgeStore : ICartridgeStore
         try
         {
             EnsureSpace((long)chunks * (cb + 128));
+            long t1 = Stopwatch.GetTimestamp();
             long blob = manifest.BeginPending(id, chunks);
             try
             {
@@ -99,7 +106,10 @@ public sealed class FasterCartridgeStore : ICartridgeStore
                     int off = i * cb, len = (int)Math.Min(cb, bytes.LongLength - off);
                     log.Put(blob, i, bytes.AsSpan(off, len), scratch);
                 }
+                Timings.Add(1, t1);
+                long t2 = Stopwatch.GetTimestamp();
                 log.Checkpoint(); // chunks durable before the manifest row commits
+                Timings.Add(2, t2);
             }
             catch (Exception e)
             {
@@ -109,8 +119,10 @@ public sealed class FasterCartridgeStore : ICartridgeStore
                 throw;
             }
             var p = c.Prefix;
+            long t3 = Stopwatch.GetTimestamp();
             var info = manifest.Commit(blob, id, c.ModelFingerprint, p.Length, p.Layers, p.KvHeads, p.HeadDim, dtype, bytes.LongLength, chunks, cb, labels);
             CollectGarbage();
+            Timings.Add(3, t3);
             return info;
         }
         finally { maintenance.ExitReadLock(); }
@@ -280,4 +292,20 @@ public sealed class FasterCartridgeStore : ICartridgeStore
         try { log.Dispose(); manifest.Dispose(); lockFile.Dispose(); }
         finally { maintenance.ExitWriteLock(); }
     }
+}
+
+/// <summary>Seconds spent in each phase of <see cref="FasterCartridgeStore.Put"/>, summed over all puts.</summary>
+public sealed class PutTimings
+{
+    readonly long[] ticks = new long[4];
+    internal void Add(int phase, long start) => Interlocked.Add(ref ticks[phase], Stopwatch.GetTimestamp() - start);
+    double S(int i) => (double)Interlocked.Read(ref ticks[i]) / Stopwatch.Frequency;
+    /// <summary>BF16/F32 encoding of the cartridge file.</summary>
+    public double EncodeSeconds => S(0);
+    /// <summary>Reserving the blob and upserting the chunks into FASTER.</summary>
+    public double ChunkSeconds => S(1);
+    /// <summary>The checkpoint that makes the chunks durable.</summary>
+    public double CheckpointSeconds => S(2);
+    /// <summary>The manifest commit and garbage collection.</summary>
+    public double CommitSeconds => S(3);
 }

@@ -66,6 +66,8 @@ static partial class BenchStore
                     tick(i + 1);
                 }
             });
+            var t = store.Timings;
+            Console.WriteLine(F($"write_encode_s={t.EncodeSeconds:F2} write_chunks_s={t.ChunkSeconds:F2} write_checkpoint_s={t.CheckpointSeconds:F2} write_commit_s={t.CommitSeconds:F2}"));
             Console.WriteLine($"total_bytes={total}");
             Console.WriteLine($"log_bytes={store.LogBytes}");
             Console.WriteLine(F($"log_overhead={(double)store.LogBytes / total - 1:F4}"));
@@ -104,11 +106,13 @@ static partial class BenchStore
         string plain = Path.Combine(root, "plain.bin");
         var block = new byte[1 << 20];
         new Random(3).NextBytes(block);
+        var wsw = Stopwatch.StartNew();
         using (var fs = new FileStream(plain, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {
             for (long left = total; left > 0; left -= block.Length) fs.Write(block, 0, (int)Math.Min(block.Length, left));
             fs.Flush(flushToDisk: true);
         }
+        Console.WriteLine(F($"file_write_s={wsw.Elapsed.TotalSeconds:F2} file_write_gb_s={total / wsw.Elapsed.TotalSeconds / 1e9:F3} store_write_vs_file={wsw.Elapsed.TotalSeconds / writeS:F3}"));
         DropCaches();
         double fileS;
         {

@@ -60,10 +60,8 @@ public sealed class CollectionCatalog : IDisposable
     {
         Directory.CreateDirectory(dataDir);
         Path = System.IO.Path.Combine(System.IO.Path.GetFullPath(dataDir), "catalog.db");
-        db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = Path, Pooling = false }.ToString());
-        db.Open();
-        Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;");
-        Exec("""
+        db = Sqlite.Open(Path);
+        db.Exec("""
             CREATE TABLE IF NOT EXISTS collections(
               name TEXT PRIMARY KEY, model TEXT NOT NULL, fingerprint TEXT NOT NULL, tokenizer TEXT NOT NULL,
               chunk_tokens INTEGER NOT NULL, created TEXT NOT NULL);
@@ -386,23 +384,9 @@ public sealed class CollectionCatalog : IDisposable
             throw new InvalidRequestException($"invalid collection name '{name}': use 1–64 letters, digits, '-', '_' or '.' (not starting with '.').");
     }
 
-    void Exec(string sql)
-    {
-        using var c = db.CreateCommand();
-        c.CommandText = sql;
-        c.ExecuteNonQuery();
-    }
-
-    SqliteCommand Cmd(string sql, params (string, object?)[] args)
-    {
-        var c = db.CreateCommand();
-        c.CommandText = sql;
-        foreach (var (n, v) in args) c.Parameters.AddWithValue(n, v ?? DBNull.Value);
-        return c;
-    }
-
-    static string Now() => DateTime.UtcNow.ToString("yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture);
-    static DateTime ParseTime(string s) => DateTime.Parse(s, CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal);
+    SqliteCommand Cmd(string sql, params (string, object?)[] args) => db.Cmd(sql, args);
+    static string Now() => Sqlite.Now();
+    static DateTime ParseTime(string s) => Sqlite.ParseTime(s);
 
     public void Dispose()
     {

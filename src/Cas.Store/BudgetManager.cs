@@ -129,6 +129,7 @@ public sealed class BudgetManager : IDisposable
                     return new CartridgeLease(this, entry);
                 }
                 MakeRoom(info.ComputeBytes, $"cartridge '{id}'", cancellation);
+                if (resident.ContainsKey((id, info.Version))) continue; // another caller started loading it while we waited
                 entry = new Entry(info) { Pins = 1 };
                 resident[(id, info.Version)] = entry;
                 Charge(info.ComputeBytes);

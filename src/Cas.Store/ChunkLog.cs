@@ -164,10 +164,14 @@ sealed class ChunkLog : IDisposable
     /// <summary>fsync of every file of the log and its checkpoints: the page cache may not hold the only copy.</summary>
     void SyncFiles()
     {
-        foreach (var f in Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories))
+        foreach (var f in Directory.GetFiles(folder, "*", SearchOption.AllDirectories))
         {
-            using var fs = new FileStream(f, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
-            fs.Flush(flushToDisk: true);
+            try
+            {
+                using var fs = new FileStream(f, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+                fs.Flush(flushToDisk: true);
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException) { } // an outdated checkpoint FASTER just removed
         }
     }
 

@@ -17,10 +17,8 @@ sealed class Manifest : IDisposable
 
     public Manifest(string path)
     {
-        db = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
-        db.Open();
-        Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;");
-        Exec("""
+        db = Sqlite.Open(path);
+        db.Exec("""
             CREATE TABLE IF NOT EXISTS cartridges(
               id TEXT PRIMARY KEY, version INTEGER NOT NULL, blob INTEGER NOT NULL UNIQUE,
               fingerprint TEXT NOT NULL, p INTEGER NOT NULL, layers INTEGER NOT NULL, kv_heads INTEGER NOT NULL, head_dim INTEGER NOT NULL,
@@ -34,20 +32,7 @@ sealed class Manifest : IDisposable
 
     public sealed record Row(StoredCartridgeInfo Info, long Blob, int ChunkBytes);
 
-    void Exec(string sql)
-    {
-        using var c = db.CreateCommand();
-        c.CommandText = sql;
-        c.ExecuteNonQuery();
-    }
-
-    SqliteCommand Cmd(string sql, params (string, object?)[] args)
-    {
-        var c = db.CreateCommand();
-        c.CommandText = sql;
-        foreach (var (n, v) in args) c.Parameters.AddWithValue(n, v ?? DBNull.Value);
-        return c;
-    }
+    SqliteCommand Cmd(string sql, params (string, object?)[] args) => db.Cmd(sql, args);
 
     /// <summary>Reserves a blob id for a write of <paramref name="chunks"/> chunks (committed before any chunk is written).</summary>
     public long BeginPending(string id, int chunks)
@@ -111,7 +96,7 @@ sealed class Manifest : IDisposable
             using (var c = T(Cmd("DELETE FROM pending WHERE blob=$b", ("$b", blob)))) c.ExecuteNonQuery();
             tx.Commit();
             return new StoredCartridgeInfo(id, version, fingerprint, p, layers, kvHeads, headDim, dtype, bytes, chunks,
-                DateTime.Parse(now, CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal), labels, null);
+                Sqlite.ParseTime(now), labels, null);
         }
     }
 
@@ -206,11 +191,11 @@ sealed class Manifest : IDisposable
         var labels = JsonSerializer.Deserialize<Dictionary<string, string>>(r.GetString(13)) ?? new();
         var info = new StoredCartridgeInfo(r.GetString(0), r.GetInt64(1), r.GetString(3), r.GetInt32(4), r.GetInt32(5), r.GetInt32(6), r.GetInt32(7),
             Enum.Parse<StoredDType>(r.GetString(8)), r.GetInt64(9), r.GetInt32(10),
-            DateTime.Parse(r.GetString(12), CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal), labels, r.IsDBNull(14) ? null : r.GetString(14));
+            Sqlite.ParseTime(r.GetString(12)), labels, r.IsDBNull(14) ? null : r.GetString(14));
         return new Row(info, r.GetInt64(2), r.GetInt32(11));
     }
 
-    static string Now() => DateTime.UtcNow.ToString("yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture);
+    static string Now() => Sqlite.Now();
 
     public void Dispose()
     {

@@ -60,7 +60,7 @@ public class BudgetTests
     }
 
     [Fact]
-    public void Waiter_GetsRoom_WhenALeaseIsReleased()
+    public async Task Waiter_GetsRoom_WhenALeaseIsReleased()
     {
         using var store = Filled(TempDir(), 2);
         using var budget = new BudgetManager(store, new BudgetOptions { ResidentBytes = One });
@@ -69,7 +69,7 @@ public class BudgetTests
         Thread.Sleep(200);
         Assert.False(waiter.IsCompleted);
         a.Dispose();
-        Assert.Equal(Make(1, p: 32).Prefix.Keys[0][0], waiter.Result);
+        Assert.Equal(Make(1, p: 32).Prefix.Keys[0][0], await waiter);
         Assert.Equal(One, budget.Metrics().PeakResidentBytes);
     }
 
@@ -91,11 +91,11 @@ public class BudgetTests
     }
 
     [Fact]
-    public void Prefetch_FillsHostTier_SoAcquireSkipsTheStore()
+    public async Task Prefetch_FillsHostTier_SoAcquireSkipsTheStore()
     {
         using var store = Filled(TempDir(), 4);
         using var budget = new BudgetManager(store, new BudgetOptions { ResidentBytes = One, HostBytes = 1 << 20 });
-        budget.Prefetch(["c1", "c2", "c3"]).Wait();
+        await budget.Prefetch(["c1", "c2", "c3"]);
         using (budget.Acquire("c1")) { }
         using (budget.Acquire("c2")) { }
         var m = budget.Metrics();
@@ -106,7 +106,7 @@ public class BudgetTests
     }
 
     [Fact]
-    public void Budget_IsNeverExceeded_UnderConcurrentReadersAndATrainingJob()
+    public async Task Budget_IsNeverExceeded_UnderConcurrentReadersAndATrainingJob()
     {
         const int n = 10;
         using var store = Filled(TempDir(), n);
@@ -137,9 +137,9 @@ public class BudgetTests
                 if (rng.Next(3) == 0) Thread.Sleep(1);
             }
         })).ToArray();
-        Task.WaitAll(readers);
+        await Task.WhenAll(readers);
         stop.Cancel();
-        training.Wait();
+        await training;
         var m = budget.Metrics();
         Assert.Equal(0, wrong);
         Assert.True(m.PeakResidentBytes <= budgetBytes, $"peak {m.PeakResidentBytes} > budget {budgetBytes}");

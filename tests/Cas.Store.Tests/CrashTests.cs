@@ -16,7 +16,7 @@ public class CrashTests(ITestOutputHelper output)
     static FasterStoreOptions WriterOptions => new() { ChunkBytes = 16384, PageBits = 20, MemoryBytes = 4 << 20 };
 
     [Fact]
-    public void KilledWriter_LeavesEveryVersionWholeOrAbsent_AndLosesNothingCommitted()
+    public async Task KilledWriter_LeavesEveryVersionWholeOrAbsent_AndLosesNothingCommitted()
     {
         const int kills = 30;
         var dir = TempDir();
@@ -34,9 +34,9 @@ public class CrashTests(ITestOutputHelper output)
             var err = p.StandardError.ReadToEndAsync();
             // most kills land while writing; every fifth lands early, during start-up or recovery
             if (round % 5 != 4 && !opened.Wait(TimeSpan.FromSeconds(60)))
-                Assert.Fail("writer did not open the store: " + (p.HasExited ? err.Result : "still starting after 60 s"));
+                Assert.Fail("writer did not open the store: " + (p.HasExited ? await err : "still starting after 60 s"));
             Thread.Sleep(round % 5 == 4 ? rng.Next(50, 600) : rng.Next(20, 900));
-            if (p.HasExited) Assert.Fail($"writer exited early: {err.Result}"); // (err.Result only once it has exited)
+            if (p.HasExited) Assert.Fail($"writer exited early: {await err}"); // (stderr ends only once it has exited)
             p.Kill(entireProcessTree: true); // SIGKILL
             p.WaitForExit();
 

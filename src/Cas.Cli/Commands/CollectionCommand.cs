@@ -115,7 +115,7 @@ static class CollectionCommand
         return cmd;
     }
 
-    static string Quote(string v) => v.Any(ch => char.IsWhiteSpace(ch) || ch == '"') ? "\"" + v.Replace("\"", "\\\"") + "\"" : v;
+    static string Quote(string v) => StoreCommand.Quote(v);
 }
 
 /// <summary>A progress bar on stderr (plain lines every few seconds when stderr is not a terminal).</summary>

@@ -48,7 +48,8 @@ static class StoreCommand
         return string.Join(' ', parts);
     }
 
-    static string Quote(string v) => v.Any(ch => char.IsWhiteSpace(ch) || ch == '"') ? "\"" + v.Replace("\"", "\\\"") + "\"" : v;
+    /// <summary>A value for a key=value line: quoted when it holds whitespace or quotes.</summary>
+    public static string Quote(string v) => v.Any(ch => char.IsWhiteSpace(ch) || ch == '"') ? "\"" + v.Replace("\"", "\\\"") + "\"" : v;
 
     static Command Ls()
     {

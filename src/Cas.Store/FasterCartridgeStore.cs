@@ -15,7 +15,11 @@ public sealed record FasterStoreOptions
     public long MemoryBytes { get; init; } = 128L << 20;
     /// <summary>Optional ceiling on the log's size on disk; a write that would pass it fails with <see cref="StoreFullException"/>.</summary>
     public long? CapacityBytes { get; init; }
-    /// <summary>Free disk space a write must leave untouched (SQLite, checkpoints, other programs).</summary>
+    /// <summary>
+    /// Free disk space a write must leave untouched (SQLite, checkpoints, other programs). Writes are refused up front
+    /// rather than meeting ENOSPC inside FASTER: on a full 3 MB tmpfs, FASTER 2.6.5's page flush failed and the writer
+    /// hung waiting for it (measured), so the store never lets the disk fill.
+    /// </summary>
     public long FreeSpaceReserveBytes { get; init; } = 64L << 20;
 }
 

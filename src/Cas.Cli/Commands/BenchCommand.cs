@@ -16,6 +16,7 @@ static class BenchCommand
         bench.Subcommands.Add(Train());
         bench.Subcommands.Add(BenchSynth.Create());
         bench.Subcommands.Add(BenchTokenize.Create());
+        bench.Subcommands.Add(BenchStore.Create());
         return bench;
     }
 

@@ -14,5 +14,7 @@ public static class CasCommands
         SynthesizeCommand.Create(),
         DatasetCommand.Create(),
         EvalCommand.Create(),
+        CollectionCommand.Create(),
+        StoreCommand.Create(),
     };
 }

@@ -1,0 +1,395 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using Cas.Engine;
+using Cas.Engine.Tokenizers;
+using Cas.Resources;
+using Cas.SelfStudy;
+using Cas.Store;
+using Microsoft.Data.Sqlite;
+
+namespace Cas.Collections;
+
+/// <summary>A collection: documents of one model (by fingerprint), chunked for retrieval, one cartridge per document.</summary>
+public sealed record CollectionInfo(string Name, string ModelPath, string ModelFingerprint, string TokenizerPath, int ChunkTokens,
+    DateTime CreatedUtc, int Documents, long Chunks, long Characters);
+
+/// <summary>A document as the catalog keeps it (its text is in the catalog too; see <see cref="CollectionCatalog.DocumentText"/>).</summary>
+public sealed record DocumentRow(string Collection, string DocumentId, string Kind, string Source, string ContentHash, int Characters, int Tokens,
+    int Chunks, DateTime UpdatedUtc)
+{
+    /// <summary>The id of this document's cartridge in the store: "collection/document" (whitespace, control characters and % escaped).</summary>
+    public string CartridgeId => CollectionCatalog.CartridgeId(Collection, DocumentId);
+}
+
+/// <summary>Where a document's cartridge stands: none yet, trained on the current text, trained on an older text, or damaged.</summary>
+public enum CartridgeState { Missing, Fresh, Stale, Bad }
+
+public sealed record DocumentStatus(DocumentRow Document, CartridgeState State, StoredCartridgeInfo? Cartridge);
+
+/// <summary>What <see cref="CollectionCatalog.AddDocuments"/> did: new documents, documents whose text changed, and repeats.</summary>
+public sealed record AddReport(int Added, int Changed, int Unchanged, long Chunks);
+
+/// <summary>A chunk found by full-text search; <see cref="Score"/> is SQLite's bm25 (lower is better).</summary>
+public sealed record ChunkHit(string DocumentId, int Ordinal, int CharStart, int CharEnd, string Text, double Score);
+
+public enum JobState { Queued, Running, Done, Failed, Cancelled }
+
+/// <summary>A training job over some documents of a collection (rows written by the trainer as it goes).</summary>
+public sealed record JobRow(long Id, string Collection, string Kind, JobState State, string Settings, DateTime CreatedUtc, DateTime UpdatedUtc, string? Error);
+
+/// <summary>One document's progress within a job.</summary>
+public sealed record JobDocumentRow(long JobId, string DocumentId, JobState State, long StepsDone, long StepsTotal, double? Loss, long? CartridgeVersion);
+
+/// <summary>
+/// The collections' metadata in SQLite (DATA_DIR/catalog.db): collections, documents (with their text and content
+/// hash), chunks with an FTS5 index for BM25 retrieval, and training jobs with per-document progress. Cartridges are
+/// not here: they live in the <see cref="ICartridgeStore"/> under <see cref="CartridgeId"/>, labelled with the
+/// content hash they were trained on, which is how a changed document's cartridge becomes stale (and only that one).
+/// Thread-safe (one connection, serialized).
+/// </summary>
+public sealed class CollectionCatalog : IDisposable
+{
+    /// <summary>Label keys this catalog puts on cartridges (see <see cref="CartridgeLabels"/>).</summary>
+    public const string LabelCollection = "collection", LabelDocument = "document", LabelSource = "source", LabelContentHash = "content_hash";
+
+    readonly SqliteConnection db;
+    readonly object gate = new();
+
+    public CollectionCatalog(string dataDir)
+    {
+        Directory.CreateDirectory(dataDir);
+        Path = System.IO.Path.Combine(System.IO.Path.GetFullPath(dataDir), "catalog.db");
+        db = Sqlite.Open(Path);
+        db.Exec("""
+            CREATE TABLE IF NOT EXISTS collections(
+              name TEXT PRIMARY KEY, model TEXT NOT NULL, fingerprint TEXT NOT NULL, tokenizer TEXT NOT NULL,
+              chunk_tokens INTEGER NOT NULL, created TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS documents(
+              collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE, doc_id TEXT NOT NULL,
+              kind TEXT NOT NULL, source TEXT NOT NULL, content_hash TEXT NOT NULL, text TEXT NOT NULL,
+              chars INTEGER NOT NULL, tokens INTEGER NOT NULL, chunks INTEGER NOT NULL, updated TEXT NOT NULL,
+              PRIMARY KEY(collection, doc_id));
+            CREATE TABLE IF NOT EXISTS chunks(
+              id INTEGER PRIMARY KEY, collection TEXT NOT NULL, doc_id TEXT NOT NULL, ord INTEGER NOT NULL,
+              char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, token_start INTEGER NOT NULL, token_end INTEGER NOT NULL, text TEXT NOT NULL,
+              FOREIGN KEY(collection, doc_id) REFERENCES documents(collection, doc_id) ON DELETE CASCADE);
+            CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(collection, doc_id, ord);
+            CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text, content='chunks', content_rowid='id');
+            CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+              INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END;
+            CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+              INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;
+            CREATE TABLE IF NOT EXISTS jobs(
+              id INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+              kind TEXT NOT NULL, state TEXT NOT NULL, settings TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL, error TEXT);
+            CREATE TABLE IF NOT EXISTS job_documents(
+              job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, doc_id TEXT NOT NULL, state TEXT NOT NULL,
+              steps_done INTEGER NOT NULL, steps_total INTEGER NOT NULL, loss REAL, cartridge_version INTEGER,
+              PRIMARY KEY(job_id, doc_id));
+            """);
+    }
+
+    /// <summary>The catalog's database file.</summary>
+    public string Path { get; }
+
+    // ---- collections ----
+
+    /// <summary>Creates a collection bound to a model (by fingerprint). Names: letters, digits, '-', '_', '.'.</summary>
+    public CollectionInfo Create(string name, string modelPath, string modelFingerprint, string tokenizerPath, int chunkTokens = 512)
+    {
+        ValidateName(name);
+        if (chunkTokens < 16) throw new InvalidRequestException($"chunk size must be at least 16 tokens, got {chunkTokens}.");
+        lock (gate)
+        {
+            if (Find(name) != null) throw new InvalidRequestException($"collection '{name}' already exists; `cas collection status {name}` shows it.");
+            using var c = Cmd("INSERT INTO collections(name, model, fingerprint, tokenizer, chunk_tokens, created) VALUES($n, $m, $f, $t, $c, $at)",
+                ("$n", name), ("$m", modelPath), ("$f", modelFingerprint), ("$t", tokenizerPath), ("$c", chunkTokens), ("$at", Now()));
+            c.ExecuteNonQuery();
+            return Get(name);
+        }
+    }
+
+    public CollectionInfo? Find(string name)
+    {
+        lock (gate)
+        {
+            using var c = Cmd(CollectionSelect + " WHERE c.name=$n", ("$n", name));
+            using var r = c.ExecuteReader();
+            return r.Read() ? ReadCollection(r) : null;
+        }
+    }
+
+    public CollectionInfo Get(string name) => Find(name)
+        ?? throw new InvalidRequestException($"no collection '{name}'; create it with `cas collection create {name} --model M` (`cas collection ls` lists them).");
+
+    public IReadOnlyList<CollectionInfo> List()
+    {
+        lock (gate)
+        {
+            using var c = Cmd(CollectionSelect + " ORDER BY c.name");
+            using var r = c.ExecuteReader();
+            var list = new List<CollectionInfo>();
+            while (r.Read()) list.Add(ReadCollection(r));
+            return list;
+        }
+    }
+
+    const string CollectionSelect = """
+        SELECT c.name, c.model, c.fingerprint, c.tokenizer, c.chunk_tokens, c.created,
+          (SELECT count(*) FROM documents d WHERE d.collection=c.name),
+          (SELECT coalesce(sum(d.chunks), 0) FROM documents d WHERE d.collection=c.name),
+          (SELECT coalesce(sum(d.chars), 0) FROM documents d WHERE d.collection=c.name)
+        FROM collections c
+        """;
+
+    static CollectionInfo ReadCollection(SqliteDataReader r) => new(r.GetString(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt32(4),
+        ParseTime(r.GetString(5)), r.GetInt32(6), r.GetInt64(7), r.GetInt64(8));
+
+    // ---- documents ----
+
+    /// <summary>
+    /// Adds documents (idempotent: a document id already present with the same content hash is left alone; with a
+    /// different hash its text and chunks are replaced, which makes its cartridge — and only its — stale).
+    /// <paramref name="tokenizer"/> cuts chunks of the collection's chunk size in tokens.
+    /// </summary>
+    public AddReport AddDocuments(string collection, IEnumerable<(Document Document, string Kind)> documents, ITokenizer tokenizer,
+        Action<int>? progress = null, CancellationToken cancellation = default)
+    {
+        var info = Get(collection);
+        int added = 0, changed = 0, unchanged = 0, seen = 0;
+        long chunkCount = 0;
+        foreach (var (doc, kind) in documents)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            string hash = ContentHash(doc.Text);
+            string? old;
+            lock (gate)
+            {
+                using var q = Cmd("SELECT content_hash FROM documents WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", doc.Id));
+                old = q.ExecuteScalar() as string;
+            }
+            if (old == hash) { unchanged++; progress?.Invoke(++seen); continue; }
+            var chunker = new Chunker([doc], new ChunkerOptions { Unit = ChunkUnit.Tokens, MinSize = 1, MaxSize = info.ChunkTokens }, tokenizer);
+            var chunks = doc.Text.Length == 0 ? [] : chunker.Tiles(0).ToList();
+            lock (gate)
+            {
+                using var tx = db.BeginTransaction();
+                SqliteCommand T(SqliteCommand c) { c.Transaction = tx; return c; }
+                using (var c = T(Cmd("DELETE FROM chunks WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", doc.Id)))) c.ExecuteNonQuery();
+                using (var c = T(Cmd("""
+                    INSERT OR REPLACE INTO documents(collection, doc_id, kind, source, content_hash, text, chars, tokens, chunks, updated)
+                    VALUES($c, $d, $k, $s, $h, $t, $n, $tok, $ch, $u)
+                    """, ("$c", collection), ("$d", doc.Id), ("$k", kind), ("$s", doc.Source), ("$h", hash), ("$t", doc.Text), ("$n", doc.Text.Length),
+                    ("$tok", (int)chunker.TotalSize), ("$ch", chunks.Count), ("$u", Now()))))
+                    c.ExecuteNonQuery();
+                using (var c = T(Cmd("""
+                    INSERT INTO chunks(collection, doc_id, ord, char_start, char_end, token_start, token_end, text)
+                    VALUES($c, $d, $o, $cs, $ce, $ts, $te, $t)
+                    """)))
+                {
+                    var pc = c.Parameters.AddWithValue("$c", collection); var pd = c.Parameters.AddWithValue("$d", doc.Id);
+                    var po = c.Parameters.Add("$o", SqliteType.Integer); var pcs = c.Parameters.Add("$cs", SqliteType.Integer);
+                    var pce = c.Parameters.Add("$ce", SqliteType.Integer); var pts = c.Parameters.Add("$ts", SqliteType.Integer);
+                    var pte = c.Parameters.Add("$te", SqliteType.Integer); var pt = c.Parameters.Add("$t", SqliteType.Text);
+                    for (int i = 0; i < chunks.Count; i++)
+                    {
+                        var loc = chunks[i].Location;
+                        po.Value = i; pcs.Value = loc.CharStart; pce.Value = loc.CharEnd; pts.Value = loc.TokenStart; pte.Value = loc.TokenEnd; pt.Value = chunks[i].Text;
+                        c.ExecuteNonQuery();
+                    }
+                }
+                tx.Commit();
+            }
+            chunkCount += chunks.Count;
+            if (old == null) added++; else changed++;
+            progress?.Invoke(++seen);
+        }
+        return new AddReport(added, changed, unchanged, chunkCount);
+    }
+
+    public IReadOnlyList<DocumentRow> Documents(string collection)
+    {
+        Get(collection);
+        lock (gate)
+        {
+            using var c = Cmd("SELECT collection, doc_id, kind, source, content_hash, chars, tokens, chunks, updated FROM documents WHERE collection=$c ORDER BY doc_id", ("$c", collection));
+            using var r = c.ExecuteReader();
+            var list = new List<DocumentRow>();
+            while (r.Read())
+                list.Add(new DocumentRow(r.GetString(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt32(5), r.GetInt32(6), r.GetInt32(7), ParseTime(r.GetString(8))));
+            return list;
+        }
+    }
+
+    public DocumentRow GetDocument(string collection, string documentId) =>
+        Documents(collection).FirstOrDefault(d => d.DocumentId == documentId)
+        ?? throw new InvalidRequestException($"collection '{collection}' has no document '{documentId}'; `cas collection status {collection}` lists its documents.");
+
+    /// <summary>The document's text as added (what its cartridge is trained on).</summary>
+    public string DocumentText(string collection, string documentId)
+    {
+        lock (gate)
+        {
+            using var c = Cmd("SELECT text FROM documents WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", documentId));
+            return c.ExecuteScalar() as string ?? throw new InvalidRequestException($"collection '{collection}' has no document '{documentId}'.");
+        }
+    }
+
+    /// <summary>The labels a cartridge of <paramref name="doc"/> carries in the store (the content hash decides freshness).</summary>
+    public static IReadOnlyDictionary<string, string> CartridgeLabels(DocumentRow doc) => new Dictionary<string, string>
+    {
+        [LabelCollection] = doc.Collection, [LabelDocument] = doc.DocumentId, [LabelSource] = doc.Source, [LabelContentHash] = doc.ContentHash,
+    };
+
+    /// <summary>Every document with the state of its cartridge in <paramref name="store"/>.</summary>
+    public IReadOnlyList<DocumentStatus> Status(string collection, ICartridgeStore store)
+    {
+        var result = new List<DocumentStatus>();
+        foreach (var d in Documents(collection))
+        {
+            var info = store.Find(d.CartridgeId);
+            var state = info == null ? CartridgeState.Missing
+                : info.Bad != null ? CartridgeState.Bad
+                : info.Labels.TryGetValue(LabelContentHash, out var h) && h == d.ContentHash ? CartridgeState.Fresh
+                : CartridgeState.Stale;
+            result.Add(new DocumentStatus(d, state, info));
+        }
+        return result;
+    }
+
+    /// <summary>The documents a training run must (re)train: no cartridge, a stale one, or a bad one.</summary>
+    public IReadOnlyList<DocumentRow> NeedingTraining(string collection, ICartridgeStore store) =>
+        Status(collection, store).Where(s => s.State != CartridgeState.Fresh).Select(s => s.Document).ToList();
+
+    /// <summary>
+    /// BM25 search over the collection's chunks (SQLite FTS5). The query's words are matched with OR; FTS syntax in
+    /// the query is not interpreted.
+    /// </summary>
+    public IReadOnlyList<ChunkHit> Search(string collection, string query, int k = 10)
+    {
+        var words = new List<string>();
+        var sb = new StringBuilder();
+        foreach (char ch in query + " ")
+            if (char.IsLetterOrDigit(ch)) sb.Append(ch);
+            else if (sb.Length > 0) { words.Add("\"" + sb + "\""); sb.Clear(); }
+        if (words.Count == 0) return [];
+        lock (gate)
+        {
+            using var c = Cmd("""
+                SELECT c.doc_id, c.ord, c.char_start, c.char_end, c.text, bm25(chunks_fts) AS score
+                FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
+                WHERE chunks_fts MATCH $q AND c.collection = $col ORDER BY score LIMIT $k
+                """, ("$q", string.Join(" OR ", words)), ("$col", collection), ("$k", k));
+            using var r = c.ExecuteReader();
+            var hits = new List<ChunkHit>();
+            while (r.Read()) hits.Add(new ChunkHit(r.GetString(0), r.GetInt32(1), r.GetInt32(2), r.GetInt32(3), r.GetString(4), r.GetDouble(5)));
+            return hits;
+        }
+    }
+
+    // ---- jobs ----
+
+    /// <summary>Records a job over <paramref name="documentIds"/> (each starts queued with 0 of <paramref name="stepsPerDocument"/> steps).</summary>
+    public long CreateJob(string collection, string kind, string settingsJson, IEnumerable<string> documentIds, long stepsPerDocument)
+    {
+        Get(collection);
+        lock (gate)
+        {
+            using var tx = db.BeginTransaction();
+            long id;
+            using (var c = Cmd("INSERT INTO jobs(collection, kind, state, settings, created, updated) VALUES($c, $k, 'Queued', $s, $t, $t) RETURNING id",
+                ("$c", collection), ("$k", kind), ("$s", settingsJson), ("$t", Now()))) { c.Transaction = tx; id = (long)c.ExecuteScalar()!; }
+            foreach (var d in documentIds)
+                using (var c = Cmd("INSERT INTO job_documents(job_id, doc_id, state, steps_done, steps_total) VALUES($j, $d, 'Queued', 0, $n)",
+                    ("$j", id), ("$d", d), ("$n", stepsPerDocument))) { c.Transaction = tx; c.ExecuteNonQuery(); }
+            tx.Commit();
+            return id;
+        }
+    }
+
+    /// <summary>A document's progress (the job becomes Running); a trainer calls this as it goes.</summary>
+    public void UpdateJobDocument(long jobId, string documentId, JobState state, long stepsDone, double? loss = null, long? cartridgeVersion = null)
+    {
+        lock (gate)
+        {
+            using var tx = db.BeginTransaction();
+            using (var c = Cmd("UPDATE job_documents SET state=$s, steps_done=$n, loss=coalesce($l, loss), cartridge_version=coalesce($v, cartridge_version) WHERE job_id=$j AND doc_id=$d",
+                ("$s", state.ToString()), ("$n", stepsDone), ("$l", loss), ("$v", cartridgeVersion), ("$j", jobId), ("$d", documentId)))
+            {
+                c.Transaction = tx;
+                if (c.ExecuteNonQuery() != 1) throw new InvalidRequestException($"job {jobId} has no document '{documentId}'.");
+            }
+            using (var c = Cmd("UPDATE jobs SET state=CASE WHEN state='Queued' THEN 'Running' ELSE state END, updated=$t WHERE id=$j", ("$t", Now()), ("$j", jobId))) { c.Transaction = tx; c.ExecuteNonQuery(); }
+            tx.Commit();
+        }
+    }
+
+    /// <summary>Ends a job: Done, Failed (with the error) or Cancelled.</summary>
+    public void FinishJob(long jobId, JobState state, string? error = null)
+    {
+        lock (gate)
+        {
+            using var c = Cmd("UPDATE jobs SET state=$s, error=$e, updated=$t WHERE id=$j", ("$s", state.ToString()), ("$e", error), ("$t", Now()), ("$j", jobId));
+            if (c.ExecuteNonQuery() != 1) throw new InvalidRequestException($"no job {jobId}.");
+        }
+    }
+
+    public IReadOnlyList<JobRow> Jobs(string collection)
+    {
+        lock (gate)
+        {
+            using var c = Cmd("SELECT id, collection, kind, state, settings, created, updated, error FROM jobs WHERE collection=$c ORDER BY id", ("$c", collection));
+            using var r = c.ExecuteReader();
+            var list = new List<JobRow>();
+            while (r.Read())
+                list.Add(new JobRow(r.GetInt64(0), r.GetString(1), r.GetString(2), Enum.Parse<JobState>(r.GetString(3)), r.GetString(4),
+                    ParseTime(r.GetString(5)), ParseTime(r.GetString(6)), r.IsDBNull(7) ? null : r.GetString(7)));
+            return list;
+        }
+    }
+
+    public IReadOnlyList<JobDocumentRow> JobDocuments(long jobId)
+    {
+        lock (gate)
+        {
+            using var c = Cmd("SELECT job_id, doc_id, state, steps_done, steps_total, loss, cartridge_version FROM job_documents WHERE job_id=$j ORDER BY doc_id", ("$j", jobId));
+            using var r = c.ExecuteReader();
+            var list = new List<JobDocumentRow>();
+            while (r.Read())
+                list.Add(new JobDocumentRow(r.GetInt64(0), r.GetString(1), Enum.Parse<JobState>(r.GetString(2)), r.GetInt64(3), r.GetInt64(4),
+                    r.IsDBNull(5) ? null : r.GetDouble(5), r.IsDBNull(6) ? null : r.GetInt64(6)));
+            return list;
+        }
+    }
+
+    // ---- helpers ----
+
+    /// <summary>Cartridge id of a document: "collection/document", with whitespace, control characters and '%' as %XX.</summary>
+    public static string CartridgeId(string collection, string documentId)
+    {
+        var sb = new StringBuilder(collection).Append('/');
+        foreach (char ch in documentId)
+            if (char.IsWhiteSpace(ch) || char.IsControl(ch) || ch == '%') sb.Append('%').Append(((int)ch).ToString("X2", CultureInfo.InvariantCulture));
+            else sb.Append(ch);
+        return sb.ToString();
+    }
+
+    /// <summary>Lowercase hex SHA-256 of the UTF-8 text.</summary>
+    public static string ContentHash(string text) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
+
+    static void ValidateName(string name)
+    {
+        if (string.IsNullOrEmpty(name) || name.Length > 64 || !name.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.') || name[0] == '.')
+            throw new InvalidRequestException($"invalid collection name '{name}': use 1–64 letters, digits, '-', '_' or '.' (not starting with '.').");
+    }
+
+    SqliteCommand Cmd(string sql, params (string, object?)[] args) => db.Cmd(sql, args);
+    static string Now() => Sqlite.Now();
+    static DateTime ParseTime(string s) => Sqlite.ParseTime(s);
+
+    public void Dispose()
+    {
+        lock (gate) db.Dispose();
+    }
+}

@@ -1,0 +1,115 @@
+using Cas.Collections;
+using Cas.Engine.Tokenizers;
+using Cas.Resources;
+using static Cas.Store.Tests.StoreTestUtil;
+
+namespace Cas.Store.Tests;
+
+public class CollectionTests
+{
+    /// <summary>One token per UTF-16 unit: decoding rebuilds the text exactly, so chunk offsets are exact.</summary>
+    sealed class CharTokenizer : ITokenizer
+    {
+        public int VocabSize => 65536;
+        public int? BosId => null;
+        public int? EosId => null;
+        public IReadOnlyList<int> StartTokens => [];
+        public int[] Encode(string text) => text.Select(c => (int)c).ToArray();
+        public string Decode(ReadOnlySpan<int> ids) { var a = new char[ids.Length]; for (int i = 0; i < ids.Length; i++) a[i] = (char)ids[i]; return new string(a); }
+        public int? SpecialTokenId(string content) => null;
+    }
+
+    static (Document, string) Doc(string id, string text) => (new Document(id, text, $"docs/{id}", Document.NoMetadata, Document.NoQuestions), "text");
+
+    static CollectionCatalog NewCatalog(out string dir, int chunkTokens = 40)
+    {
+        dir = TempDir();
+        var cat = new CollectionCatalog(dir);
+        cat.Create("books", "/models/m", Fingerprint, "/models/m/tokenizer.json", chunkTokens);
+        return cat;
+    }
+
+    [Fact]
+    public void Add_IsIdempotent_AndChunksCoverTheText()
+    {
+        using var cat = NewCatalog(out _);
+        var tok = new CharTokenizer();
+        string text = string.Concat(Enumerable.Range(0, 30).Select(i => $"line {i} about whales. "));
+        var r1 = cat.AddDocuments("books", [Doc("a.txt", text), Doc("b.txt", "short one")], tok);
+        Assert.Equal((2, 0, 0), (r1.Added, r1.Changed, r1.Unchanged));
+        var r2 = cat.AddDocuments("books", [Doc("a.txt", text), Doc("b.txt", "short one")], tok);
+        Assert.Equal((0, 0, 2, 0L), (r2.Added, r2.Changed, r2.Unchanged, r2.Chunks));
+        var a = cat.GetDocument("books", "a.txt");
+        Assert.Equal((text.Length + 39) / 40, a.Chunks);
+        Assert.Equal(text, cat.DocumentText("books", "a.txt"));
+        var info = cat.Get("books");
+        Assert.Equal((2, (long)a.Chunks + 1), (info.Documents, info.Chunks));
+    }
+
+    [Fact]
+    public void Search_FindsChunksByBm25_InThisCollectionOnly()
+    {
+        using var cat = NewCatalog(out _);
+        cat.Create("other", "/models/m", Fingerprint, "/t", 40);
+        var tok = new CharTokenizer();
+        cat.AddDocuments("books", [Doc("whale.txt", "The white whale swam past the ship. Nothing else happened."), Doc("cat.txt", "A cat sat on the warm mat all day long.")], tok);
+        cat.AddDocuments("other", [Doc("whale2.txt", "whale whale whale")], tok);
+        var hits = cat.Search("books", "where did the whale (swim)?");
+        Assert.NotEmpty(hits);
+        Assert.Equal("whale.txt", hits[0].DocumentId);
+        Assert.All(hits, h => Assert.NotEqual("whale2.txt", h.DocumentId));
+        Assert.Contains("whale", hits[0].Text);
+        Assert.Empty(cat.Search("books", "???"));
+    }
+
+    [Fact]
+    public void ChangingOneDocument_MakesOnlyItsCartridgeStale()
+    {
+        using var cat = NewCatalog(out var dir);
+        using var store = new FasterCartridgeStore(dir, new FasterStoreOptions { ChunkBytes = 4096, PageBits = 16, MemoryBytes = 1 << 20 });
+        var tok = new CharTokenizer();
+        cat.AddDocuments("books", [Doc("a.txt", "alpha text"), Doc("b.txt", "beta text"), Doc("c d.txt", "gamma text")], tok);
+        Assert.Equal(3, cat.NeedingTraining("books", store).Count);
+        int seed = 0;
+        foreach (var d in cat.Documents("books")) store.Put(d.CartridgeId, Make(seed++), CollectionCatalog.CartridgeLabels(d));
+        Assert.Empty(cat.NeedingTraining("books", store));
+        Assert.Equal("books/c%20d.txt", cat.GetDocument("books", "c d.txt").CartridgeId);
+        var versionsBefore = store.List().ToDictionary(i => i.Id, i => i.Version);
+
+        var r = cat.AddDocuments("books", [Doc("a.txt", "alpha text"), Doc("b.txt", "beta text, revised"), Doc("c d.txt", "gamma text")], tok);
+        Assert.Equal((0, 1, 2), (r.Added, r.Changed, r.Unchanged));
+        var status = cat.Status("books", store).ToDictionary(s => s.Document.DocumentId, s => s.State);
+        Assert.Equal(CartridgeState.Fresh, status["a.txt"]);
+        Assert.Equal(CartridgeState.Stale, status["b.txt"]);
+        Assert.Equal(CartridgeState.Fresh, status["c d.txt"]);
+        Assert.Equal("b.txt", Assert.Single(cat.NeedingTraining("books", store)).DocumentId);
+        Assert.Equal(versionsBefore, store.List().ToDictionary(i => i.Id, i => i.Version)); // no cartridge touched
+    }
+
+    [Fact]
+    public void Jobs_RecordProgressPerDocument()
+    {
+        using var cat = NewCatalog(out _);
+        cat.AddDocuments("books", [Doc("a.txt", "alpha"), Doc("b.txt", "beta")], new CharTokenizer());
+        long job = cat.CreateJob("books", "train", "{\"p\":64}", ["a.txt", "b.txt"], stepsPerDocument: 100);
+        cat.UpdateJobDocument(job, "a.txt", JobState.Running, 40, loss: 1.5);
+        cat.UpdateJobDocument(job, "a.txt", JobState.Done, 100, loss: 0.9, cartridgeVersion: 3);
+        Assert.Equal(JobState.Running, Assert.Single(cat.Jobs("books")).State);
+        var docs = cat.JobDocuments(job);
+        Assert.Equal((JobState.Done, 100L, 0.9, 3L), (docs[0].State, docs[0].StepsDone, docs[0].Loss!.Value, docs[0].CartridgeVersion!.Value));
+        Assert.Equal((JobState.Queued, 0L), (docs[1].State, docs[1].StepsDone));
+        cat.FinishJob(job, JobState.Failed, "disk full");
+        Assert.Equal("disk full", cat.Jobs("books")[0].Error);
+        Assert.Throws<Cas.Engine.InvalidRequestException>(() => cat.UpdateJobDocument(job, "zzz", JobState.Running, 1));
+    }
+
+    [Fact]
+    public void BadNames_AndDuplicates_AreRefused()
+    {
+        using var cat = NewCatalog(out _);
+        Assert.Throws<Cas.Engine.InvalidRequestException>(() => cat.Create("books", "/m", Fingerprint, "/t"));
+        Assert.Throws<Cas.Engine.InvalidRequestException>(() => cat.Create("has space", "/m", Fingerprint, "/t"));
+        var e = Assert.Throws<Cas.Engine.InvalidRequestException>(() => cat.Get("nope"));
+        Assert.Contains("cas collection create", e.Message);
+    }
+}

@@ -39,9 +39,11 @@ public class EvalCliTests
         Assert.Equal(32, D("kv_slots_cartridge"));
         Assert.Equal(docTokens.Length, D("kv_slots_icl")); // one chunk: BOS + the whole story
         Assert.Equal(docTokens.Length - 1, D("chunk_tokens"));
-        // first-k of 32 slots is exactly the truncated context of 32 tokens.
-        Assert.Equal(kv["ppl_truncated"], kv["ppl_cartridge"]);
-        Assert.Equal(kv["kl_truncated"], kv["kl_cartridge"]);
+        // first-k of 32 slots is the truncated context of 32 tokens: the same KV, read as a prefix instead of prefilled,
+        // so equal up to float summation order (which BLAS kernel runs depends on the shape and on the machine):
+        // 1e-5 relative on perplexity, 1e-5 absolute on KL, far above that rounding and far below any real difference.
+        Assert.Equal(D("ppl_truncated"), D("ppl_cartridge"), 1e-5 * D("ppl_truncated"));
+        Assert.Equal(D("kl_truncated"), D("kl_cartridge"), 1e-5);
         // The teacher read the story: in context the model is the teacher, and the story helps.
         Assert.True(Math.Abs(D("kl_icl")) < 1e-4, kv["kl_icl"]);
         Assert.True(D("ppl_icl") < D("ppl_none"), $"icl {kv["ppl_icl"]} none {kv["ppl_none"]}");

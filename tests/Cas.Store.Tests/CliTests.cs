@@ -29,7 +29,7 @@ public class CliTests
         Assert.Contains("added=2 changed=0 unchanged=0", add.Out);
         Assert.Contains("unchanged=1", Cas("collection", "add", "tales", "--resource", $"text:{doc1}", "--data-dir", data).Out);
 
-        var import = Cas("store", "import", trained, "--collection", "tales", "--document", "lily.txt", "--data-dir", data);
+        var import = Cas("store", "import", trained, "--collection", "tales", "--document-id", "lily.txt", "--data-dir", data);
         Assert.True(import.Rc == 0, import.Err);
         var ls = Cas("store", "ls", "--data-dir", data);
         string line = Assert.Single(ls.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries));
@@ -56,7 +56,7 @@ public class CliTests
         Assert.Contains("lily.txt state=stale", status.Out);
         Assert.Contains("tom.txt state=missing", status.Out);
 
-        var wrongDoc = Cas("store", "import", trained, "--collection", "tales", "--document", "nope.txt", "--data-dir", data);
+        var wrongDoc = Cas("store", "import", trained, "--collection", "tales", "--document-id", "nope.txt", "--data-dir", data);
         Assert.Equal(2, wrongDoc.Rc);
         Assert.StartsWith("error: ", wrongDoc.Err.Trim());
         var missing = Cas("store", "export", "tales/nope", "--out", exported, "--data-dir", data);

@@ -27,7 +27,7 @@ public class CrashTests(ITestOutputHelper output)
         for (int round = 0; round < kills; round++)
         {
             var lines = new ConcurrentQueue<string>();
-            using var p = CasCli.Start("store", "stress-write", "--data-dir", dir, "--seed", (round + 1).ToString(), "--count", "100000", "--ids", "6");
+            using var p = CasCli.Start("store", "stress-write", "--data-dir", dir, "--seed", (round + 1).ToString(), "--operations", "100000", "--ids", "6");
             var opened = new ManualResetEventSlim();
             var committed = new ManualResetEventSlim();
             p.OutputDataReceived += (_, e) =>

@@ -18,9 +18,9 @@ static partial class BenchStore
         var count = new Option<int>("--count") { Description = "Cartridges.", DefaultValueFactory = _ => 300 };
         var minMb = new Option<double>("--min-mb") { Description = "Smallest cartridge on disk, MB.", DefaultValueFactory = _ => 4 };
         var maxMb = new Option<double>("--max-mb") { Description = "Largest cartridge on disk, MB.", DefaultValueFactory = _ => 100 };
-        var fp32 = new Option<bool>("--fp32") { Description = "Store F32 instead of BF16." };
+        var fp32 = Options.Fp32();
         var swapIns = new Option<int>("--swap-ins") { Description = "Cartridges acquired through the budget manager after the read pass.", DefaultValueFactory = _ => 20 };
-        var dir = new Option<string?>("--data-dir") { Description = "Where to put the store (default: a fresh folder under the temp directory, removed afterwards)." };
+        var dir = new Option<string?>("--scratch-dir") { Description = "Where to put the benchmark's store (default: a fresh folder under the temp directory, removed afterwards)." };
         var cmd = new Command("store", "Store write/read GB/s vs a plain file (cold cache), swap-in latency; store_read_vs_file last.") { count, minMb, maxMb, fp32, swapIns, dir };
         cmd.SetAction(pr => Cli.Run(() =>
         {

@@ -20,7 +20,7 @@ static class BenchTokenize
 {
     public static Command Create()
     {
-        var files = new Option<string[]>("--tokenizer")
+        var files = new Option<string[]>("--tokenizers")
         {
             Description = "tokenizer.json files (repeatable). Default: SmolLM2 from ../shared and the Llama 3, Qwen3, Llama 2 files of tests/tokenizers/node_modules.",
             AllowMultipleArgumentsPerToken = true,

@@ -50,8 +50,8 @@ static class CollectionCommand
     {
         var dataDir = StoreCommand.DataDirOption();
         var name = NameArgument();
-        var resources = new Option<string[]>("--resource") { Description = "KIND:PATH[#field] (text, dir, markdown, json, jsonl, latex, slack, email); repeatable.", Required = true, AllowMultipleArgumentsPerToken = true };
-        var strict = new Option<bool>("--strict") { Description = "Fail on the first skipped or damaged input instead of counting it." };
+        var resources = Options.Resources();
+        var strict = Options.Strict();
         var cmd = new Command("add", "Add documents (idempotent: unchanged documents are skipped; a changed one makes only its cartridge stale).") { dataDir, name, resources, strict };
         cmd.SetAction(pr => Cli.Run(() =>
         {

@@ -32,7 +32,7 @@ static class Options
 
     public static Option<string> Out() => new("--out")
     {
-        Description = "File to write: the cartridge (.safetensors; its checkpoint goes to OUT.ckpt) or, for synthesize, the dataset (.casds).",
+        Description = "File to write: a cartridge (.safetensors; cas train also keeps its checkpoint in OUT.ckpt) or, for synthesize, a dataset (.casds).",
         Required = true,
     };
 
@@ -91,10 +91,32 @@ static class Options
     {
         Description = "Optimizer steps to run (cas train's default: from --epochs).",
     };
+
+    public static Option<string> DataDir() => new("--data-dir")
+    {
+        Description = "Folder of the collections and the cartridge store.", DefaultValueFactory = _ => "cas-data",
+    };
+
+    public static Option<bool> Fp32() => new("--fp32")
+    {
+        Description = "Store cartridges as F32 on disk (default BF16: half the bytes).",
+    };
+
+    public static Option<string[]> Resources() => new("--resource")
+    {
+        Description = "Input documents as KIND:PATH[#field] (kinds: " + string.Join(", ", Cas.Resources.ResourceSpec.Kinds) + "); repeat for several.",
+        Required = true, AllowMultipleArgumentsPerToken = false,
+    };
+
+    public static Option<bool> Strict() => new("--strict")
+    {
+        Description = "Stop at the first input that would be skipped or altered while reading resources.",
+    };
 }
 
 /// <summary>An <see cref="IProgress{T}"/> that calls its handler at once on the reporting thread (Progress&lt;T&gt; posts to a context).</summary>
 sealed class SyncProgress<T>(Action<T> handler) : IProgress<T>
 {
     public void Report(T value) => handler(value);
+
 }

@@ -11,10 +11,7 @@ namespace Cas.Cli.Commands;
 /// <summary>`cas store ls|verify|export|rm|compact|import`: the cartridge store under --data-dir.</summary>
 static class StoreCommand
 {
-    public static Option<string> DataDirOption() => new("--data-dir")
-    {
-        Description = "Folder of the collections and the cartridge store.", DefaultValueFactory = _ => "cas-data",
-    };
+    public static Option<string> DataDirOption() => Options.DataDir();
 
     public static Command Create()
     {
@@ -88,7 +85,7 @@ static class StoreCommand
     {
         var dataDir = DataDirOption();
         var id = new Argument<string>("ID") { Description = "Cartridge id (see `cas store ls`)." };
-        var output = new Option<string>("--out") { Description = "Cartridge file to write (.safetensors); `cas generate/eval --cartridge` load it.", Required = true };
+        var output = Options.Out(); // a cartridge file that `cas generate/eval --cartridge` load
         var cmd = new Command("export", "Write a cartridge to a file (atomically).") { dataDir, id, output };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -159,9 +156,9 @@ static class StoreCommand
         var dataDir = DataDirOption();
         var file = new Argument<string>("FILE") { Description = "Cartridge file made by `cas train` (.safetensors)." };
         var collection = new Option<string?>("--collection") { Description = "Collection of the document (the cartridge must be for its model)." };
-        var document = new Option<string?>("--document") { Description = "Document id in the collection (see `cas collection status`)." };
+        var document = new Option<string?>("--document-id") { Description = "Document id in the collection (see `cas collection status`)." };
         var id = new Option<string?>("--id") { Description = "Store under this id instead of a collection's document." };
-        var fp32 = new Option<bool>("--fp32") { Description = "Keep F32 on disk (default BF16: half the bytes)." };
+        var fp32 = Options.Fp32();
         var cmd = new Command("import", "Put a cartridge file into the store as the next version of a document's cartridge.") { dataDir, file, collection, document, id, fp32 };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -204,11 +201,11 @@ static class StoreCommand
     static Command StressWrite()
     {
         var dataDir = DataDirOption();
-        var count = new Option<int>("--count") { DefaultValueFactory = _ => 1000 };
-        var ids = new Option<int>("--ids") { DefaultValueFactory = _ => 6 };
-        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 1 };
-        var p = new Option<int>("--tokens") { DefaultValueFactory = _ => 64 };
-        var chunk = new Option<int>("--chunk-bytes") { DefaultValueFactory = _ => 16384 };
+        var count = new Option<int>("--operations") { Description = "Store operations to run (puts, some deletes and compactions).", DefaultValueFactory = _ => 1000 };
+        var ids = new Option<int>("--ids") { Description = "Distinct cartridge ids to write.", DefaultValueFactory = _ => 6 };
+        var seed = Options.Seed(1);
+        var p = new Option<int>("--min-slots") { Description = "Smallest synthetic cartridge, in KV slots (sizes vary up to twice this).", DefaultValueFactory = _ => 64 };
+        var chunk = new Option<int>("--chunk-bytes") { Description = "Store chunk size in bytes (small, so cartridges span several chunks).", DefaultValueFactory = _ => 16384 };
         var cmd = new Command("stress-write", "Crash-test writer (hidden).") { dataDir, count, ids, seed, p, chunk };
         cmd.Hidden = true;
         cmd.SetAction(pr => Cli.Run(() =>
@@ -223,7 +220,7 @@ static class StoreCommand
                 int op = rng.Next(20);
                 if (op == 0) { bool removed = store.Delete(id); Console.WriteLine($"deleted id={id} removed={removed}"); continue; }
                 if (op == 1) { store.Compact(); Console.WriteLine("compacted"); continue; }
-                long s = pr.GetValue(seed) * 1_000_000 + k;
+                long s = (long)pr.GetValue(seed) * 1_000_000 + k;
                 int tokens = pr.GetValue(p) + rng.Next(pr.GetValue(p)); // varying sizes: 1–several chunks
                 var c = SyntheticCartridges.Make(s, tokens, 4, 2, 16);
                 var info = store.Put(id, c, new Dictionary<string, string> { ["seed"] = I(s) }, k % 3 == 0 ? StoredDType.F32 : StoredDType.BF16);

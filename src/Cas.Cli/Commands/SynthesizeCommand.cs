@@ -20,11 +20,7 @@ static class SynthesizeCommand
         var d = new SelfStudyOptions();
         var model = Options.Model();
         var tokenizer = Options.Tokenizer();
-        var resources = new Option<string[]>("--resource")
-        {
-            Description = "Input documents as KIND:PATH[#field] (kinds: " + string.Join(", ", ResourceSpec.Kinds) + "); repeat for several.",
-            Required = true, AllowMultipleArgumentsPerToken = false,
-        };
+        var resources = Options.Resources();
         var output = Options.Out();
         var conversations = new Option<long>("--conversations") { Description = "Conversations to generate (indices 0..N-1).", Required = true };
         var chunkTokens = Options.ChunkTokens();
@@ -46,7 +42,7 @@ static class SynthesizeCommand
         var seed = Options.Seed(d.Seed);
         var chatFormat = Options.ChatFormat("auto");
         var resume = Options.Resume();
-        var strict = new Option<bool>("--strict") { Description = "Stop at the first input that would be skipped or altered while reading resources." };
+        var strict = Options.Strict();
         var noChunkText = new Option<bool>("--no-chunk-text") { Description = "Do not store chunk texts in the records." };
         var noSharing = new Option<bool>("--no-prefix-sharing") { Description = "Prefill every prompt whole instead of forking each chunk's prefilled KV (slower; for checks)." };
         var cmd = new Command("synthesize", "Generate self-study conversations with teacher top-k log-probs from documents.")

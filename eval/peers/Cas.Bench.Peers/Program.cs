@@ -42,6 +42,8 @@ static class Parent
         if (!o.SkipDistill) w.WriteLine($"distill_shape=p{o.DistillPrefix} {o.DistillSequences}x{o.DistillLength} top{o.TopK}");
         w.WriteLine("peers=TorchSharp-cpu 0.107.0 (libtorch 2.10.0); LLamaSharp 0.30.0 + LLamaSharp.Backend.Cpu (llama.cpp)");
         w.WriteLine($"libtorchsharp_glibcxx_3_4_32={PatchLibTorchSharp()}");
+        // Other work on the cores skews all figures, llama.cpp's most (its threads spin at barriers): say how busy they were.
+        w.WriteLine($"load_average_1m_start={LoadAverage()}");
 
         bool ownWork = o.WorkDir == null;
         o.WorkDir ??= Path.Combine(Path.GetTempPath(), $"cas-bench-peers-{Environment.ProcessId}");
@@ -103,6 +105,7 @@ static class Parent
             var peersB16 = InferenceEngines.Skip(1).Select(e => (e, v: M("infer:" + e, "decode_b16_tok_s"))).MaxBy(x => x.v);
             w.WriteLine($"decode_b16_best_peer={peersB16.e}");
             ratios.Add(("ratio_decode_b16_vs_best_peer", ours("decode_b16_tok_s") / peersB16.v));
+            w.WriteLine($"load_average_1m_end={LoadAverage()}");
             foreach (var (k, v) in ratios) w.WriteLine($"{k}={v:F2}");
             w.WriteLine($"slowest_ratio={ratios.Min(r => r.Value):F2}");
             return 0;
@@ -121,6 +124,12 @@ static class Parent
         string lib = Path.Combine(AppContext.BaseDirectory, "libLibTorchSharp.so");
         if (!File.Exists(lib)) throw new FileNotFoundException($"{lib} is missing: build this project with its RuntimeIdentifier (linux-x64).");
         return ElfVersionPatch.MakeVersionWeak(lib, version) > 0 ? "missing, made weak in the benchmark's copy" : "missing, already weak in the benchmark's copy";
+    }
+
+    static string LoadAverage()
+    {
+        try { return File.ReadAllText("/proc/loadavg").Split(' ')[0]; }
+        catch (IOException) { return "unknown"; }
     }
 
     static Dictionary<string, string> Log(int round, string kind, string engine, Dictionary<string, string> r)

@@ -15,6 +15,7 @@ static class BenchCommand
         bench.Subcommands.Add(Engine());
         bench.Subcommands.Add(Train());
         bench.Subcommands.Add(BenchSynth.Create());
+        bench.Subcommands.Add(BenchPeers.Create());
         return bench;
     }
 

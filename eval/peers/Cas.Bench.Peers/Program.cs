@@ -46,8 +46,12 @@ static class Parent
         w.WriteLine($"load_average_1m_start={LoadAverage()}");
 
         bool ownWork = o.WorkDir == null;
-        o.WorkDir ??= Path.Combine(Path.GetTempPath(), $"cas-bench-peers-{Environment.ProcessId}");
+        if (ownWork) RemoveStaleWorkDirs();
+        o.WorkDir ??= Path.Combine(Path.GetTempPath(), $"{WorkPrefix}{Environment.ProcessId}");
         Directory.CreateDirectory(o.WorkDir);
+        // 800 MB of GGUF files must not outlive the run, also when it is interrupted (SIGINT/SIGTERM run this).
+        string work = o.WorkDir;
+        if (ownWork) AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(work, recursive: true); } catch (IOException) { } };
         try
         {
             var sw = Stopwatch.StartNew();
@@ -126,6 +130,16 @@ static class Parent
         return ElfVersionPatch.MakeVersionWeak(lib, version) > 0 ? "missing, made weak in the benchmark's copy" : "missing, already weak in the benchmark's copy";
     }
 
+    const string WorkPrefix = "cas-bench-peers-";
+
+    /// <summary>Removes work folders of earlier runs whose process is gone (killed before it could clean up).</summary>
+    static void RemoveStaleWorkDirs()
+    {
+        foreach (var d in Directory.EnumerateDirectories(Path.GetTempPath(), WorkPrefix + "*"))
+            if (int.TryParse(Path.GetFileName(d)[WorkPrefix.Length..], out int pid) && !Directory.Exists($"/proc/{pid}"))
+                try { Directory.Delete(d, recursive: true); } catch (IOException) { }
+    }
+
     static string LoadAverage()
     {
         try { return File.ReadAllText("/proc/loadavg").Split(' ')[0]; }
@@ -162,6 +176,12 @@ static class ChildProcess
         psi.ArgumentList.Add("child"); psi.ArgumentList.Add(kind); psi.ArgumentList.Add(engine);
         foreach (var a in o.ToArgs()) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add("--work"); psi.ArgumentList.Add(o.WorkDir!);
+        // The same thread count for every engine: ours sizes its work by Environment.ProcessorCount, the BLAS libraries
+        // by their own variables; the peers take it as a parameter.
+        string threads = o.Threads.ToString(CultureInfo.InvariantCulture);
+        psi.Environment["DOTNET_PROCESSOR_COUNT"] = threads;
+        psi.Environment["OPENBLAS_NUM_THREADS"] = threads;
+        psi.Environment["BLIS_NUM_THREADS"] = threads;
         using var p = Process.Start(psi)!;
         string output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();

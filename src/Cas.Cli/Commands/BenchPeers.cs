@@ -29,13 +29,30 @@ static class BenchPeers
             if (!args.Contains("--config"))
                 args.InsertRange(0, ["--config", Path.Combine(Cli.RepoRoot, "..", "shared", "models", "smollm2-135m-instruct-tokenizer")]);
 
-            Console.Error.WriteLine("peers: building eval/peers/Cas.Bench.Peers (the first build restores TorchSharp-cpu and LLamaSharp, about 1.4 GB)");
-            int rc = Exec(["build", Project, "-c", "Release", "-v", "q", "--nologo"], stdoutToStderr: true);
-            if (rc != 0) throw new IOException($"building {Project} failed (exit code {rc}); the messages are above.");
             string dll = Path.Combine(Path.GetDirectoryName(Project)!, "bin", "Release", "net10.0", "linux-x64", "Cas.Bench.Peers.dll");
+            if (Stale(dll))
+            {
+                Console.Error.WriteLine("peers: building eval/peers/Cas.Bench.Peers (the first build restores TorchSharp-cpu and LLamaSharp, about 1.4 GB)");
+                int rc = Exec(["build", Project, "-c", "Release", "-v", "q", "--nologo"], stdoutToStderr: true);
+                if (rc != 0) throw new IOException($"building {Project} failed (exit code {rc}); the messages are above.");
+                File.SetLastWriteTimeUtc(dll, DateTime.UtcNow);
+            }
             return Exec([dll, .. args], stdoutToStderr: false);
         }));
         return cmd;
+    }
+
+    /// <summary>True when the built benchmark is missing or older than a source it is built from (its own, src/, the props).</summary>
+    static bool Stale(string dll)
+    {
+        if (!File.Exists(dll)) return true;
+        var built = File.GetLastWriteTimeUtc(dll);
+        var sources = new[] { Path.GetDirectoryName(Project)!, Path.Combine(Cli.RepoRoot, "src") }
+            .SelectMany(d => Directory.EnumerateFiles(d, "*", SearchOption.AllDirectories))
+            .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}") && !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}"))
+            .Where(f => f.EndsWith(".cs", StringComparison.Ordinal) || f.EndsWith(".csproj", StringComparison.Ordinal))
+            .Append(Path.Combine(Cli.RepoRoot, "Directory.Build.props"));
+        return sources.Any(f => File.Exists(f) && File.GetLastWriteTimeUtc(f) > built);
     }
 
     /// <summary>Runs `dotnet ARGS`, stdin and stderr inherited; stdout inherited or copied to stderr (stdout carries only results).</summary>

@@ -175,9 +175,8 @@ static class Child
         var dK = new float[cfg.Layers][]; var dV = new float[cfg.Layers][];
         for (int l = 0; l < cfg.Layers; l++) { dK[l] = new float[prefix.Keys[l].Length]; dV[l] = new float[dK[l].Length]; }
         float oursLoss = bp.LossAndGradient(prefix, batch, dK, dV);
-        using var m = new TorchLlama(model, p + len);
         var (keys, values) = Leaves(cfg, prefix);
-        float torchLoss = m.DistillStep(keys, values, batch);
+        float torchLoss = te.Model.DistillStep(keys, values, batch);
         var oursGrad = dK.Concat(dV).SelectMany(a => a).ToArray();
         var torchGrad = keys.Concat(values).SelectMany(t => t.grad!.data<float>().ToArray()).ToArray();
         double lossErr = Math.Abs(torchLoss - oursLoss) / Math.Abs(oursLoss), gradErr = MaxRelErr(torchGrad, oursGrad);

@@ -107,6 +107,8 @@ sealed class TorchEngine : IInferenceEngine
         _vocab = model.Config.VocabSize;
     }
 
+    public TorchLlama Model => _m;
+
     static long[,] Row(int[] tokens)
     {
         var r = new long[1, tokens.Length];

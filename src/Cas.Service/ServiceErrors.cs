@@ -38,6 +38,7 @@ public sealed class ExceptionInterceptor(CasServerOptions options, ILogger<Excep
         CartridgeCorruptException => new Status(StatusCode.DataLoss, e.Message),
         StoreLockedException => new Status(StatusCode.Unavailable, e.Message),
         InvalidRequestException or CartridgeException => new Status(StatusCode.InvalidArgument, e.Message),
+        Google.Protobuf.InvalidProtocolBufferException => new Status(StatusCode.InvalidArgument, $"malformed request message: {e.Message}"),
         ModelFormatException => new Status(StatusCode.FailedPrecondition, e.Message),
         _ => new Status(StatusCode.Internal, $"internal error ({e.GetType().Name}); the server log has the details."),
     };

@@ -29,9 +29,8 @@ public sealed class CliTests
                 // A first-k cartridge of "cat", made here with the same model, imported over gRPC.
                 var tokenizer = Cas.Engine.Tokenizers.TokenizerLoader.Load(Path.Combine(Path.GetDirectoryName(model)!, "tok512.bin"));
                 var m = Cas.Engine.Models.ModelLoader.Load(model);
-                var ids = Cas.Engine.Prompting.Encode(tokenizer, ServerFixture.Docs[0].Text, addStart: true);
                 var file = Path.Combine(dir, "cat.safetensors");
-                Cas.Engine.Cartridges.Cartridge.ForModel(m, Cas.Engine.Cartridges.CartridgeInit.FirstK(m, ids, 16), Cas.Engine.Cartridges.CartridgeInitKind.FirstK).Save(file);
+                ServerFixture.MakeCartridge(m, tokenizer, ServerFixture.Docs[0].Text, file);
                 await ServerFixture.Import(new CartridgeService.CartridgeServiceClient(channel), file, "cli", "cat");
             }
 

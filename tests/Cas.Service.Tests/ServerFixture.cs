@@ -54,7 +54,7 @@ public sealed class ServerFixture : IAsyncLifetime
         {
             var text = Docs.First(d => d.Id == id).Text;
             var file = Path.Combine(DataDir, id + ".safetensors");
-            MakeCartridge(text, file);
+            MakeCartridge(Model, Tokenizer, text, file);
             CartridgeFiles[id] = file;
             await Import(new CartridgeService.CartridgeServiceClient(Channel), file, Collection, id);
         }
@@ -67,12 +67,23 @@ public sealed class ServerFixture : IAsyncLifetime
         MaxMessageBytes = 1 << 20,
     };
 
-    /// <summary>A first-k cartridge of the document (its BOS + first tokens' KV), saved for import.</summary>
-    public void MakeCartridge(string text, string file)
+    /// <summary>A server of its own over <paramref name="dir"/> with stories260K (skips when ../shared is absent).</summary>
+    public static Task<CasServer> StartScratch(string dir, Func<CasServerOptions, CasServerOptions> tweak)
     {
-        var ids = Prompting.Encode(Tokenizer!, text, addStart: true);
-        var prefix = CartridgeInit.FirstK(Model!, ids, CartridgeTokens);
-        Cartridge.ForModel(Model!, prefix, CartridgeInitKind.FirstK).Save(file);
+        var model = TestPaths.RequireShared("models/stories260K/stories260K.bin");
+        return CasServer.StartAsync(tweak(new CasServerOptions
+        {
+            DataDir = dir, Port = 0, ModelPath = model, TokenizerPath = Path.Combine(Path.GetDirectoryName(model)!, "tok512.bin"),
+            LogLevel = Microsoft.Extensions.Logging.LogLevel.Warning,
+        }));
+    }
+
+    /// <summary>A first-k cartridge of the document (its BOS + first tokens' KV), saved for import.</summary>
+    public static void MakeCartridge(Model model, ITokenizer tokenizer, string text, string file)
+    {
+        var ids = Prompting.Encode(tokenizer, text, addStart: true);
+        var prefix = CartridgeInit.FirstK(model, ids, CartridgeTokens);
+        Cartridge.ForModel(model, prefix, CartridgeInitKind.FirstK).Save(file);
     }
 
     public static async Task<AddDocumentsResponse> AddDocs(CollectionService.CollectionServiceClient client, string collection, IEnumerable<(string Id, string Text)> docs)

@@ -290,15 +290,10 @@ public sealed class ApiKeyTests
     [Fact]
     public async Task Calls_without_the_key_are_refused()
     {
-        var model = Cas.Tests.Common.TestPaths.RequireShared("models/stories260K/stories260K.bin");
         var dir = Directory.CreateTempSubdirectory("cas-service-key-").FullName;
         try
         {
-            await using var server = await CasServer.StartAsync(new CasServerOptions
-            {
-                DataDir = dir, Port = 0, ModelPath = model, TokenizerPath = Path.Combine(Path.GetDirectoryName(model)!, "tok512.bin"), ApiKey = "s3cret",
-                LogLevel = Microsoft.Extensions.Logging.LogLevel.Warning,
-            });
+            await using var server = await ServerFixture.StartScratch(dir, o => o with { ApiKey = "s3cret" });
             using var channel = GrpcChannel.ForAddress(server.Address);
             var client = new CollectionService.CollectionServiceClient(channel);
             var e = await Assert.ThrowsAsync<RpcException>(async () => await client.ListCollectionsAsync(new ListCollectionsRequest()));
@@ -309,6 +304,39 @@ public sealed class ApiKeyTests
             Assert.Empty(ok.Collections);
             var health = await new Health.HealthClient(channel).CheckAsync(new HealthCheckRequest());
             Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, health.Status);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
+
+/// <summary>A resident budget smaller than one cartridge: RESOURCE_EXHAUSTED, nothing pinned, RAG still answers.</summary>
+public sealed class BudgetTests
+{
+    [Fact]
+    public async Task A_cartridge_larger_than_the_resident_budget_is_refused_and_nothing_leaks()
+    {
+        var dir = Directory.CreateTempSubdirectory("cas-service-budget-").FullName;
+        try
+        {
+            await using var server = await ServerFixture.StartScratch(dir, o => o with { ResidentBytes = 1024, HostBytes = 1 << 20 });
+            using var channel = GrpcChannel.ForAddress(server.Address);
+            var collections = new CollectionService.CollectionServiceClient(channel);
+            await collections.CreateCollectionAsync(new CreateCollectionRequest { Name = "small" });
+            await ServerFixture.AddDocs(collections, "small", ServerFixture.Docs);
+            var host = server.State.Model(server.State.Options.ModelPath!, server.State.Options.TokenizerPath!);
+            var file = Path.Combine(dir, "cat.safetensors");
+            ServerFixture.MakeCartridge(host.Model, host.Tokenizer, ServerFixture.Docs[0].Text, file);
+            var info = await ServerFixture.Import(new CartridgeService.CartridgeServiceClient(channel), file, "small", "cat");
+            Assert.True(info.ComputeBytes > 1024);
+
+            var query = new QueryService.QueryServiceClient(channel);
+            var request = new AskRequest { Collection = "small", Question = "the cat and the ball", MaxTokens = 4 };
+            var e = await Assert.ThrowsAsync<RpcException>(() => ServerFixture.Collect(query.Ask(request)));
+            Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+            Assert.Equal(0, server.State.Budget.Metrics().Pinned);
+            Assert.Equal(0, server.State.Budget.Metrics().ResidentBytes);
+            var (_, rag) = await ServerFixture.Collect(query.AskRag(request));
+            Assert.Equal("cat", rag.Documents[0].DocumentId);
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -17,6 +17,7 @@ static class BenchCommand
         bench.Subcommands.Add(BenchSynth.Create());
         bench.Subcommands.Add(BenchTokenize.Create());
         bench.Subcommands.Add(BenchStore.Create());
+        bench.Subcommands.Add(BenchServe.Create());
         return bench;
     }
 

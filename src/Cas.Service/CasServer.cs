@@ -91,7 +91,8 @@ public sealed class CasServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        try { await _app.StopAsync(TimeSpan.FromSeconds(5) is var t ? new CancellationTokenSource(t).Token : default); }
+        using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(5)); // in-flight calls get this long, then are cancelled
+        try { await _app.StopAsync(grace.Token); }
         finally
         {
             await _app.DisposeAsync();

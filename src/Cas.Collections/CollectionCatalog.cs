@@ -146,6 +146,27 @@ public sealed class CollectionCatalog : IDisposable
     static CollectionInfo ReadCollection(SqliteDataReader r) => new(r.GetString(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetInt32(4),
         ParseTime(r.GetString(5)), r.GetInt32(6), r.GetInt64(7), r.GetInt64(8));
 
+    /// <summary>Removes a collection with its documents, chunks and jobs (its cartridges stay in the store); false if absent.</summary>
+    public bool Delete(string name)
+    {
+        lock (gate)
+        {
+            using var tx = db.BeginTransaction();
+            foreach (var sql in new[]
+            {
+                "DELETE FROM chunks WHERE collection=$n", // row by row, so the FTS index follows (its delete trigger)
+                "DELETE FROM job_documents WHERE job_id IN (SELECT id FROM jobs WHERE collection=$n)",
+                "DELETE FROM jobs WHERE collection=$n",
+                "DELETE FROM documents WHERE collection=$n",
+            })
+                using (var c = Cmd(sql, ("$n", name))) { c.Transaction = tx; c.ExecuteNonQuery(); }
+            int removed;
+            using (var c = Cmd("DELETE FROM collections WHERE name=$n", ("$n", name))) { c.Transaction = tx; removed = c.ExecuteNonQuery(); }
+            tx.Commit();
+            return removed == 1;
+        }
+    }
+
     // ---- documents ----
 
     /// <summary>
@@ -335,6 +356,17 @@ public sealed class CollectionCatalog : IDisposable
         }
     }
 
+    /// <summary>A job by id, or null.</summary>
+    public JobRow? FindJob(long jobId)
+    {
+        lock (gate)
+        {
+            using var c = Cmd("SELECT id, collection, kind, state, settings, created, updated, error FROM jobs WHERE id=$j", ("$j", jobId));
+            using var r = c.ExecuteReader();
+            return r.Read() ? ReadJob(r) : null;
+        }
+    }
+
     public IReadOnlyList<JobRow> Jobs(string collection)
     {
         lock (gate)
@@ -343,11 +375,13 @@ public sealed class CollectionCatalog : IDisposable
             using var r = c.ExecuteReader();
             var list = new List<JobRow>();
             while (r.Read())
-                list.Add(new JobRow(r.GetInt64(0), r.GetString(1), r.GetString(2), Enum.Parse<JobState>(r.GetString(3)), r.GetString(4),
-                    ParseTime(r.GetString(5)), ParseTime(r.GetString(6)), r.IsDBNull(7) ? null : r.GetString(7)));
+                list.Add(ReadJob(r));
             return list;
         }
     }
+
+    static JobRow ReadJob(SqliteDataReader r) => new(r.GetInt64(0), r.GetString(1), r.GetString(2), Enum.Parse<JobState>(r.GetString(3)), r.GetString(4),
+        ParseTime(r.GetString(5)), ParseTime(r.GetString(6)), r.IsDBNull(7) ? null : r.GetString(7));
 
     public IReadOnlyList<JobDocumentRow> JobDocuments(long jobId)
     {

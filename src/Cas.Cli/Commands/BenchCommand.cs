@@ -18,6 +18,7 @@ static class BenchCommand
         bench.Subcommands.Add(BenchTokenize.Create());
         bench.Subcommands.Add(BenchStore.Create());
         bench.Subcommands.Add(BenchPeers.Create());
+        bench.Subcommands.Add(BenchServe.Create());
         return bench;
     }
 

@@ -16,5 +16,7 @@ public static class CasCommands
         EvalCommand.Create(),
         CollectionCommand.Create(),
         StoreCommand.Create(),
+        ServeCommand.Create(),
+        AskCommand.Create(),
     };
 }

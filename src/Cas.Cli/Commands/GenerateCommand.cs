@@ -16,8 +16,8 @@ static class GenerateCommand
         var chat = new Option<bool>("--chat") { Description = "Treat --prompt as a user message and format it with the model's chat template." };
         var chatFormat = Options.ChatFormat("auto");
         var system = new Option<string?>("--system") { Description = "System message for --chat." };
-        var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 256 };
-        var temperature = new Option<float>("--temperature") { Description = "0 = greedy.", DefaultValueFactory = _ => 0f };
+        var maxTokens = Options.MaxTokens(256);
+        var temperature = Options.Temperature();
         var topP = new Option<float>("--top-p") { Description = "Nucleus sampling threshold (1 = off).", DefaultValueFactory = _ => 1f };
         var topK = new Option<int>("--top-k") { Description = "Sample only among the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
         var seed = Options.Seed(42UL);

@@ -14,6 +14,21 @@ static class Options
         Description = "Hugging Face model folder (config.json + *.safetensors) or llama2.c .bin checkpoint. Default: ../shared/models/stories260K/stories260K.bin",
     };
 
+    public static Option<string?> Collection() => new("--collection")
+    {
+        Description = "Name of a collection (`cas collection ls` lists them).",
+    };
+
+    public static Option<int> MaxTokens(int defaultValue) => new("--max-tokens")
+    {
+        Description = "Most tokens to generate.", DefaultValueFactory = _ => defaultValue,
+    };
+
+    public static Option<float> Temperature() => new("--temperature")
+    {
+        Description = "0 = greedy.", DefaultValueFactory = _ => 0f,
+    };
+
     public static Option<string> Tokenizer() => new("--tokenizer")
     {
         Description = "tokenizer.json (or its folder) or llama2.c tok*.bin. Default where a model is loaded: the model folder's tokenizer.json, or the tok*.bin beside a .bin checkpoint.",

@@ -155,7 +155,7 @@ static class StoreCommand
     {
         var dataDir = DataDirOption();
         var file = new Argument<string>("FILE") { Description = "Cartridge file made by `cas train` (.safetensors)." };
-        var collection = new Option<string?>("--collection") { Description = "Collection of the document (the cartridge must be for its model)." };
+        var collection = Options.Collection();
         var document = new Option<string?>("--document-id") { Description = "Document id in the collection (see `cas collection status`)." };
         var id = new Option<string?>("--id") { Description = "Store under this id instead of a collection's document." };
         var fp32 = Options.Fp32();

@@ -1,0 +1,216 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using Cas.Engine;
+
+namespace Cas.Service;
+
+/// <summary>One sequence to decode: the cartridges it attends to (in slot order), its prompt, and how to sample.</summary>
+public sealed record DecodeRequest(IReadOnlyList<KvPrefix> Cartridges, int[] Prompt)
+{
+    public int MaxTokens { get; init; } = 128;
+    public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
+    public IReadOnlyList<int> StopTokens { get; init; } = [];
+}
+
+/// <summary>How a sequence ended, its tokens, and where its time went.</summary>
+public sealed record DecodeResult(int[] Tokens, FinishReason Finish, int PromptTokens, int PrefixSlots, double QueuedMs, double PrefillMs, double DecodeMs);
+
+/// <summary>
+/// Continuous batching for one model: a single thread runs, at every step, one batched forward pass over every active
+/// sequence (each with its own KV cache: its composed cartridges, then its own tokens). A new request is prefilled and
+/// joins at the next step; a sequence leaves as soon as it is done or its caller cancels (its task then ends
+/// cancelled and nothing of it is touched again). The per-sequence rules (stop tokens not emitted, max tokens, a full
+/// context) are those of <see cref="Generator"/>, so a greedy sequence decodes the same tokens here as alone.
+/// <para>The cartridges are copied into the sequence's cache when it is admitted (the engine's inference forward reads
+/// one contiguous cache per sequence); the callers' leases must stay held until the task ends, which is what the
+/// service does.</para>
+/// </summary>
+public sealed class DecodeScheduler : IDisposable
+{
+    readonly Transformer _t;
+    readonly Channel<Sequence> _incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
+    readonly Thread _thread;
+    readonly CancellationTokenSource _stop = new();
+    long _steps, _stepRows, _maxBatch;
+
+    public DecodeScheduler(Transformer transformer, int maxBatch = 64)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBatch, 1);
+        _t = transformer; MaxBatch = maxBatch;
+        _thread = new Thread(Run) { IsBackground = true, Name = "cas-decode" };
+        _thread.Start();
+    }
+
+    /// <summary>Most sequences in one step; more wait for a place.</summary>
+    public int MaxBatch { get; }
+
+    /// <summary>Decode steps run, rows (sequences) summed over them, and the largest batch seen.</summary>
+    public (long Steps, long Rows, long MaxBatch) Stats => (Interlocked.Read(ref _steps), Interlocked.Read(ref _stepRows), Interlocked.Read(ref _maxBatch));
+
+    /// <summary>Number of sequences being decoded or waiting.</summary>
+    public int Active => Volatile.Read(ref _active);
+    int _active;
+
+    /// <summary>
+    /// Queues a sequence. <paramref name="onToken"/> is called on the scheduler's thread for each emitted token (keep it
+    /// short: write to a channel). The task ends when the sequence is done, faults on a bad request, and is cancelled
+    /// when <paramref name="cancel"/> fires (the sequence leaves at the next step).
+    /// </summary>
+    public Task<DecodeResult> Submit(DecodeRequest request, Action<int>? onToken, CancellationToken cancel)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        Validate(request);
+        var s = new Sequence(request, onToken, cancel);
+        Interlocked.Increment(ref _active);
+        if (!_incoming.Writer.TryWrite(s)) { Interlocked.Decrement(ref _active); throw new ObjectDisposedException(nameof(DecodeScheduler)); }
+        return s.Done.Task;
+    }
+
+    void Validate(DecodeRequest r)
+    {
+        var c = _t.Config;
+        if (r.Prompt.Length == 0) throw new InvalidRequestException("a prompt must hold at least one token.");
+        if (r.MaxTokens < 0) throw new InvalidRequestException($"max tokens must be ≥ 0, got {r.MaxTokens}.");
+        r.Sampling.Validate();
+        int slots = 0;
+        foreach (var p in r.Cartridges)
+        {
+            if (p.Layers != c.Layers || p.KvHeads != c.KvHeads || p.HeadDim != c.HeadDim)
+                throw new InvalidRequestException($"a cartridge of shape (layers {p.Layers}, kv_heads {p.KvHeads}, head_dim {p.HeadDim}) does not belong to this model (layers {c.Layers}, kv_heads {c.KvHeads}, head_dim {c.HeadDim}).");
+            slots += p.Length;
+        }
+        if (slots + r.Prompt.Length > c.MaxSeqLen)
+            throw new InvalidRequestException($"{slots} cartridge slots + a prompt of {r.Prompt.Length} tokens exceed the model's context of {c.MaxSeqLen} positions; use fewer or smaller cartridges or a shorter prompt.");
+    }
+
+    sealed class Sequence(DecodeRequest request, Action<int>? onToken, CancellationToken cancel)
+    {
+        public readonly DecodeRequest Request = request;
+        public readonly Action<int>? OnToken = onToken;
+        public readonly CancellationToken Cancel = cancel;
+        public readonly TaskCompletionSource<DecodeResult> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public readonly long Queued = Stopwatch.GetTimestamp();
+        public KvCache? Cache;
+        public Sampler? Sampler;
+        public float[]? Logits;
+        public readonly int[] Next = new int[1];
+        public readonly List<int> Output = [];
+        public int Slots;
+        public double QueuedMs, PrefillMs;
+        public long DecodeStart;
+    }
+
+    void Run()
+    {
+        var active = new List<Sequence>();
+        var caches = new List<KvCache>();
+        var tokens = new List<int[]>();
+        int vocab = _t.Config.VocabSize;
+        float[] logits = [];
+        try
+        {
+            while (true)
+            {
+                // Wait for work when idle; otherwise take whatever arrived since the last step.
+                if (active.Count == 0 && !_incoming.Reader.TryPeek(out _))
+                    if (!_incoming.Reader.WaitToReadAsync(_stop.Token).AsTask().GetAwaiter().GetResult()) return;
+                while (active.Count < MaxBatch && _incoming.Reader.TryRead(out var s))
+                    if (Admit(s)) active.Add(s);
+
+                // Sample from each sequence's latest logits; finished or cancelled ones leave.
+                for (int a = active.Count - 1; a >= 0; a--)
+                {
+                    var s = active[a];
+                    if (s.Cancel.IsCancellationRequested) { Leave(s); s.Done.TrySetCanceled(s.Cancel); active.RemoveAt(a); continue; }
+                    var finish = SampleNext(s);
+                    if (finish is { } f) { Finish(s, f); active.RemoveAt(a); }
+                }
+                if (active.Count == 0) continue;
+
+                // One batched forward pass: every active sequence advances by one token.
+                caches.Clear(); tokens.Clear();
+                foreach (var s in active) { caches.Add(s.Cache!); tokens.Add(s.Next); }
+                if (logits.Length < active.Count * vocab) logits = new float[active.Count * vocab];
+                try { _t.Forward(caches, tokens, logits.AsSpan(0, active.Count * vocab)); }
+                catch (Exception e)
+                {
+                    foreach (var s in active) { Leave(s); s.Done.TrySetException(e); }
+                    active.Clear();
+                    continue;
+                }
+                for (int a = 0; a < active.Count; a++) logits.AsSpan(a * vocab, vocab).CopyTo(active[a].Logits);
+                Interlocked.Increment(ref _steps);
+                Interlocked.Add(ref _stepRows, active.Count);
+                if (active.Count > Interlocked.Read(ref _maxBatch)) Interlocked.Exchange(ref _maxBatch, active.Count);
+            }
+        }
+        catch (OperationCanceledException) when (_stop.IsCancellationRequested) { }
+        finally
+        {
+            foreach (var s in active) { Leave(s); s.Done.TrySetCanceled(); }
+            while (_incoming.Reader.TryRead(out var s)) { Leave(s); s.Done.TrySetCanceled(); }
+        }
+    }
+
+    /// <summary>Builds the sequence's cache (its cartridges, then its prompt) and prefills it; false if it left already.</summary>
+    bool Admit(Sequence s)
+    {
+        if (s.Cancel.IsCancellationRequested) { Leave(s); s.Done.TrySetCanceled(s.Cancel); return false; }
+        try
+        {
+            var c = _t.Config;
+            var r = s.Request;
+            long start = Stopwatch.GetTimestamp();
+            s.QueuedMs = Stopwatch.GetElapsedTime(s.Queued, start).TotalMilliseconds;
+            KvPrefix? prefix = r.Cartridges.Count switch { 0 => null, 1 => r.Cartridges[0], _ => KvPrefix.Concat(r.Cartridges) };
+            s.Slots = prefix?.Length ?? 0;
+            int capacity = (int)Math.Min((long)s.Slots + r.Prompt.Length + r.MaxTokens, c.MaxSeqLen);
+            s.Cache = new KvCache(c, capacity, prefix);
+            s.Sampler = new Sampler(r.Sampling, c.VocabSize);
+            s.Logits = new float[c.VocabSize];
+            _t.Forward([s.Cache], [r.Prompt], s.Logits);
+            long end = Stopwatch.GetTimestamp();
+            s.PrefillMs = Stopwatch.GetElapsedTime(start, end).TotalMilliseconds;
+            s.DecodeStart = end;
+            return true;
+        }
+        catch (Exception e) { Leave(s); s.Done.TrySetException(e); return false; }
+    }
+
+    /// <summary>The same per-token rules as <see cref="Generator"/>; null while the sequence goes on.</summary>
+    static FinishReason? SampleNext(Sequence s)
+    {
+        var r = s.Request;
+        if (s.Output.Count >= r.MaxTokens) return FinishReason.Length;
+        int tok = s.Sampler!.Sample(s.Logits);
+        for (int i = 0; i < r.StopTokens.Count; i++) if (r.StopTokens[i] == tok) return FinishReason.Stop;
+        s.Output.Add(tok);
+        try { s.OnToken?.Invoke(tok); }
+        catch (Exception) { /* a caller's sink failing (e.g. its stream closed) must not stop the others; its cancellation ends it */ }
+        if (s.Output.Count >= r.MaxTokens) return FinishReason.Length;
+        if (s.Cache!.Length >= s.Cache.Capacity) return FinishReason.Context;
+        s.Next[0] = tok;
+        return null;
+    }
+
+    void Finish(Sequence s, FinishReason finish)
+    {
+        double decodeMs = Stopwatch.GetElapsedTime(s.DecodeStart).TotalMilliseconds;
+        Leave(s);
+        s.Done.TrySetResult(new DecodeResult(s.Output.ToArray(), finish, s.Request.Prompt.Length, s.Slots, s.QueuedMs, s.PrefillMs, decodeMs));
+    }
+
+    void Leave(Sequence s)
+    {
+        s.Cache = null; s.Logits = null;
+        Interlocked.Decrement(ref _active);
+    }
+
+    public void Dispose()
+    {
+        _incoming.Writer.TryComplete();
+        _stop.Cancel();
+        _thread.Join();
+        _stop.Dispose();
+    }
+}

@@ -1,0 +1,210 @@
+using System.Diagnostics;
+using System.Text;
+using System.Threading.Channels;
+using Cas.Collections;
+using Cas.Engine;
+using Cas.Service.V1;
+using Cas.Store;
+
+namespace Cas.Service;
+
+/// <summary>How a question is answered: after the retrieved documents' cartridges, with retrieved chunks pasted (RAG), or with whole documents in context (ICL).</summary>
+public enum AskMode { Cartridges, Rag, Icl }
+
+/// <summary>
+/// Answers questions over a collection: retrieve (BM25 over chunks) → documents, deduplicated in retrieval order →
+/// (Ask) up to D fresh cartridges within a KV-slot budget, acquired from the budget manager and held until the
+/// sequence has left the decode batch → decode on the model's <see cref="DecodeScheduler"/>, text streamed as it comes.
+/// The gRPC QueryService is a thin caller; so is anything in-process.
+/// </summary>
+public sealed class QueryEngine(ServiceState state)
+{
+    public const int DefaultMaxTokens = 128, DefaultRetrieveChunks = 8, DefaultMaxCartridges = 4, MaxRetrieveChunks = 256;
+
+    // Prompting.Build only asks whether a cartridge comes first (then the prompt is encoded as a continuation, without
+    // BOS); this stands for "some cartridge" while the cartridges are still being chosen.
+    static readonly KvPrefix SomeCartridge = new(0, 0, 0, 0, [], []);
+
+    /// <summary>Answers <paramref name="request"/>; <paramref name="onText"/> gets the answer's text as it is decoded.</summary>
+    public async Task<AskResult> AskAsync(AskMode mode, AskRequest request, Func<string, Task> onText, CancellationToken cancel)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        long t0 = Stopwatch.GetTimestamp();
+        if (string.IsNullOrWhiteSpace(request.Question)) throw new InvalidRequestException("the question is empty; ask something.");
+        if (request.MaxTokens < 0 || request.RetrieveChunks < 0 || request.MaxCartridges < 0 || request.MaxCartridgeSlots < 0)
+            throw new InvalidRequestException("max_tokens, retrieve_chunks, max_cartridges and max_cartridge_slots must not be negative (0 takes the default).");
+        if (request.RetrieveChunks > MaxRetrieveChunks) throw new InvalidRequestException($"retrieve_chunks is at most {MaxRetrieveChunks}, got {request.RetrieveChunks}.");
+        var sampling = new SamplingOptions
+        {
+            Temperature = request.Temperature, TopK = request.TopK, TopP = request.TopP is 0 ? 1f : request.TopP, Seed = request.Seed == 0 ? 42 : request.Seed,
+        };
+        sampling.Validate();
+        var collection = state.Collection(request.Collection);
+        var host = state.ModelOf(collection);
+        var config = host.Config;
+        int maxTokens = request.MaxTokens == 0 ? DefaultMaxTokens : request.MaxTokens;
+        int maxDocs = request.MaxCartridges == 0 ? DefaultMaxCartridges : request.MaxCartridges;
+        var result = new AskResult();
+
+        // Retrieve: chunks → their documents, deduplicated, in retrieval order (or the documents the caller named).
+        var docs = new List<(string Id, double Score)>();
+        IReadOnlyList<ChunkHit> hits = [];
+        if (request.DocumentIds.Count > 0)
+        {
+            var known = state.Catalog.Documents(collection.Name).Select(d => d.DocumentId).ToHashSet(StringComparer.Ordinal);
+            foreach (var id in request.DocumentIds)
+            {
+                if (!known.Contains(id)) throw new NotFoundException($"collection '{collection.Name}' has no document '{id}'.");
+                if (!docs.Exists(d => d.Id == id)) docs.Add((id, 0));
+            }
+        }
+        else
+        {
+            if (collection.Documents == 0) throw new FailedPreconditionException($"collection '{collection.Name}' has no documents; add some (AddDocuments) first.");
+            hits = state.Catalog.Search(collection.Name, request.Question, request.RetrieveChunks == 0 ? DefaultRetrieveChunks : request.RetrieveChunks);
+            foreach (var h in hits)
+            {
+                result.Chunks.Add(new RetrievedChunk { DocumentId = h.DocumentId, Ordinal = h.Ordinal, Score = h.Score, CharStart = h.CharStart, CharEnd = h.CharEnd });
+                if (!docs.Exists(d => d.Id == h.DocumentId)) docs.Add((h.DocumentId, h.Score));
+            }
+        }
+        double retrieveMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+
+        var leases = new List<CartridgeLease>();
+        try
+        {
+            PromptTokens prompt;
+            double loadMs = 0;
+            if (mode == AskMode.Cartridges)
+            {
+                prompt = Build(host, request, QuestionText(request.Question), afterCartridge: true);
+                int budget = request.MaxCartridgeSlots > 0 ? request.MaxCartridgeSlots : Math.Max(0, config.MaxSeqLen - prompt.Ids.Length - maxTokens);
+                var status = state.Catalog.Status(collection.Name, state.Store).ToDictionary(s => s.Document.DocumentId, StringComparer.Ordinal);
+                var chosen = new List<(string Doc, double Score, StoredCartridgeInfo Info)>();
+                int slots = 0;
+                foreach (var (id, score) in docs)
+                {
+                    var s = status[id];
+                    if (chosen.Count >= maxDocs) { result.Skipped.Add($"{id}: beyond max_cartridges={maxDocs}"); continue; }
+                    if (s.State != Cas.Collections.CartridgeState.Fresh) { result.Skipped.Add($"{id}: cartridge {s.State.ToString().ToLowerInvariant()}"); continue; }
+                    if (slots + s.Cartridge!.Length > budget) { result.Skipped.Add($"{id}: its {s.Cartridge.Length} slots exceed the KV-slot budget ({budget - slots} left of {budget})"); continue; }
+                    chosen.Add((id, score, s.Cartridge));
+                    slots += s.Cartridge.Length;
+                }
+                if (docs.Count > 0 && chosen.Count == 0)
+                {
+                    var untrained = docs.Where(d => status[d.Id].State != Cas.Collections.CartridgeState.Fresh).Select(d => $"{d.Id} ({status[d.Id].State.ToString().ToLowerInvariant()})").ToList();
+                    if (untrained.Count > 0)
+                        throw new FailedPreconditionException($"training of collection '{collection.Name}' has not finished: no fresh cartridge for the retrieved documents {string.Join(", ", untrained)}. " +
+                            $"Train it (`cas collection train {collection.Name}`, or `cas store import FILE --collection {collection.Name} --document ID`), or use AskRag/AskIcl.");
+                    throw new InvalidRequestException($"no retrieved document's cartridge fits the KV-slot budget of {budget} slots ({string.Join("; ", result.Skipped)}); raise max_cartridge_slots, lower max_tokens or ask a shorter question.");
+                }
+                long l0 = Stopwatch.GetTimestamp();
+                foreach (var c in chosen)
+                {
+                    var lease = await Task.Run(() => state.Budget.Acquire(c.Info.Id, cancel), cancel);
+                    leases.Add(lease);
+                    result.Documents.Add(new UsedDocument { DocumentId = c.Doc, Score = c.Score, CartridgeId = lease.Info.Id, CartridgeVersion = lease.Info.Version, CartridgeSlots = lease.Info.Length });
+                }
+                loadMs = Stopwatch.GetElapsedTime(l0).TotalMilliseconds;
+                if (leases.Count == 0) prompt = Build(host, request, QuestionText(request.Question), afterCartridge: false);
+            }
+            else
+            {
+                // Pasted context: chunks (RAG) or whole documents (ICL), in retrieval order, as many as fit with the question and the answer.
+                int room = config.MaxSeqLen - maxTokens;
+                var bare = Build(host, request, QuestionText(request.Question), afterCartridge: false);
+                if (bare.Ids.Length > room) throw new InvalidRequestException($"the question ({bare.Ids.Length} tokens) and max_tokens={maxTokens} do not fit the model's context of {config.MaxSeqLen}.");
+                var pieces = new List<string>();
+                var candidates = mode == AskMode.Rag
+                    ? hits.Select(h => (Doc: h.DocumentId, Score: h.Score, Text: h.Text, What: $"{h.DocumentId}#{h.Ordinal}")).ToList()
+                    : docs.Take(maxDocs).Select(d => (Doc: d.Id, Score: d.Score, Text: state.Catalog.DocumentText(collection.Name, d.Id), What: d.Id)).ToList();
+                if (mode == AskMode.Icl) foreach (var d in docs.Skip(maxDocs)) result.Skipped.Add($"{d.Id}: beyond max_cartridges={maxDocs}");
+                prompt = bare;
+                foreach (var c in candidates)
+                {
+                    var trial = Build(host, request, ContextText([.. pieces, c.Text], request.Question), afterCartridge: false);
+                    if (trial.Ids.Length > room) { result.Skipped.Add($"{c.What}: does not fit the context ({trial.Ids.Length} tokens with it, room {room})"); continue; }
+                    pieces.Add(c.Text);
+                    prompt = trial;
+                    if (!result.Documents.Any(d => d.DocumentId == c.Doc)) result.Documents.Add(new UsedDocument { DocumentId = c.Doc, Score = c.Score });
+                }
+                if (mode == AskMode.Icl && candidates.Count > 0 && pieces.Count == 0)
+                    throw new FailedPreconditionException($"none of the documents fits the model's context of {config.MaxSeqLen} tokens with the question and max_tokens={maxTokens} ({string.Join("; ", result.Skipped)}); use Ask (cartridges) or AskRag.");
+            }
+
+            var decoded = await DecodeAsync(host, new DecodeRequest(leases.Select(l => l.Prefix).ToList(), prompt.Ids)
+            {
+                MaxTokens = maxTokens, Sampling = sampling, StopTokens = prompt.StopTokens,
+            }, onText, cancel);
+            result.Answer = decoded.Text;
+            result.FinishReason = decoded.Result.Finish switch
+            {
+                Cas.Engine.FinishReason.Stop => V1.FinishReason.Stop,
+                Cas.Engine.FinishReason.Length => V1.FinishReason.Length,
+                _ => V1.FinishReason.Context,
+            };
+            var r = decoded.Result;
+            long perPosition = 2L * config.Layers * config.KvHeads * config.HeadDim * sizeof(float);
+            result.Tokens = new TokenAccounting
+            {
+                PromptTokens = r.PromptTokens, CartridgeSlots = r.PrefixSlots, CompletionTokens = r.Tokens.Length,
+                KvBytesAttended = perPosition * (r.PrefixSlots + r.PromptTokens + r.Tokens.Length),
+            };
+            result.Latency = new LatencyBreakdown
+            {
+                RetrieveMs = retrieveMs, LoadMs = loadMs, QueuedMs = r.QueuedMs, PrefillMs = r.PrefillMs, DecodeMs = r.DecodeMs,
+                TotalMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds,
+            };
+            return result;
+        }
+        finally
+        {
+            foreach (var l in leases) l.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Decodes on the model's scheduler and streams the text. Returns only once the sequence has left the batch (done,
+    /// failed or cancelled), so the caller may release the cartridges it attends to.
+    /// </summary>
+    static async Task<(DecodeResult Result, string Text)> DecodeAsync(ModelHost host, DecodeRequest request, Func<string, Task> onText, CancellationToken cancel)
+    {
+        var text = new StringBuilder();
+        var pieces = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var tail = new StringBuilder();
+        var stream = new CompletionStream(host.Tokenizer, request.Prompt, t => { if (!pieces.Writer.TryWrite(t)) tail.Append(t); });
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        var task = host.Scheduler.Submit(request, stream.Add, stop.Token);
+        _ = task.ContinueWith(_ => pieces.Writer.TryComplete(), TaskScheduler.Default);
+        try
+        {
+            await foreach (var piece in pieces.Reader.ReadAllAsync(CancellationToken.None))
+            {
+                text.Append(piece);
+                await onText(piece);
+            }
+            var result = await task;
+            stream.Finish();
+            if (tail.Length > 0) { text.Append(tail); await onText(tail.ToString()); }
+            return (result, text.ToString());
+        }
+        finally
+        {
+            // Whatever ended this call (the client went away, a write failed), the sequence leaves the batch first.
+            stop.Cancel();
+            try { await task; } catch { /* its outcome was already reported, or the call is failing for another reason */ }
+        }
+    }
+
+    static string QuestionText(string question) => $"Question: {question.Trim()}\nAnswer:";
+
+    static string ContextText(IReadOnlyList<string> pieces, string question) =>
+        pieces.Count == 0 ? QuestionText(question) : string.Join("\n\n", pieces) + "\n\n" + QuestionText(question);
+
+    static PromptTokens Build(ModelHost host, AskRequest request, string text, bool afterCartridge) =>
+        Prompting.Build(host.Tokenizer, new CompletionRequest(afterCartridge && !request.Chat ? "\n" + text : text)
+        {
+            Chat = request.Chat, TokenizerPath = host.TokenizerPath, Prefix = afterCartridge ? SomeCartridge : null,
+        });
+}

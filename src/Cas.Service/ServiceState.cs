@@ -1,0 +1,136 @@
+using Cas.Collections;
+using Cas.Engine;
+using Cas.Engine.Cartridges;
+using Cas.Engine.Models;
+using Cas.Engine.Tokenizers;
+using Cas.Store;
+
+namespace Cas.Service;
+
+/// <summary>How the server runs. Defaults: loopback, HTTP/2 cleartext, no API key, 16 MiB messages.</summary>
+public sealed record CasServerOptions
+{
+    /// <summary>Folder of the catalog and the cartridge store (as `cas collection`/`cas store` use it).</summary>
+    public string DataDir { get; init; } = "cas-data";
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>0: any free port (see <see cref="CasServer.Address"/>).</summary>
+    public int Port { get; init; } = 50051;
+    /// <summary>The model a new collection gets when it names none; null: collections must name theirs.</summary>
+    public string? ModelPath { get; init; }
+    /// <summary>The tokenizer of <see cref="ModelPath"/>.</summary>
+    public string? TokenizerPath { get; init; }
+    /// <summary>When set, every call but health checks must send it in the x-api-key header (else UNAUTHENTICATED).</summary>
+    public string? ApiKey { get; init; }
+    /// <summary>A PKCS#12 certificate: serve TLS (HTTP/2 over TLS) instead of cleartext.</summary>
+    public string? TlsCertificatePath { get; init; }
+    public string? TlsCertificatePassword { get; init; }
+    /// <summary>Largest message received or sent (export streams 1 MiB pieces, so this bounds requests).</summary>
+    public int MaxMessageBytes { get; init; } = 16 << 20;
+    /// <summary>The budget manager's resident (fp32 KV) and host (stored bytes) tiers.</summary>
+    public long ResidentBytes { get; init; } = 2L << 30;
+    public long HostBytes { get; init; } = 2L << 30;
+    /// <summary>How long a question waits for room in the resident budget before RESOURCE_EXHAUSTED.</summary>
+    public TimeSpan WaitForRoom { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Most sequences decoded in one batched step per model.</summary>
+    public int MaxBatch { get; init; } = 64;
+    /// <summary>Least level logged (Information shows one line per refused call).</summary>
+    public Microsoft.Extensions.Logging.LogLevel LogLevel { get; init; } = Microsoft.Extensions.Logging.LogLevel.Information;
+}
+
+/// <summary>A loaded model with its tokenizer, fingerprint and decode scheduler (one per model path + tokenizer).</summary>
+public sealed class ModelHost : IDisposable
+{
+    internal ModelHost(string modelPath, string tokenizerPath, int maxBatch)
+    {
+        ModelPath = modelPath; TokenizerPath = tokenizerPath;
+        Model = ModelLoader.Load(modelPath);
+        Tokenizer = TokenizerLoader.Load(tokenizerPath);
+        if (Tokenizer.VocabSize > Model.Config.VocabSize)
+            throw new ModelFormatException($"the tokenizer at {tokenizerPath} has {Tokenizer.VocabSize} tokens but the model has a vocabulary of {Model.Config.VocabSize}; they do not belong together.");
+        Fingerprint = Cartridge.Fingerprint(Model);
+        Transformer = new Transformer(Model);
+        Scheduler = new DecodeScheduler(Transformer, maxBatch);
+    }
+
+    public string ModelPath { get; }
+    public string TokenizerPath { get; }
+    public Model Model { get; }
+    public ITokenizer Tokenizer { get; }
+    public string Fingerprint { get; }
+    public Transformer Transformer { get; }
+    public DecodeScheduler Scheduler { get; }
+    public ModelConfig Config => Model.Config;
+
+    public void Dispose() => Scheduler.Dispose();
+}
+
+/// <summary>
+/// What the services share for the life of the process: the catalog, the one store and budget manager, and the models
+/// (loaded on first use).
+/// </summary>
+public sealed class ServiceState : IDisposable
+{
+    readonly Dictionary<(string, string), Lazy<ModelHost>> _models = new();
+    readonly object _gate = new();
+
+    public ServiceState(CasServerOptions options)
+    {
+        Options = options;
+        Catalog = new CollectionCatalog(options.DataDir);
+        try
+        {
+            Store = new FasterCartridgeStore(options.DataDir);
+            Budget = new BudgetManager(Store, new BudgetOptions { ResidentBytes = options.ResidentBytes, HostBytes = options.HostBytes, WaitForRoom = options.WaitForRoom });
+        }
+        catch { Store?.Dispose(); Catalog.Dispose(); throw; }
+    }
+
+    public CasServerOptions Options { get; }
+    public CollectionCatalog Catalog { get; }
+    public ICartridgeStore Store { get; }
+    public BudgetManager Budget { get; }
+
+    /// <summary>The model (loaded once, shared by every collection of it).</summary>
+    public ModelHost Model(string modelPath, string tokenizerPath)
+    {
+        Lazy<ModelHost> lazy;
+        lock (_gate)
+        {
+            var key = (Path.GetFullPath(modelPath), Path.GetFullPath(tokenizerPath));
+            if (!_models.TryGetValue(key, out lazy!))
+                _models[key] = lazy = new Lazy<ModelHost>(() => new ModelHost(key.Item1, key.Item2, Options.MaxBatch));
+        }
+        try { return lazy.Value; }
+        catch
+        {
+            lock (_gate) { var key = (Path.GetFullPath(modelPath), Path.GetFullPath(tokenizerPath)); if (_models.TryGetValue(key, out var l) && l == lazy) _models.Remove(key); }
+            throw;
+        }
+    }
+
+    /// <summary>The collection, or NOT_FOUND.</summary>
+    public CollectionInfo Collection(string name)
+    {
+        if (string.IsNullOrEmpty(name)) throw new InvalidRequestException("name the collection.");
+        return Catalog.Find(name) ?? throw new NotFoundException($"no collection '{name}'; ListCollections shows the ones there are.");
+    }
+
+    /// <summary>The collection's model, checked against the fingerprint recorded when it was created.</summary>
+    public ModelHost ModelOf(CollectionInfo c)
+    {
+        var host = Model(c.ModelPath, c.TokenizerPath);
+        if (!string.Equals(host.Fingerprint, c.ModelFingerprint, StringComparison.OrdinalIgnoreCase))
+            throw new FailedPreconditionException($"the model at {c.ModelPath} is not the one collection '{c.Name}' was created with (fingerprint {Cartridge.ShortFingerprint(host.Fingerprint)}, recorded {Cartridge.ShortFingerprint(c.ModelFingerprint)}).");
+        return host;
+    }
+
+    public void Dispose()
+    {
+        List<Lazy<ModelHost>> models;
+        lock (_gate) { models = [.. _models.Values]; _models.Clear(); }
+        foreach (var m in models) if (m.IsValueCreated) m.Value.Dispose();
+        Budget.Dispose();
+        Store.Dispose();
+        Catalog.Dispose();
+    }
+}

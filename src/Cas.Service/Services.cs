@@ -1,0 +1,314 @@
+using Cas.Collections;
+using Cas.Engine;
+using Cas.Engine.Cartridges;
+using Cas.Resources;
+using Cas.Service.V1;
+using Cas.Store;
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using CatalogJobState = Cas.Collections.JobState;
+using CatalogCartridgeState = Cas.Collections.CartridgeState;
+
+namespace Cas.Service;
+
+// The gRPC services: thin callers of the catalog, the store, the budget manager and the QueryEngine. They throw the
+// libraries' typed exceptions; ExceptionInterceptor turns them into statuses.
+
+static class Convert
+{
+    public static Timestamp Time(DateTime utc) => Timestamp.FromDateTime(DateTime.SpecifyKind(utc, DateTimeKind.Utc));
+
+    public static V1.Collection Collection(CollectionInfo c) => new()
+    {
+        Name = c.Name, ModelPath = c.ModelPath, ModelFingerprint = c.ModelFingerprint, TokenizerPath = c.TokenizerPath,
+        ChunkTokens = c.ChunkTokens, Created = Time(c.CreatedUtc), Documents = c.Documents, Chunks = c.Chunks, Characters = c.Characters,
+    };
+
+    public static CartridgeInfo Cartridge(StoredCartridgeInfo c)
+    {
+        var info = new CartridgeInfo
+        {
+            Id = c.Id, Version = c.Version, ModelFingerprint = c.ModelFingerprint, Length = c.Length, Layers = c.Layers, KvHeads = c.KvHeads,
+            HeadDim = c.HeadDim, Dtype = c.DType.ToString().ToLowerInvariant(), Bytes = c.Bytes, ComputeBytes = c.ComputeBytes,
+            Committed = Time(c.CommittedUtc), Bad = c.Bad ?? "",
+        };
+        foreach (var (k, v) in c.Labels) info.Labels[k] = v;
+        return info;
+    }
+
+    public static V1.JobState Job(CatalogJobState s) => s switch
+    {
+        CatalogJobState.Queued => V1.JobState.Queued,
+        CatalogJobState.Running => V1.JobState.Running,
+        CatalogJobState.Done => V1.JobState.Done,
+        CatalogJobState.Failed => V1.JobState.Failed,
+        _ => V1.JobState.Cancelled,
+    };
+}
+
+public sealed class CollectionServiceImpl(ServiceState state) : CollectionService.CollectionServiceBase
+{
+    public override Task<V1.Collection> CreateCollection(CreateCollectionRequest request, ServerCallContext context)
+    {
+        string modelPath, tokenizerPath;
+        if (request.ModelPath.Length > 0)
+        {
+            modelPath = request.ModelPath;
+            tokenizerPath = request.TokenizerPath.Length > 0 ? request.TokenizerPath
+                : state.Options.ModelPath != null && Path.GetFullPath(modelPath) == Path.GetFullPath(state.Options.ModelPath) && state.Options.TokenizerPath != null
+                    ? state.Options.TokenizerPath
+                    : throw new InvalidRequestException("with a model_path other than the server's model, give its tokenizer_path too.");
+        }
+        else
+        {
+            modelPath = state.Options.ModelPath ?? throw new InvalidRequestException("this server has no default model; give model_path and tokenizer_path.");
+            tokenizerPath = request.TokenizerPath.Length > 0 ? request.TokenizerPath : state.Options.TokenizerPath
+                ?? throw new InvalidRequestException("this server has no default tokenizer; give tokenizer_path.");
+        }
+        if (!File.Exists(modelPath) && !Directory.Exists(modelPath)) throw new InvalidRequestException($"model_path {modelPath} does not exist on the server.");
+        if (!File.Exists(tokenizerPath) && !Directory.Exists(tokenizerPath)) throw new InvalidRequestException($"tokenizer_path {tokenizerPath} does not exist on the server.");
+        var host = state.Model(modelPath, tokenizerPath);
+        var info = state.Catalog.Create(request.Name, host.ModelPath, host.Fingerprint, host.TokenizerPath, request.ChunkTokens == 0 ? 512 : request.ChunkTokens);
+        return Task.FromResult(Convert.Collection(info));
+    }
+
+    public override async Task<AddDocumentsResponse> AddDocuments(IAsyncStreamReader<AddDocumentsRequest> requestStream, ServerCallContext context)
+    {
+        var total = new AddDocumentsResponse();
+        CollectionInfo? collection = null;
+        ModelHost? host = null;
+        bool first = true;
+        await foreach (var message in requestStream.ReadAllAsync(context.CancellationToken))
+        {
+            if (first)
+            {
+                collection = state.Collection(message.Collection);
+                host = state.ModelOf(collection);
+                first = false;
+            }
+            else if (message.Collection.Length > 0 && message.Collection != collection!.Name)
+                throw new InvalidRequestException($"one AddDocuments call adds to one collection: the first message named '{collection.Name}', a later one '{message.Collection}'.");
+            var docs = new List<(Document, string)>();
+            foreach (var d in message.Documents)
+            {
+                if (string.IsNullOrEmpty(d.Id)) throw new InvalidRequestException("every document needs an id.");
+                docs.Add((new Document(d.Id, d.Text, d.Source.Length > 0 ? d.Source : d.Id, Document.NoMetadata, Document.NoQuestions), d.Kind.Length > 0 ? d.Kind : "text"));
+            }
+            var report = await Task.Run(() => state.Catalog.AddDocuments(collection!.Name, docs, host!.Tokenizer, cancellation: context.CancellationToken), context.CancellationToken);
+            total.Added += report.Added; total.Changed += report.Changed; total.Unchanged += report.Unchanged; total.Chunks += report.Chunks;
+        }
+        if (first) throw new InvalidRequestException("AddDocuments got no message; the first one must name the collection.");
+        return total;
+    }
+
+    public override Task<ListCollectionsResponse> ListCollections(ListCollectionsRequest request, ServerCallContext context)
+    {
+        var response = new ListCollectionsResponse();
+        foreach (var c in state.Catalog.List()) response.Collections.Add(Convert.Collection(c));
+        return Task.FromResult(response);
+    }
+
+    public override Task<CollectionDetail> GetCollection(GetCollectionRequest request, ServerCallContext context)
+    {
+        var c = state.Collection(request.Name);
+        var detail = new CollectionDetail { Collection = Convert.Collection(c) };
+        foreach (var s in state.Catalog.Status(c.Name, state.Store))
+        {
+            var d = s.Document;
+            detail.Documents.Add(new DocumentInfo
+            {
+                Id = d.DocumentId, Kind = d.Kind, Source = d.Source, ContentHash = d.ContentHash, Characters = d.Characters, Tokens = d.Tokens, Chunks = d.Chunks,
+                Updated = Convert.Time(d.UpdatedUtc), CartridgeId = d.CartridgeId, CartridgeVersion = s.Cartridge?.Version ?? 0,
+                CartridgeState = s.State switch
+                {
+                    CatalogCartridgeState.Missing => V1.CartridgeState.Missing,
+                    CatalogCartridgeState.Fresh => V1.CartridgeState.Fresh,
+                    CatalogCartridgeState.Stale => V1.CartridgeState.Stale,
+                    _ => V1.CartridgeState.Bad,
+                },
+            });
+        }
+        return Task.FromResult(detail);
+    }
+
+    public override Task<DeleteCollectionResponse> DeleteCollection(DeleteCollectionRequest request, ServerCallContext context)
+    {
+        var c = state.Collection(request.Name);
+        var docs = state.Catalog.Documents(c.Name);
+        int cartridges = 0;
+        if (!request.KeepCartridges)
+            foreach (var d in docs) if (state.Store.Delete(d.CartridgeId)) cartridges++;
+        state.Catalog.Delete(c.Name);
+        return Task.FromResult(new DeleteCollectionResponse { DocumentsDeleted = docs.Count, CartridgesDeleted = cartridges });
+    }
+}
+
+public sealed class CartridgeServiceImpl(ServiceState state) : CartridgeService.CartridgeServiceBase
+{
+    const int PieceBytes = 1 << 20;
+
+    public override Task<ListCartridgesResponse> ListCartridges(ListCartridgesRequest request, ServerCallContext context)
+    {
+        var response = new ListCartridgesResponse();
+        foreach (var c in state.Store.List(request.IdPrefix.Length > 0 ? request.IdPrefix : null)) response.Cartridges.Add(Convert.Cartridge(c));
+        return Task.FromResult(response);
+    }
+
+    public override Task<CartridgeInfo> GetCartridge(GetCartridgeRequest request, ServerCallContext context) =>
+        Task.FromResult(Convert.Cartridge(Find(request.Id)));
+
+    StoredCartridgeInfo Find(string id)
+    {
+        if (string.IsNullOrEmpty(id)) throw new InvalidRequestException("give a cartridge id (ListCartridges shows them).");
+        return state.Store.Find(id) ?? throw new NotFoundException($"no cartridge '{id}'; ListCartridges shows the ones there are.");
+    }
+
+    public override async Task ExportCartridge(GetCartridgeRequest request, IServerStreamWriter<CartridgeData> responseStream, ServerCallContext context)
+    {
+        Find(request.Id);
+        var file = await Task.Run(() => state.Store.ReadFile(request.Id, context.CancellationToken), context.CancellationToken);
+        var bytes = file.Bytes;
+        for (int at = 0; at == 0 || at < bytes.Length; at += PieceBytes)
+        {
+            var piece = new CartridgeData { Data = ByteString.CopyFrom(bytes, at, Math.Min(PieceBytes, bytes.Length - at)) };
+            if (at == 0) piece.Info = Convert.Cartridge(file.Info);
+            await responseStream.WriteAsync(piece, context.CancellationToken);
+        }
+    }
+
+    public override async Task<CartridgeInfo> ImportCartridge(IAsyncStreamReader<ImportCartridgeRequest> requestStream, ServerCallContext context)
+    {
+        ImportCartridgeRequest? head = null;
+        string tmp = Path.Combine(Path.GetTempPath(), $"cas-import-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            await using (var file = File.Create(tmp))
+                await foreach (var message in requestStream.ReadAllAsync(context.CancellationToken))
+                {
+                    head ??= message;
+                    if (!message.Data.IsEmpty) await file.WriteAsync(message.Data.Memory, context.CancellationToken);
+                }
+            if (head == null) throw new InvalidRequestException("ImportCartridge got no message; the first names the target and carries data.");
+            var cartridge = Cartridge.Read(tmp);
+            string id;
+            IReadOnlyDictionary<string, string> labels;
+            if (head.Collection.Length > 0)
+            {
+                if (head.DocumentId.Length == 0) throw new InvalidRequestException("with a collection, give document_id (the document the cartridge was trained on).");
+                if (head.Id.Length > 0) throw new InvalidRequestException("give either collection + document_id or id, not both.");
+                var c = state.Collection(head.Collection);
+                if (!string.Equals(c.ModelFingerprint, cartridge.ModelFingerprint, StringComparison.OrdinalIgnoreCase))
+                    throw new CartridgeMismatchException($"the cartridge was trained for model {Cartridge.ShortFingerprint(cartridge.ModelFingerprint)} but collection '{c.Name}' is for model {Cartridge.ShortFingerprint(c.ModelFingerprint)}.");
+                var doc = state.Catalog.Documents(c.Name).FirstOrDefault(d => d.DocumentId == head.DocumentId)
+                    ?? throw new NotFoundException($"collection '{c.Name}' has no document '{head.DocumentId}'.");
+                id = doc.CartridgeId;
+                labels = CollectionCatalog.CartridgeLabels(doc);
+            }
+            else if (head.Id.Length > 0)
+            {
+                id = head.Id;
+                labels = new Dictionary<string, string> { [CollectionCatalog.LabelSource] = "grpc-import" };
+            }
+            else throw new InvalidRequestException("say where the cartridge goes: collection + document_id, or id.");
+            var stored = await Task.Run(() => state.Store.Put(id, cartridge, labels, head.Fp32 ? StoredDType.F32 : StoredDType.BF16, context.CancellationToken), context.CancellationToken);
+            return Convert.Cartridge(stored);
+        }
+        finally { File.Delete(tmp); }
+    }
+
+    public override Task<DeleteCartridgeResponse> DeleteCartridge(DeleteCartridgeRequest request, ServerCallContext context)
+    {
+        Find(request.Id);
+        return Task.FromResult(new DeleteCartridgeResponse { Deleted = state.Store.Delete(request.Id) });
+    }
+}
+
+/// <summary>
+/// Training jobs. Reading jobs (get, list, watch) works on the catalog's job rows, whoever wrote them; starting and
+/// cancelling need the per-document CAS trainer, which this build does not have: they answer UNIMPLEMENTED.
+/// </summary>
+public sealed class TrainingServiceImpl(ServiceState state) : TrainingService.TrainingServiceBase
+{
+    const string NoTrainer = "per-document CAS training is not in this build of the server yet. Train a document's cartridge with " +
+        "`cas train --data DOC --out FILE` and put it in with ImportCartridge (collection + document_id) or `cas store import FILE --collection C --document ID`.";
+
+    public override Task<TrainingJob> StartTraining(StartTrainingRequest request, ServerCallContext context)
+    {
+        state.Collection(request.Collection);
+        throw new NotImplementedFeatureException(NoTrainer);
+    }
+
+    public override Task<TrainingJob> CancelTrainingJob(CancelTrainingJobRequest request, ServerCallContext context)
+    {
+        Job(request.Id);
+        throw new NotImplementedFeatureException(NoTrainer);
+    }
+
+    public override Task<TrainingJob> GetTrainingJob(GetTrainingJobRequest request, ServerCallContext context) => Task.FromResult(Job(request.Id));
+
+    public override Task<ListTrainingJobsResponse> ListTrainingJobs(ListTrainingJobsRequest request, ServerCallContext context)
+    {
+        var c = state.Collection(request.Collection);
+        var response = new ListTrainingJobsResponse();
+        foreach (var j in state.Catalog.Jobs(c.Name)) response.Jobs.Add(ToJob(j));
+        return Task.FromResult(response);
+    }
+
+    public override async Task WatchTrainingJob(GetTrainingJobRequest request, IServerStreamWriter<TrainingJob> responseStream, ServerCallContext context)
+    {
+        TrainingJob? last = null;
+        while (true)
+        {
+            var job = Job(request.Id);
+            if (!job.Equals(last)) { await responseStream.WriteAsync(job, context.CancellationToken); last = job; }
+            if (job.State is V1.JobState.Done or V1.JobState.Failed or V1.JobState.Cancelled) return;
+            await Task.Delay(250, context.CancellationToken);
+        }
+    }
+
+    TrainingJob Job(long id)
+    {
+        var row = state.Catalog.FindJob(id) ?? throw new NotFoundException($"no training job {id}.");
+        return ToJob(row);
+    }
+
+    TrainingJob ToJob(JobRow j)
+    {
+        var job = new TrainingJob
+        {
+            Id = j.Id, Collection = j.Collection, Kind = j.Kind, State = Convert.Job(j.State), SettingsJson = j.Settings,
+            Created = Convert.Time(j.CreatedUtc), Updated = Convert.Time(j.UpdatedUtc), Error = j.Error ?? "",
+        };
+        foreach (var d in state.Catalog.JobDocuments(j.Id))
+        {
+            job.Documents.Add(new TrainingDocumentProgress
+            {
+                DocumentId = d.DocumentId, State = Convert.Job(d.State), StepsDone = d.StepsDone, StepsTotal = d.StepsTotal,
+                Loss = d.Loss ?? 0, CartridgeVersion = d.CartridgeVersion ?? 0,
+            });
+            job.StepsDone += d.StepsDone; job.StepsTotal += d.StepsTotal;
+        }
+        return job;
+    }
+}
+
+public sealed class QueryServiceImpl(QueryEngine engine) : QueryService.QueryServiceBase
+{
+    public override Task Ask(AskRequest request, IServerStreamWriter<AskResponse> responseStream, ServerCallContext context) =>
+        Run(AskMode.Cartridges, request, responseStream, context);
+
+    public override Task AskRag(AskRequest request, IServerStreamWriter<AskResponse> responseStream, ServerCallContext context) =>
+        Run(AskMode.Rag, request, responseStream, context);
+
+    public override Task AskIcl(AskRequest request, IServerStreamWriter<AskResponse> responseStream, ServerCallContext context) =>
+        Run(AskMode.Icl, request, responseStream, context);
+
+    async Task Run(AskMode mode, AskRequest request, IServerStreamWriter<AskResponse> responseStream, ServerCallContext context)
+    {
+        var result = await engine.AskAsync(mode, request,
+            text => responseStream.WriteAsync(new AskResponse { Delta = new AnswerDelta { Text = text } }, context.CancellationToken),
+            context.CancellationToken);
+        await responseStream.WriteAsync(new AskResponse { Result = result }, context.CancellationToken);
+    }
+}

@@ -140,7 +140,7 @@ public sealed partial class Transformer
                 for (int i = 0; i < take; i++)
                 {
                     int r = rows + i;
-                    _w.TokenEmbedding.AsSpan(toks[i] * _c.Dim, _c.Dim).CopyTo(x.AsSpan(r * _c.Dim, _c.Dim));
+                    _w.TokenEmbedding.Widen(toks[i] * _c.Dim, x.AsSpan(r * _c.Dim, _c.Dim));
                     _pos[r] = start + i;
                     _rope.Angles(start + i, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
                 }
@@ -192,7 +192,7 @@ public sealed partial class Transformer
             if (prefixed) AttendPrefixed(l, rows, b); else AttendCaches(l, rows, b);
             Mark(DecoderPhase.Attention);
             if (b.XMid != b.XIn) b.XIn.AsSpan(0, rows * dim).CopyTo(b.XMid);
-            Blas.Sgemm(false, true, rows, dim, qd, 1f, b.Att, qd, w.Wo, qd, 1f, b.XMid, dim);
+            WeightProduct.TimesTransposed(b.Att.AsSpan(0, rows * qd), rows, w.Wo, dim, qd, 1f, b.XMid, dim);
             if (w.Bo != null) Ops.AddBiasRows(b.XMid.AsSpan(0, rows * dim), w.Bo, rows);
             Mark(DecoderPhase.Projections);
 
@@ -209,7 +209,7 @@ public sealed partial class Transformer
             }, ElementwiseRowsPerCore);
             if (b.XOut != b.XMid) b.XMid.AsSpan(0, rows * dim).CopyTo(b.XOut);
             Mark(DecoderPhase.Elementwise);
-            Blas.Sgemm(false, true, rows, dim, hidden, 1f, b.H, hidden, w.WDown, hidden, 1f, b.XOut, dim);
+            WeightProduct.TimesTransposed(b.H.AsSpan(0, rows * hidden), rows, w.WDown, dim, hidden, 1f, b.XOut, dim);
             Mark(DecoderPhase.Projections);
         }
     }

@@ -29,7 +29,8 @@ static class BenchCommand
         var steps = new Option<int>("--decode-steps") { Description = "Tokens decoded per timed decode run.", DefaultValueFactory = _ => 32 };
         var contexts = new Option<string>("--contexts") { Description = "Comma-separated context lengths (tokens already in the KV cache) at which decode is timed; shorten to e.g. 16,512 for a quick run.", DefaultValueFactory = _ => "16,512,4096" };
         var batches = new Option<string>("--batches") { Description = "Comma-separated decode batch sizes.", DefaultValueFactory = _ => "1,16" };
-        var cmd = new Command("engine", "SGEMM peak, prefill and decode speed (wall and CPU time), peak memory on a random-weight model.") { config, prefill, steps, contexts, batches };
+        var weights = new Option<string>("--weights") { Description = "Precision the weight matrices are held in: fp32, bf16 or fp16 (16-bit: widened inside the kernels).", DefaultValueFactory = _ => "fp32" };
+        var cmd = new Command("engine", "SGEMM peak, prefill and decode speed (wall and CPU time), peak memory on a random-weight model.") { config, prefill, steps, contexts, batches, weights };
         cmd.SetAction(pr => Cli.Run(() =>
         {
             var cfg = HfModelLoader.ReadConfig(pr.GetValue(config) ?? DefaultConfig);
@@ -42,7 +43,16 @@ static class BenchCommand
             double bandwidth = MemoryReadBandwidth();
             Console.WriteLine($"memory_read_gb_s={bandwidth:F1}");
 
+            var precision = pr.GetValue(weights) switch
+            {
+                "fp32" => WeightPrecision.Float32, "bf16" => WeightPrecision.BFloat16, "fp16" => WeightPrecision.Float16,
+                var w => throw new Cas.Engine.InvalidRequestException($"--weights takes fp32, bf16 or fp16, got '{w}'."),
+            };
             var model = RandomWeights.Create(cfg, seed: 7);
+            if (precision != WeightPrecision.Float32) model = new Model(cfg, model.Weights.ToPrecision(precision), model.Source);
+            GC.Collect();
+            Console.WriteLine($"weights={pr.GetValue(weights)}");
+            Console.WriteLine($"weight_matrix_mb={model.Weights.MatrixBytes / (1024.0 * 1024):F0}");
             var t = new Transformer(model, maxChunkTokens: Math.Max(T, 16));
             var rng = new Random(3);
             int[] Prompt(int n) { var a = new int[n]; for (int i = 0; i < n; i++) a[i] = rng.Next(cfg.VocabSize); return a; }
@@ -200,8 +210,9 @@ static class BenchCommand
     /// <summary>Bytes of the weight matrices one decode step reads (projections, MLP, LM head), at their stored precision.</summary>
     static double WeightBytes(ModelConfig c, Model model)
     {
-        double perLayer = (double)c.Dim * c.QDim * 2 + 2.0 * c.Dim * c.KvDim + 3.0 * c.Dim * c.HiddenDim;
-        return 4.0 * (c.Layers * perLayer + (double)c.VocabSize * c.Dim);
+        double n = model.Weights.LmHead.Bytes;
+        foreach (var l in model.Weights.Layers) n += l.Wq.Bytes + l.Wk.Bytes + l.Wv.Bytes + l.Wo.Bytes + l.WGate.Bytes + l.WUp.Bytes + l.WDown.Bytes;
+        return n;
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using Cas.Engine.Models;
 
 namespace Cas.Engine.Compute;
@@ -87,8 +88,59 @@ public static unsafe class WeightProduct
         Parallel.For(0, blocks, blk => Block16(blk * Block, Math.Min(n, (blk + 1) * Block), m, k, a, b, bf16, beta, c, ldc));
     }
 
+    /// <summary>
+    /// bf16 rows widened in registers (a bf16 value is the top half of an fp32: zero-extend, shift left 16) and
+    /// multiplied into one accumulator pair per activation row, so each weight is loaded and widened once.
+    /// </summary>
+    static void BlockBf16(int j0, int j1, int m, int k, float* a, ushort* b, float beta, float* c, int ldc)
+    {
+        if (m == 1)
+        {
+            // Batch-1 decode: accumulators in registers.
+            for (int j = j0; j < j1; j++)
+            {
+                ushort* bj = b + (long)j * k;
+                var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero;
+                for (int d = 0; d < k; d += 16)
+                {
+                    var (lo, hi) = Vector256.Widen(Vector256.Load(bj + d));
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(lo, 16).AsSingle(), Vector256.Load(a + d), a0);
+                    a1 = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(hi, 16).AsSingle(), Vector256.Load(a + d + 8), a1);
+                }
+                float dot = Vector256.Sum(a0 + a1);
+                c[j] = beta == 0 ? dot : dot + beta * c[j];
+            }
+            return;
+        }
+        Span<Vector256<float>> acc = stackalloc Vector256<float>[2 * Blas.SmallRows];
+        for (int j = j0; j < j1; j++)
+        {
+            ushort* bj = b + (long)j * k;
+            acc.Slice(0, 2 * m).Clear();
+            for (int d = 0; d < k; d += 16)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.Load(bj + d));
+                var wl = Vector256.ShiftLeft(lo, 16).AsSingle();
+                var wh = Vector256.ShiftLeft(hi, 16).AsSingle();
+                for (int i = 0; i < m; i++)
+                {
+                    float* ai = a + (long)i * k + d;
+                    acc[2 * i] = Vector256.FusedMultiplyAdd(wl, Vector256.Load(ai), acc[2 * i]);
+                    acc[2 * i + 1] = Vector256.FusedMultiplyAdd(wh, Vector256.Load(ai + 8), acc[2 * i + 1]);
+                }
+            }
+            for (int i = 0; i < m; i++)
+            {
+                float dot = Vector256.Sum(acc[2 * i] + acc[2 * i + 1]);
+                float* ci = c + (long)i * ldc + j;
+                *ci = beta == 0 ? dot : dot + beta * *ci;
+            }
+        }
+    }
+
     static void Block16(int j0, int j1, int m, int k, float* a, ushort* b, bool bf16, float beta, float* c, int ldc)
     {
+        if (bf16 && Vector256.IsHardwareAccelerated && k % 16 == 0) { BlockBf16(j0, j1, m, k, a, b, beta, c, ldc); return; }
         var row = t_row;
         if (row == null || row.Length < k) t_row = row = new float[Math.Max(k, 4096)];
         var r = row.AsSpan(0, k);

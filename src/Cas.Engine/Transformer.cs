@@ -124,6 +124,7 @@ public sealed partial class Transformer
         }
 
         _caches = caches;
+        Timer?.Restart();   // time between calls belongs to the caller
         var x = _inference.XIn;
         int seq = 0, offset = 0, allRow = 0, half = _c.HeadDim / 2;
         while (seq < caches.Count)
@@ -160,6 +161,7 @@ public sealed partial class Transformer
             }
             else if (!lastLogits.IsEmpty)
                 LastTokenLogits(lastLogits);
+            Mark(DecoderPhase.LmHead);
         }
         _caches = [];
     }

@@ -82,7 +82,16 @@ static class BenchCommand
             {
                 foreach (int batch in ParseList(pr.GetValue(batches)!, "--batches"))
                 {
+                    bool profile = batch == 1 && fraction == null;
+                    if (profile) t.Timer = new PhaseTimer();
                     var (tokS, tokCpu) = Decode(t, cfg, batch, ctx, decodeSteps, Prompt, logits);
+                    if (profile)
+                    {
+                        // Wall time per decoded token by phase (batch 1, shortest context): where the bound is lost.
+                        for (int ph = 0; ph < (int)DecoderPhase.Loss; ph++)
+                            Console.WriteLine($"decode_b1_ms_per_token_{((DecoderPhase)ph).ToString().ToLowerInvariant()}={t.Timer!.Seconds[ph] * 1000 / decodeSteps:F2}");
+                        t.Timer = null;
+                    }
                     Console.WriteLine($"decode_tok_s_b{batch}_ctx{ctx}={tokS:F1}");
                     Console.WriteLine($"decode_tok_per_cpu_s_b{batch}_ctx{ctx}={tokCpu:F1}");
                     if (batch == 1 && fraction == null)
@@ -177,6 +186,7 @@ static class BenchCommand
         t.Forward(caches, toks, logits); // context-th token, and warm-up
         for (int b = 0; b < batch; b++) toks[b] = [1];
         t.Forward(caches, toks, logits); // warm-up step
+        if (t.Timer is { } timer) { Array.Clear(timer.Seconds); timer.Restart(); }
         var clock = Clock.Start();
         for (int s = 0; s < steps - 1; s++)
         {

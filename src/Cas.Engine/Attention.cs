@@ -18,7 +18,7 @@ namespace Cas.Engine;
 /// <list type="bullet">
 /// <item>Inference (<see cref="AttendCaches"/>): each sequence's prefix and earlier tokens sit in its
 ///   <see cref="KvCache"/>; new K/V are appended there first. Long segments run per head as two SGEMMs, short ones
-///   (decode) per KV group as one small grouped product over key blocks (<see cref="DecodeAttention"/>): each
+///   (decode) per KV group as one small grouped product over key blocks (<see cref="AttendDecode"/>): each
 ///   key and value row is read once for all the group's query heads.</item>
 /// <item>Training (<see cref="AttendPrefixed"/>, <see cref="AttendPrefixedBackward"/>): each sequence has a
 ///   <see cref="ComposedPrefix"/> whose parts are read in place, and its token K/V are rows of the batch. For one KV

@@ -66,6 +66,41 @@ public static unsafe class WeightProduct
         }
     }
 
+    /// <summary>
+    /// y_i[rows, outDims[i]] = x[rows, inDim] · W_iᵀ for matrices that read the same x (q/k/v, gate/up). A decode step
+    /// (rows ≤ <see cref="Blas.SmallRows"/>) runs them as one parallel loop over 64-row blocks of all of them, so it
+    /// pays one barrier instead of one per matrix; more rows run one product each.
+    /// </summary>
+    public static void TimesTransposedShared(float[] x, int rows, int inDim, WeightTensor[] w, int[] outDims, float[][] y)
+    {
+        if (rows > Blas.SmallRows || rows == 0 || !Blas.FewRowsKernel)
+        {
+            for (int i = 0; i < w.Length; i++) TimesTransposed(x.AsSpan(0, rows * inDim), rows, w[i], outDims[i], inDim, 0f, y[i], outDims[i]);
+            return;
+        }
+        const int Block = 64;
+        int blocks = 0;
+        for (int i = 0; i < w.Length; i++)
+        {
+            if (w[i].Length < (long)outDims[i] * inDim || y[i].Length < rows * outDims[i] || x.Length < rows * inDim)
+                throw new ArgumentException($"matrix {i}: sizes do not match {outDims[i]}×{inDim} for {rows} rows.");
+            blocks += (outDims[i] + Block - 1) / Block;
+        }
+        Parallel.For(0, blocks, blk =>
+        {
+            int i = 0, first = blk;
+            while (first >= (outDims[i] + Block - 1) / Block) { first -= (outDims[i] + Block - 1) / Block; i++; }
+            int j0 = first * Block, j1 = Math.Min(outDims[i], j0 + Block), n = outDims[i];
+            fixed (float* px = x) fixed (float* py = y[i])
+            {
+                if (w[i].Precision == WeightPrecision.Float32)
+                    fixed (float* pw = w[i].Floats) ManagedGemm.FewRowsBlock(j0, j1, rows, inDim, 1f, px, inDim, pw, inDim, 0f, py, n);
+                else
+                    fixed (ushort* pw = w[i].Bits) Block16(j0, j1, rows, inDim, px, pw, w[i].Precision == WeightPrecision.BFloat16, 0f, py, n);
+            }
+        });
+    }
+
     static float[] Panel(int n)
     {
         var b = t_panel;

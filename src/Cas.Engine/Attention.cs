@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using Cas.Engine.Compute;
 
 namespace Cas.Engine;
@@ -16,7 +18,8 @@ namespace Cas.Engine;
 /// <list type="bullet">
 /// <item>Inference (<see cref="AttendCaches"/>): each sequence's prefix and earlier tokens sit in its
 ///   <see cref="KvCache"/>; new K/V are appended there first. Long segments run per head as two SGEMMs, short ones
-///   (decode) as dot products per (sequence, head) over the cores.</item>
+///   (decode) per KV group as one small grouped product over key blocks (<see cref="AttendDecode"/>): each
+///   key and value row is read once for all the group's query heads.</item>
 /// <item>Training (<see cref="AttendPrefixed"/>, <see cref="AttendPrefixedBackward"/>): each sequence has a
 ///   <see cref="ComposedPrefix"/> whose parts are read in place, and its token K/V are rows of the batch. For one KV
 ///   group the queries of all its heads and all token rows are packed as rows r·group + j (token row r, j-th head of the
@@ -39,7 +42,7 @@ public sealed partial class Transformer
     void AttendCaches(int layer, int rows, LayerBuffers b)
     {
         StoreKv(layer, b.K, b.V);
-        int qd = _c.QDim, heads = _c.Heads;
+        int qd = _c.QDim;
         var caches = _caches;
         // Long segments: SGEMM per head (BLAS uses all cores).
         int small = 0;
@@ -51,20 +54,193 @@ public sealed partial class Transformer
             CacheAttentionGemm(b.Q.AsSpan(sg.Row * qd), qd, caches[sg.Seq], layer, sg.Start, sg.Count, b.Att.AsSpan(sg.Row * qd), _scores);
         }
         if (small == 0) return;
-        // Short segments (decode): one work item per (segment, head), spread over the cores.
-        var segs = _segments;
-        Parallel.For(0, segs.Count * heads, item =>
-        {
-            var sg = segs[item / heads];
-            if (sg.Count >= AttentionGemmMinRows) return;
-            int L = sg.Start + sg.Count;
-            var scores = t_scores;
-            if (scores == null || scores.Length < L) t_scores = scores = GC.AllocateUninitializedArray<float>(Math.Max(L, 1024));
-            CacheAttentionHead(b.Q.AsSpan(sg.Row * qd), qd, caches[sg.Seq], layer, sg.Start, sg.Count, item % heads, b.Att.AsSpan(sg.Row * qd), scores);
-        });
+        AttendDecode(layer, b);
     }
 
-    [ThreadStatic] static float[]? t_scores;
+    // ---- Decode: grouped product per (segment, KV group, key block), blocks merged by their softmax statistics.
+
+    /// <summary>Fewest keys in one decode work item: below this a block costs more to schedule than to compute.</summary>
+    const int DecodeMinBlockKeys = 256;
+
+    record struct DecodeItem(int Segment, int Group, int T0, int T1);
+    readonly List<DecodeItem> _decodeItems = new();
+    float[] _blockO = [], _blockMax = [], _blockSum = [];   // per work item: partial O [M, hd], row max and Σexp [M]
+    Action<int>? _decodeBody;
+    int _decodeLayer;
+    LayerBuffers? _decodeBuffers;
+    [ThreadStatic] static float[]? t_blockScores;
+
+    /// <summary>
+    /// Attention for the short (decode) segments of this chunk. For one segment of n &lt; <see cref="AttentionGemmMinRows"/>
+    /// tokens and KV group g, the group's query heads of all n tokens are M = group·n rows (r = i·group + j) that share
+    /// K_g and V_g, so each key and value row is read once for all of them:
+    ///   S = scale·Q_g·K_g[t0..t1)ᵀ, then per row the block's max m, Σ exp(S − m) and O = exp(S − m)·V_g[t0..t1).
+    /// A long context is split into key blocks so that even one sequence spreads over the cores (work items =
+    /// segments × KV groups × blocks); the blocks of a row are then merged exactly:
+    ///   O = Σ_b e^{m_b − m}·O_b / Σ_b e^{m_b − m}·l_b,  m = max_b m_b.
+    /// </summary>
+    void AttendDecode(int layer, LayerBuffers b)
+    {
+        int hd = _c.HeadDim, kvh = _c.KvHeads, group = _c.Heads / kvh, mMax = group * (AttentionGemmMinRows - 1);
+        var items = _decodeItems;
+        items.Clear();
+        int units = 0;
+        foreach (var sg in _segments) if (sg.Count < AttentionGemmMinRows) units += kvh;
+        int wanted = Math.Max(1, (4 * Environment.ProcessorCount + units - 1) / units);
+        for (int si = 0; si < _segments.Count; si++)
+        {
+            var sg = _segments[si];
+            if (sg.Count >= AttentionGemmMinRows) continue;
+            int L = sg.Start + sg.Count;
+            int blocks = Math.Clamp(L / DecodeMinBlockKeys, 1, wanted);
+            for (int g = 0; g < kvh; g++)
+                for (int k = 0; k < blocks; k++)
+                    items.Add(new DecodeItem(si, g, (int)((long)L * k / blocks), (int)((long)L * (k + 1) / blocks)));
+        }
+        if (_blockMax.Length < items.Count * mMax)
+        {
+            int n = Math.Max(items.Count * 2, 64);
+            _blockO = new float[n * mMax * hd]; _blockMax = new float[n * mMax]; _blockSum = new float[n * mMax];
+        }
+        _decodeLayer = layer; _decodeBuffers = b;
+        _decodeBody ??= DecodeItemBody;
+        if (items.Count == 1) _decodeBody(0); else Parallel.For(0, items.Count, _decodeBody);
+
+        // Merge each (segment, group)'s consecutive blocks into the attention output.
+        int qd = _c.QDim;
+        for (int first = 0; first < items.Count;)
+        {
+            var it = items[first];
+            int last = first + 1;
+            while (last < items.Count && items[last].Segment == it.Segment && items[last].Group == it.Group) last++;
+            var sg = _segments[it.Segment];
+            MergeDecodeBlocks(_blockO.AsSpan(first * mMax * hd), _blockMax.AsSpan(first * mMax), _blockSum.AsSpan(first * mMax),
+                last - first, mMax, sg.Count * group, hd, group, b.Att.AsSpan(sg.Row * qd + it.Group * group * hd), qd);
+            first = last;
+        }
+        _decodeBuffers = null;
+    }
+
+    void DecodeItemBody(int index)
+    {
+        var it = _decodeItems[index];
+        var sg = _segments[it.Segment];
+        var b = _decodeBuffers!;
+        var cache = _caches[sg.Seq];
+        int hd = _c.HeadDim, group = _c.Heads / _c.KvHeads, mMax = group * (AttentionGemmMinRows - 1), qd = _c.QDim, cap = cache.Capacity;
+        int m = sg.Count * group, len = it.T1 - it.T0;
+        var scores = t_blockScores;
+        if (scores == null || scores.Length < m * len) t_blockScores = scores = GC.AllocateUninitializedArray<float>(Math.Max(m * len, 8192));
+        DecodeBlock(b.Q.AsSpan(sg.Row * qd + it.Group * group * hd), qd, group, sg.Count, sg.Start,
+            cache.Keys[_decodeLayer].AsSpan(it.Group * cap * hd), cache.Values[_decodeLayer].AsSpan(it.Group * cap * hd), hd,
+            it.T0, it.T1, _blockO.AsSpan(index * mMax * hd, m * hd), _blockMax.AsSpan(index * mMax, m), _blockSum.AsSpan(index * mMax, m), scores);
+    }
+
+    /// <summary>
+    /// One decode work item: rows r = i·group + j (token i of n, j-th query head of the group; q row at
+    /// i·qStride + j·hd) against keys/values [t0, t1) of the group ([slot, hd] rows). Token i sees slots &lt; start + i + 1.
+    /// Writes per row the unnormalised O = Σ_t e^{s_t − max}·v_t into o [M, hd], max and Σ e^{s_t − max}
+    /// (max = −∞, sum = 0, o = 0 for a row that sees no key of the block). scores: scratch of M·(t1 − t0).
+    /// </summary>
+    internal static void DecodeBlock(ReadOnlySpan<float> q, int qStride, int group, int n, int start,
+        ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int hd, int t0, int t1,
+        Span<float> o, Span<float> max, Span<float> sum, Span<float> scores)
+    {
+        int m = n * group, len = t1 - t0;
+        float scale = 1f / MathF.Sqrt(hd);
+        int allSee = Math.Clamp(start + 1 - t0, 0, len);   // keys of the block every row sees
+        // S: each key row read once for all M rows.
+        for (int t = 0; t < len; t++)
+        {
+            var k = keys.Slice((t0 + t) * hd, hd);
+            for (int i = 0; i < n; i++)
+            {
+                if (t >= start + i + 1 - t0) continue;
+                for (int j = 0; j < group; j++)
+                    scores[(i * group + j) * len + t] = Dot(q.Slice(i * qStride + j * hd, hd), k) * scale;
+            }
+        }
+        o.Slice(0, m * hd).Clear();
+        for (int r = 0; r < m; r++)
+        {
+            int see = Math.Clamp(start + r / group + 1 - t0, 0, len);
+            var sr = scores.Slice(r * len, see);
+            if (see == 0) { max[r] = float.NegativeInfinity; sum[r] = 0; continue; }
+            float mx = TensorPrimitives.Max(sr);
+            TensorPrimitives.Subtract(sr, mx, sr);
+            TensorPrimitives.Exp(sr, sr);
+            max[r] = mx; sum[r] = TensorPrimitives.Sum(sr);
+        }
+        // O: each value row read once for all M rows.
+        for (int t = 0; t < len; t++)
+        {
+            var v = values.Slice((t0 + t) * hd, hd);
+            for (int r = 0; r < m; r++)
+                if (t < allSee || t < start + r / group + 1 - t0)
+                    MultiplyAdd(v, scores[r * len + t], o.Slice(r * hd, hd));
+        }
+    }
+
+    /// <summary>
+    /// Merges <paramref name="blocks"/> partial results (stride mMax rows) of M rows into dst rows r = i·group + j at
+    /// i·dstStride + j·hd: O = Σ_b e^{m_b − m}·O_b / Σ_b e^{m_b − m}·l_b.
+    /// </summary>
+    internal static void MergeDecodeBlocks(ReadOnlySpan<float> o, ReadOnlySpan<float> max, ReadOnlySpan<float> sum,
+        int blocks, int mMax, int m, int hd, int group, Span<float> dst, int dstStride)
+    {
+        for (int r = 0; r < m; r++)
+        {
+            float mx = float.NegativeInfinity;
+            for (int k = 0; k < blocks; k++) mx = MathF.Max(mx, max[k * mMax + r]);
+            var d = dst.Slice(r / group * dstStride + r % group * hd, hd);
+            d.Clear();
+            float denominator = 0;
+            for (int k = 0; k < blocks; k++)
+            {
+                if (sum[k * mMax + r] == 0) continue;
+                float w = MathF.Exp(max[k * mMax + r] - mx);
+                denominator += w * sum[k * mMax + r];
+                MultiplyAdd(o.Slice((k * mMax + r) * hd, hd), w, d);
+            }
+            TensorPrimitives.Multiply(d, 1f / denominator, d);
+        }
+    }
+
+    /// <summary>a·b over hd floats, 256-bit vectors with two accumulators (head_dim is small: a library call costs more).</summary>
+    static float Dot(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        int n = a.Length, d = 0;
+        ref float pa = ref MemoryMarshal.GetReference(a);
+        ref float pb = ref MemoryMarshal.GetReference(b);
+        float s = 0;
+        if (Vector256.IsHardwareAccelerated && n >= 16)
+        {
+            var acc0 = Vector256<float>.Zero; var acc1 = Vector256<float>.Zero;
+            for (; d <= n - 16; d += 16)
+            {
+                acc0 = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref pa, (nuint)d), Vector256.LoadUnsafe(ref pb, (nuint)d), acc0);
+                acc1 = Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref pa, (nuint)d + 8), Vector256.LoadUnsafe(ref pb, (nuint)d + 8), acc1);
+            }
+            s = Vector256.Sum(acc0 + acc1);
+        }
+        for (; d < n; d++) s += a[d] * b[d];
+        return s;
+    }
+
+    /// <summary>dst += w·x.</summary>
+    static void MultiplyAdd(ReadOnlySpan<float> x, float w, Span<float> dst)
+    {
+        int n = x.Length, d = 0;
+        ref float px = ref MemoryMarshal.GetReference(x);
+        ref float pd = ref MemoryMarshal.GetReference(dst);
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var vw = Vector256.Create(w);
+            for (; d <= n - 8; d += 8)
+                Vector256.FusedMultiplyAdd(Vector256.LoadUnsafe(ref px, (nuint)d), vw, Vector256.LoadUnsafe(ref pd, (nuint)d)).StoreUnsafe(ref pd, (nuint)d);
+        }
+        for (; d < n; d++) dst[d] += w * x[d];
+    }
 
     void StoreKv(int layer, float[] k, float[] v)
     {
@@ -106,31 +282,6 @@ public sealed partial class Transformer
             for (int i = 0; i < n; i++) Ops.MaskedSoftmax(sc.Slice(i * L, L), start + i + 1);
             // O_h[n, hd] = P[n, L] · V_g[L, hd]
             Blas.Sgemm(false, false, n, hd, L, 1f, sc, L, vg, hd, 0f, o.Slice(h * hd), qStride);
-        }
-    }
-
-    /// <summary>
-    /// Decode-sized attention for one head of one sequence (n small): dot products and weighted sums row by row.
-    /// scores: scratch of at least L floats.
-    /// </summary>
-    static void CacheAttentionHead(ReadOnlySpan<float> q, int qStride, KvCache cache, int layer, int start, int n, int h,
-        Span<float> o, Span<float> scores)
-    {
-        var c = cache.Config;
-        int hd = c.HeadDim, g = h / (c.Heads / c.KvHeads), cap = cache.Capacity;
-        float scale = 1f / MathF.Sqrt(hd);
-        var keys = cache.Keys[layer].AsSpan(g * cap * hd);
-        var values = cache.Values[layer].AsSpan(g * cap * hd);
-        for (int i = 0; i < n; i++)
-        {
-            var qi = q.Slice(i * qStride + h * hd, hd);
-            int visible = start + i + 1;
-            var s = scores.Slice(0, visible);
-            for (int j = 0; j < visible; j++) s[j] = TensorPrimitives.Dot(qi, keys.Slice(j * hd, hd)) * scale;
-            Ops.MaskedSoftmax(s, visible);
-            var oi = o.Slice(i * qStride + h * hd, hd);
-            oi.Clear();
-            for (int j = 0; j < visible; j++) TensorPrimitives.MultiplyAdd(values.Slice(j * hd, hd), s[j], oi, oi);
         }
     }
 

@@ -89,7 +89,7 @@ public sealed partial class Transformer
             Mark(DecoderPhase.Loss);
             if (!grad) continue;
             // dxn = dlogits · W   ([nb, vocab] · [vocab, dim])
-            Blas.Sgemm(false, false, nb, dim, vocab, 1f, _logits, vocab, _w.LmHead, dim, 0f, _dxb, dim);
+            WeightProduct.Times(_logits, vocab, nb, _w.LmHead, vocab, dim, 0f, _dxb, dim);
             Mark(DecoderPhase.LmHead);
             Ops.ParallelRows(nb, (i0, i1) =>
             {

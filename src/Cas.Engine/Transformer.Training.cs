@@ -226,7 +226,7 @@ public sealed partial class Transformer
             for (int t = 0; t < T; t++)
             {
                 int r = row + t;
-                _w.TokenEmbedding.AsSpan(sq.Tokens[t] * dim, dim).CopyTo(x0.AsSpan(r * dim, dim));
+                _w.TokenEmbedding.Widen(sq.Tokens[t] * dim, x0.AsSpan(r * dim, dim));
                 _rope.Angles(P + t, _tcos.AsSpan(r * half, half), _tsin.AsSpan(r * half, half));
                 _visible[r] = P + t + 1;
                 if (sq.HasTarget(t)) { _tRow[ti] = r; _tSeq[ti] = s; _tPos[ti] = t; ti++; }
@@ -301,7 +301,7 @@ public sealed partial class Transformer
 
             // ---- MLP: out = mid + Wdown·(silu(g)·u), g = Wg·n2, u = Wu·n2, n2 = norm(mid)
             Mark(DecoderPhase.BackwardElementwise);
-            Blas.Sgemm(false, false, rows, hidden, dim, 1f, _dx, dim, w.WDown, hidden, 0f, _dg, hidden); // dh
+            WeightProduct.Times(_dx, dim, rows, w.WDown, dim, hidden, 0f, _dg, hidden); // dh
             Mark(DecoderPhase.BackwardProjections);
             Ops.ParallelRows(rows, (r0, r1) =>
             {
@@ -309,15 +309,15 @@ public sealed partial class Transformer
                 Ops.SwiGluBackward(sv.Gate.AsSpan(at, n), sv.Up.AsSpan(at, n), _dg.AsSpan(at, n), _du.AsSpan(at, n));
             });
             Mark(DecoderPhase.BackwardElementwise);
-            Blas.Sgemm(false, false, rows, dim, hidden, 1f, _dg, hidden, w.WGate, dim, 0f, _dxn, dim);
-            Blas.Sgemm(false, false, rows, dim, hidden, 1f, _du, hidden, w.WUp, dim, 1f, _dxn, dim);
+            WeightProduct.Times(_dg, hidden, rows, w.WGate, hidden, dim, 0f, _dxn, dim);
+            WeightProduct.Times(_du, hidden, rows, w.WUp, hidden, dim, 1f, _dxn, dim);
             Mark(DecoderPhase.BackwardProjections);
             NormRowsBackward(sv.XMid, sv.Inv2!, w.FfnNorm, rows);
             // _dx now holds dLoss/d(mid).
 
             // ---- attention: mid = in + Wo·att + bo
             Mark(DecoderPhase.BackwardElementwise);
-            Blas.Sgemm(false, false, rows, qd, dim, 1f, _dx, dim, w.Wo, qd, 0f, _dAtt, qd);
+            WeightProduct.Times(_dx, dim, rows, w.Wo, dim, qd, 0f, _dAtt, qd);
             Mark(DecoderPhase.BackwardProjections);
             bool bottom = l == 0; // below layer 0 only the prefix gradient is wanted: skip dq and token dk/dv
             if (!bottom) { Array.Clear(_dk, 0, rows * kvd); Array.Clear(_dv, 0, rows * kvd); }
@@ -347,9 +347,9 @@ public sealed partial class Transformer
             });
             // dn1 = dq·Wq + dk·Wk + dv·Wv
             Mark(DecoderPhase.BackwardElementwise);
-            Blas.Sgemm(false, false, rows, dim, qd, 1f, _dq, qd, w.Wq, dim, 0f, _dxn, dim);
-            Blas.Sgemm(false, false, rows, dim, kvd, 1f, _dk, kvd, w.Wk, dim, 1f, _dxn, dim);
-            Blas.Sgemm(false, false, rows, dim, kvd, 1f, _dv, kvd, w.Wv, dim, 1f, _dxn, dim);
+            WeightProduct.Times(_dq, qd, rows, w.Wq, qd, dim, 0f, _dxn, dim);
+            WeightProduct.Times(_dk, kvd, rows, w.Wk, kvd, dim, 1f, _dxn, dim);
+            WeightProduct.Times(_dv, kvd, rows, w.Wv, kvd, dim, 1f, _dxn, dim);
             Mark(DecoderPhase.BackwardProjections);
             NormRowsBackward(sv.XIn, sv.Inv1!, w.AttnNorm, rows);
             // _dx now holds dLoss/d(layer input) = dLoss/d(output of layer l-1).

@@ -36,6 +36,12 @@ public sealed partial class Transformer
     readonly int[] _pos;      // [C] position of each row
     float[] _scores = [];     // [n, L] for the SGEMM attention path; grows to the longest context seen
 
+    // The products that share an input, as one call each (a decode step then pays one parallel loop for q/k/v and one
+    // for gate/up): matrices, output widths and outputs, refilled per layer.
+    readonly WeightTensor[] _qkvW = new WeightTensor[3], _mlpW = new WeightTensor[2];
+    readonly int[] _qkvOut, _mlpOut;
+    readonly float[][] _qkvY = new float[3][], _mlpY = new float[2][];
+
     // Chunk bookkeeping: one segment = consecutive new tokens of one sequence.
     readonly List<Segment> _segments = new();
     record struct Segment(int Seq, int Row, int Count, int Start, bool EndsSequence);
@@ -74,6 +80,7 @@ public sealed partial class Transformer
             Gate = gate, Up = new float[C * _c.HiddenDim], H = gate,
         };
         _inferenceLayers = [_inference];
+        _qkvOut = [_c.QDim, _c.KvDim, _c.KvDim]; _mlpOut = [_c.HiddenDim, _c.HiddenDim];
         _cos = new float[C * _c.HeadDim / 2]; _sin = new float[C * _c.HeadDim / 2];
         _pos = new int[C];
     }
@@ -124,6 +131,7 @@ public sealed partial class Transformer
         }
 
         _caches = caches;
+        Timer?.Restart();   // time between calls belongs to the caller
         var x = _inference.XIn;
         int seq = 0, offset = 0, allRow = 0, half = _c.HeadDim / 2;
         while (seq < caches.Count)
@@ -140,7 +148,7 @@ public sealed partial class Transformer
                 for (int i = 0; i < take; i++)
                 {
                     int r = rows + i;
-                    _w.TokenEmbedding.AsSpan(toks[i] * _c.Dim, _c.Dim).CopyTo(x.AsSpan(r * _c.Dim, _c.Dim));
+                    _w.TokenEmbedding.Widen(toks[i] * _c.Dim, x.AsSpan(r * _c.Dim, _c.Dim));
                     _pos[r] = start + i;
                     _rope.Angles(start + i, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
                 }
@@ -160,6 +168,7 @@ public sealed partial class Transformer
             }
             else if (!lastLogits.IsEmpty)
                 LastTokenLogits(lastLogits);
+            Mark(DecoderPhase.LmHead);
         }
         _caches = [];
     }
@@ -182,25 +191,27 @@ public sealed partial class Transformer
             // ---- attention block: x += Wo · Attn(RoPE(Wq·norm(x) + bq), RoPE(Wk·norm(x) + bk), Wv·norm(x) + bv) + bo
             NormRows(b.XIn, w.AttnNorm, rows, b.Xn, b.Inv1);
             Mark(DecoderPhase.Elementwise);
-            var xn = b.Xn.AsSpan(0, rows * dim);
-            Ops.Linear(xn, rows, w.Wq, qd, dim, (b.QPre ?? b.Q).AsSpan(0, rows * qd), w.Bq);
-            Ops.Linear(xn, rows, w.Wk, kvd, dim, (b.KPre ?? b.K).AsSpan(0, rows * kvd), w.Bk);
-            Ops.Linear(xn, rows, w.Wv, kvd, dim, b.V.AsSpan(0, rows * kvd), w.Bv);
+            _qkvW[0] = w.Wq; _qkvW[1] = w.Wk; _qkvW[2] = w.Wv;
+            _qkvY[0] = b.QPre ?? b.Q; _qkvY[1] = b.KPre ?? b.K; _qkvY[2] = b.V;
+            WeightProduct.TimesTransposedShared(b.Xn, rows, dim, _qkvW, _qkvOut, _qkvY);
+            if (w.Bq != null) Ops.AddBiasRows(_qkvY[0].AsSpan(0, rows * qd), w.Bq, rows);
+            if (w.Bk != null) Ops.AddBiasRows(_qkvY[1].AsSpan(0, rows * kvd), w.Bk, rows);
+            if (w.Bv != null) Ops.AddBiasRows(_qkvY[2].AsSpan(0, rows * kvd), w.Bv, rows);
             Mark(DecoderPhase.Projections);
             QkNormRope(rows, w, b, cos, sin);
             Mark(DecoderPhase.Elementwise);
             if (prefixed) AttendPrefixed(l, rows, b); else AttendCaches(l, rows, b);
             Mark(DecoderPhase.Attention);
             if (b.XMid != b.XIn) b.XIn.AsSpan(0, rows * dim).CopyTo(b.XMid);
-            Blas.Sgemm(false, true, rows, dim, qd, 1f, b.Att, qd, w.Wo, qd, 1f, b.XMid, dim);
+            WeightProduct.TimesTransposed(b.Att.AsSpan(0, rows * qd), rows, w.Wo, dim, qd, 1f, b.XMid, dim);
             if (w.Bo != null) Ops.AddBiasRows(b.XMid.AsSpan(0, rows * dim), w.Bo, rows);
             Mark(DecoderPhase.Projections);
 
             // ---- MLP block: x += W_down · (silu(W_gate·norm(x)) * W_up·norm(x))
             NormRows(b.XMid, w.FfnNorm, rows, b.Xn, b.Inv2);
             Mark(DecoderPhase.Elementwise);
-            Ops.Linear(xn, rows, w.WGate, hidden, dim, b.Gate.AsSpan(0, rows * hidden));
-            Ops.Linear(xn, rows, w.WUp, hidden, dim, b.Up.AsSpan(0, rows * hidden));
+            _mlpW[0] = w.WGate; _mlpW[1] = w.WUp; _mlpY[0] = b.Gate; _mlpY[1] = b.Up;
+            WeightProduct.TimesTransposedShared(b.Xn, rows, dim, _mlpW, _mlpOut, _mlpY);
             Mark(DecoderPhase.Projections);
             Ops.ParallelRows(rows, (r0, r1) =>
             {
@@ -209,7 +220,7 @@ public sealed partial class Transformer
             }, ElementwiseRowsPerCore);
             if (b.XOut != b.XMid) b.XMid.AsSpan(0, rows * dim).CopyTo(b.XOut);
             Mark(DecoderPhase.Elementwise);
-            Blas.Sgemm(false, true, rows, dim, hidden, 1f, b.H, hidden, w.WDown, hidden, 1f, b.XOut, dim);
+            WeightProduct.TimesTransposed(b.H.AsSpan(0, rows * hidden), rows, w.WDown, dim, hidden, 1f, b.XOut, dim);
             Mark(DecoderPhase.Projections);
         }
     }

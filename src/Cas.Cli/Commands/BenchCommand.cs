@@ -29,7 +29,10 @@ static class BenchCommand
         var config = Options.Config();
         var prefill = new Option<int>("--prefill-tokens") { Description = "Tokens in the timed prefill.", DefaultValueFactory = _ => 512 };
         var steps = new Option<int>("--decode-steps") { Description = "Tokens decoded per timed decode run.", DefaultValueFactory = _ => 32 };
-        var cmd = new Command("engine", "SGEMM peak, prefill and decode speed, peak memory on a random-weight model.") { config, prefill, steps };
+        var contexts = new Option<string>("--contexts") { Description = "Comma-separated context lengths (tokens already in the KV cache) at which decode is timed; shorten to e.g. 16,512 for a quick run.", DefaultValueFactory = _ => "16,512,4096" };
+        var batches = new Option<string>("--batches") { Description = "Comma-separated decode batch sizes.", DefaultValueFactory = _ => "1,16" };
+        var weights = new Option<string>("--weights") { Description = "Precision the weight matrices are held in: fp32, bf16 or fp16 (16-bit: widened inside the kernels).", DefaultValueFactory = _ => "fp32" };
+        var cmd = new Command("engine", "SGEMM peak, prefill and decode speed (wall and CPU time), peak memory on a random-weight model.") { config, prefill, steps, contexts, batches, weights };
         cmd.SetAction(pr => Cli.Run(() =>
         {
             var cfg = HfModelLoader.ReadConfig(pr.GetValue(config) ?? DefaultConfig);
@@ -42,7 +45,16 @@ static class BenchCommand
             double bandwidth = MemoryReadBandwidth();
             Console.WriteLine($"memory_read_gb_s={bandwidth:F1}");
 
+            var precision = pr.GetValue(weights) switch
+            {
+                "fp32" => WeightPrecision.Float32, "bf16" => WeightPrecision.BFloat16, "fp16" => WeightPrecision.Float16,
+                var w => throw new Cas.Engine.InvalidRequestException($"--weights takes fp32, bf16 or fp16, got '{w}'."),
+            };
             var model = RandomWeights.Create(cfg, seed: 7);
+            if (precision != WeightPrecision.Float32) model = new Model(cfg, model.Weights.ToPrecision(precision), model.Source);
+            GC.Collect();
+            Console.WriteLine($"weights={pr.GetValue(weights)}");
+            Console.WriteLine($"weight_matrix_mb={model.Weights.MatrixBytes / (1024.0 * 1024):F0}");
             var t = new Transformer(model, maxChunkTokens: Math.Max(T, 16));
             var rng = new Random(3);
             int[] Prompt(int n) { var a = new int[n]; for (int i = 0; i < n; i++) a[i] = rng.Next(cfg.VocabSize); return a; }
@@ -50,33 +62,54 @@ static class BenchCommand
             // Prefill: one sequence of T tokens, logits for the last one (as generation does).
             var logits = new float[16 * cfg.VocabSize];
             var prompt = Prompt(T);
-            double best = double.MaxValue;
+            double best = double.MaxValue, bestCpu = double.MaxValue;
             for (int rep = 0; rep < 3; rep++)
             {
                 var cache = new KvCache(cfg, T + 1);
-                var sw = Stopwatch.StartNew();
+                var clock = Clock.Start();
                 t.Forward([cache], [prompt], logits);
-                best = Math.Min(best, sw.Elapsed.TotalSeconds);
+                best = Math.Min(best, clock.WallSeconds); bestCpu = Math.Min(bestCpu, clock.CpuSeconds);
             }
             double flops = PrefillFlops(cfg, T);
             double prefillGflops = flops / best / 1e9;
             Console.WriteLine($"prefill_tokens={T}");
             Console.WriteLine($"prefill_s={best:F3}");
+            Console.WriteLine($"prefill_cpu_s={bestCpu:F3}");
             Console.WriteLine($"prefill_tok_s={T / best:F1}");
+            Console.WriteLine($"prefill_tok_per_cpu_s={T / bestCpu:F1}");
             Console.WriteLine($"prefill_gflops={prefillGflops:F1}");
 
-            foreach (int batch in new[] { 1, 16 })
+            double? fraction = null;
+            foreach (int ctx in ParseList(pr.GetValue(contexts)!, "--contexts"))
             {
-                double tokS = Decode(t, cfg, batch, decodeSteps, Prompt, logits);
-                Console.WriteLine($"decode_tok_s_b{batch}={tokS:F1}");
-                if (batch == 1)
+                foreach (int batch in ParseList(pr.GetValue(batches)!, "--batches"))
                 {
-                    double weightBytes = WeightBytes(cfg);
-                    Console.WriteLine($"decode_weight_read_gb_s_b1={weightBytes * tokS / 1e9:F1}");
-                    // Batch-1 decode must read every weight once per token: this is its ceiling.
-                    Console.WriteLine($"decode_b1_bandwidth_bound_tok_s={bandwidth * 1e9 / weightBytes:F1}");
-                    Console.WriteLine($"decode_b1_fraction_of_bound={weightBytes * tokS / 1e9 / bandwidth:F3}");
+                    bool profile = batch == 1 && fraction == null;
+                    if (profile) t.Timer = new PhaseTimer();
+                    var (tokS, tokCpu) = Decode(t, cfg, batch, ctx, decodeSteps, Prompt, logits);
+                    if (profile)
+                    {
+                        // Wall time per decoded token by phase (batch 1, shortest context): where the bound is lost.
+                        for (int ph = 0; ph < (int)DecoderPhase.Loss; ph++)
+                            Console.WriteLine($"decode_b1_ms_per_token_{((DecoderPhase)ph).ToString().ToLowerInvariant()}={t.Timer!.Seconds[ph] * 1000 / decodeSteps:F2}");
+                        t.Timer = null;
+                    }
+                    Console.WriteLine($"decode_tok_s_b{batch}_ctx{ctx}={tokS:F1}");
+                    Console.WriteLine($"decode_tok_per_cpu_s_b{batch}_ctx{ctx}={tokCpu:F1}");
+                    if (batch == 1 && fraction == null)
+                    {
+                        // Batch-1 decode must read every weight once per token: this is its ceiling (shortest context,
+                        // where attention reads little).
+                        double weightBytes = WeightBytes(cfg, model);
+                        Console.WriteLine($"decode_weight_bytes={weightBytes:F0}");
+                        Console.WriteLine($"decode_weight_read_gb_s_b1={weightBytes * tokS / 1e9:F1}");
+                        Console.WriteLine($"decode_b1_bandwidth_bound_tok_s={bandwidth * 1e9 / weightBytes:F1}");
+                        fraction = weightBytes * tokS / 1e9 / bandwidth;
+                        Console.WriteLine($"decode_b1_fraction_of_bound={fraction:F3}");
+                    }
                 }
+                Console.WriteLine($"rss_mb_after_ctx{ctx}={Process.GetCurrentProcess().WorkingSet64 / (1024.0 * 1024):F0}");
+                GC.Collect();
             }
             Console.WriteLine($"peak_rss_mb={Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024):F0}");
             Console.WriteLine($"prefill_fraction_of_peak={prefillGflops / peak:F3}");
@@ -122,21 +155,59 @@ static class BenchCommand
         return cmd;
     }
 
-    static double Decode(Transformer t, ModelConfig cfg, int batch, int steps, Func<int, int[]> prompt, float[] logits)
+    static int[] ParseList(string text, string option)
     {
+        var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var values = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+            if (!int.TryParse(parts[i], out values[i]) || values[i] <= 0)
+                throw new Cas.Engine.InvalidRequestException($"{option} takes positive integers separated by commas, got '{text}'.");
+        if (values.Length == 0) throw new Cas.Engine.InvalidRequestException($"{option} needs at least one value.");
+        return values;
+    }
+
+    /// <summary>Wall and process CPU time since <see cref="Start"/>: CPU-seconds stay comparable on a shared machine.</summary>
+    readonly record struct Clock(long Wall, TimeSpan Cpu)
+    {
+        public static Clock Start() => new(Stopwatch.GetTimestamp(), Process.GetCurrentProcess().TotalProcessorTime);
+        public double WallSeconds => Stopwatch.GetElapsedTime(Wall).TotalSeconds;
+        public double CpuSeconds => (Process.GetCurrentProcess().TotalProcessorTime - Cpu).TotalSeconds;
+    }
+
+    /// <summary>
+    /// Decode speed of <paramref name="batch"/> sequences that each already hold <paramref name="context"/> KV slots
+    /// (a random prefix, as a composed cartridge or a long prompt would leave): tokens/s of wall time and per CPU-second.
+    /// </summary>
+    static (double TokS, double TokPerCpuS) Decode(Transformer t, ModelConfig cfg, int batch, int context, int steps, Func<int, int[]> prompt, float[] logits)
+    {
+        var prefix = RandomPrefix(cfg, context - 1);
         var caches = new KvCache[batch];
         var toks = new int[batch][];
-        for (int b = 0; b < batch; b++) { caches[b] = new KvCache(cfg, 16 + steps + 1); toks[b] = prompt(16); }
-        t.Forward(caches, toks, logits); // prefill 16 tokens each
+        for (int b = 0; b < batch; b++) { caches[b] = new KvCache(cfg, context + steps + 1, prefix); toks[b] = prompt(1); }
+        prefix = null;
+        t.Forward(caches, toks, logits); // context-th token, and warm-up
         for (int b = 0; b < batch; b++) toks[b] = [1];
         t.Forward(caches, toks, logits); // warm-up step
-        var sw = Stopwatch.StartNew();
+        if (t.Timer is { } timer) { Array.Clear(timer.Seconds); timer.Restart(); }
+        var clock = Clock.Start();
         for (int s = 0; s < steps - 1; s++)
         {
             for (int b = 0; b < batch; b++) toks[b][0] = System.Numerics.Tensors.TensorPrimitives.IndexOfMax(logits.AsSpan(b * cfg.VocabSize, cfg.VocabSize));
             t.Forward(caches, toks, logits);
         }
-        return batch * (steps - 1) / sw.Elapsed.TotalSeconds;
+        double n = batch * (steps - 1);
+        return (n / clock.WallSeconds, n / clock.CpuSeconds);
+    }
+
+    /// <summary>A prefix of <paramref name="length"/> slots with K/V ~ N(0, 1) (zero length: none).</summary>
+    static KvPrefix? RandomPrefix(ModelConfig c, int length)
+    {
+        if (length == 0) return null;
+        var p = KvPrefix.Zeros(c, length);
+        var rng = new Random(11);
+        for (int l = 0; l < c.Layers; l++)
+            for (int i = 0; i < p.Keys[l].Length; i++) { p.Keys[l][i] = (float)(rng.NextDouble() * 2 - 1); p.Values[l][i] = (float)(rng.NextDouble() * 2 - 1); }
+        return p;
     }
 
     /// <summary>Multiply-adds×2 of a T-token prefill with last-token logits: projections, MLP, attention, LM head once.</summary>
@@ -148,10 +219,12 @@ static class BenchCommand
         return c.Layers * (T * perTokenLayer + attention) + 2.0 * c.Dim * c.VocabSize;
     }
 
-    static double WeightBytes(ModelConfig c)
+    /// <summary>Bytes of the weight matrices one decode step reads (projections, MLP, LM head), at their stored precision.</summary>
+    static double WeightBytes(ModelConfig c, Model model)
     {
-        double perLayer = (double)c.Dim * c.QDim * 2 + 2.0 * c.Dim * c.KvDim + 3.0 * c.Dim * c.HiddenDim;
-        return 4.0 * (c.Layers * perLayer + (double)c.VocabSize * c.Dim);
+        double n = model.Weights.LmHead.Bytes;
+        foreach (var l in model.Weights.Layers) n += l.Wq.Bytes + l.Wk.Bytes + l.Wv.Bytes + l.Wo.Bytes + l.WGate.Bytes + l.WUp.Bytes + l.WDown.Bytes;
+        return n;
     }
 
     /// <summary>

@@ -39,6 +39,9 @@ public static unsafe class Blas
     /// <summary>Backend used for products with M ≤ 4 that the few-rows kernel does not take (M = 1, or B not transposed).</summary>
     public static BlasBackend SmallBackend { get { Init(); return s_small; } }
 
+    /// <summary>Whether products with M ≤ <see cref="SmallRows"/> against Wᵀ take the managed few-rows kernel (not when a backend is forced).</summary>
+    internal static bool FewRowsKernel { get { Init(); return s_smallKernel; } }
+
     static int s_init;
     static readonly object s_lock = new();
 
@@ -206,7 +209,7 @@ static unsafe class ManagedGemm
         Parallel.For(0, blocks, blk => FewRowsBlock(blk * Block, Math.Min(n, (blk + 1) * Block), m, k, alpha, a, lda, b, ldb, beta, c, ldc));
     }
 
-    static void FewRowsBlock(int j0, int j1, int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    internal static void FewRowsBlock(int j0, int j1, int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
     {
         for (int j = j0; j < j1; j++)
         {

@@ -125,4 +125,11 @@ public static class Ops
         Blas.Sgemm(false, true, rows, outDim, inDim, 1f, x, inDim, w, inDim, 0f, y, outDim);
         if (!bias.IsEmpty) AddBiasRows(y.Slice(0, rows * outDim), bias, rows);
     }
+
+    /// <summary>y = x·Wᵀ (+ bias) with W in its stored precision (<see cref="WeightProduct"/>).</summary>
+    public static void Linear(ReadOnlySpan<float> x, int rows, Models.WeightTensor w, int outDim, int inDim, Span<float> y, ReadOnlySpan<float> bias = default)
+    {
+        WeightProduct.TimesTransposed(x, rows, w, outDim, inDim, 0f, y, outDim);
+        if (!bias.IsEmpty) AddBiasRows(y.Slice(0, rows * outDim), bias, rows);
+    }
 }

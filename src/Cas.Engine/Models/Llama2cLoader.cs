@@ -56,7 +56,7 @@ public static class Llama2cLoader
             long expected = HeaderBytes + 4 * floats;
 
             var r = new Reader(fs, path, fileLength, expected, header);
-            var embedding = r.Read("token_embedding", (long)vocab * dim);
+            WeightTensor embedding = r.Read("token_embedding", (long)vocab * dim);
             float[][] PerLayer(string name, long count)
             {
                 var a = new float[layers][];
@@ -75,7 +75,7 @@ public static class Llama2cLoader
             var rmsFinal = r.Read("rms_final", dim);
             r.Skip("freq_cis_real", (long)seqLen * headDim / 2);
             r.Skip("freq_cis_imag", (long)seqLen * headDim / 2);
-            var wcls = shared ? embedding : r.Read("wcls", (long)vocab * dim);
+            var wcls = shared ? embedding : (WeightTensor)r.Read("wcls", (long)vocab * dim);
             if (fileLength != expected)
                 throw new ModelFormatException(
                     $"{path} has {fileLength - expected} bytes after the last tensor (expected {expected} bytes for {header}, found {fileLength}); the header does not match the weights.");

@@ -44,7 +44,7 @@ public static class ModelFingerprint
         }
         Append(hash, "final_norm", w.FinalNorm);
         // A tied head is the embedding itself: already hashed, and recorded in the config string.
-        if (!ReferenceEquals(w.LmHead, w.TokenEmbedding)) Append(hash, "lm_head", w.LmHead);
+        if (!w.LmHead.SameStorage(w.TokenEmbedding)) Append(hash, "lm_head", w.LmHead);
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
@@ -63,6 +63,27 @@ public static class ModelFingerprint
         sb.Append(CultureInfo.InvariantCulture,
             $"tied={c.TiedEmbeddings};qkv_bias={c.QkvBias};o_bias={c.AttnOutBias};qk_norm={c.QkNorm};");
         return sb.ToString();
+    }
+
+    /// <summary>A matrix hashes its fp32 values whatever precision it is held in (widening is exact), so a bf16 file
+    /// loaded as fp32 or kept in bf16 has one fingerprint.</summary>
+    static void Append(IncrementalHash hash, string name, WeightTensor data)
+    {
+        if (data.Precision == WeightPrecision.Float32) { Append(hash, name, data.Floats); return; }
+        hash.AppendData(Encoding.UTF8.GetBytes($"{name}:{data.Length};"));
+        var tmp = new float[Math.Min(data.Length, 1 << 16)];
+        var tmpBits = new uint[tmp.Length];
+        for (int i = 0; i < data.Length; i += tmp.Length)
+        {
+            int n = Math.Min(tmp.Length, data.Length - i);
+            data.Widen(i, tmp.AsSpan(0, n));
+            if (BitConverter.IsLittleEndian) hash.AppendData(MemoryMarshal.AsBytes(tmp.AsSpan(0, n)));
+            else
+            {
+                System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(MemoryMarshal.Cast<float, uint>(tmp.AsSpan(0, n)), tmpBits.AsSpan(0, n));
+                hash.AppendData(MemoryMarshal.AsBytes(tmpBits.AsSpan(0, n)));
+            }
+        }
     }
 
     static void Append(IncrementalHash hash, string name, float[]? data)

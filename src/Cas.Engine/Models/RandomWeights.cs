@@ -28,8 +28,9 @@ public static class RandomWeights
             };
         var emb = GC.AllocateUninitializedArray<float>(checked(c.VocabSize * c.Dim));
         rng.FillNormal(emb, 1f);
-        var head = c.TiedEmbeddings ? emb : Mat(c.VocabSize, c.Dim);
-        return new Model(c, new ModelWeights { TokenEmbedding = emb, Layers = layers, FinalNorm = Norm(c.Dim), LmHead = head }, $"random(seed={seed})");
+        WeightTensor embedding = emb;
+        var head = c.TiedEmbeddings ? embedding : new WeightTensor(Mat(c.VocabSize, c.Dim));
+        return new Model(c, new ModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Norm(c.Dim), LmHead = head }, $"random(seed={seed})");
     }
 
     /// <summary>SplitMix64 with Box–Muller normals: fast, seedable, identical on every platform.</summary>

@@ -93,7 +93,7 @@ public class HfModelLoaderTests
         Assert.Equal([2, 3], c.EosTokenIds);
         Assert.Equal(2 * 16 * 64, m.Weights.Layers[0].Wk.Length);
         // bf16 storage: every value has zero low 16 bits
-        Assert.All(m.Weights.Layers[2].WDown, x => Assert.Equal(0u, BitConverter.SingleToUInt32Bits(x) & 0xFFFF));
+        Assert.All(m.Weights.Layers[2].WDown.Floats, x => Assert.Equal(0u, BitConverter.SingleToUInt32Bits(x) & 0xFFFF));
     }
 
     [Fact]
@@ -306,7 +306,7 @@ public class HfModelLoaderTests
         CopyModel("llama", dir.Path, t => t["lm_head.weight"] = ([256, 64], new float[256 * 64]));
         var m = HfModelLoader.Load(dir.Path);
         Assert.Same(m.Weights.TokenEmbedding, m.Weights.LmHead);
-        Assert.Contains(m.Weights.LmHead, x => x != 0);
+        Assert.Contains(m.Weights.LmHead.Floats, x => x != 0);
     }
 
     [Fact]

@@ -42,7 +42,7 @@ public class Llama2cLoaderTests
         Assert.Null(c.RopeScaling);
 
         var w = m.Weights;
-        Assert.Equal(Enumerable.Range(0, 20).Select(i => (float)i), w.TokenEmbedding);
+        Assert.Equal(Enumerable.Range(0, 20).Select(i => (float)i), w.TokenEmbedding.Floats);
         Assert.Same(w.TokenEmbedding, w.LmHead);
         Assert.Equal(Enumerable.Range(276, 4).Select(i => (float)i), w.FinalNorm);
         (string, Func<LayerWeights, float[]>, int, int, int)[] expect =
@@ -67,7 +67,7 @@ public class Llama2cLoaderTests
         Assert.False(m.Config.TiedEmbeddings);
         Assert.Equal(5, m.Config.VocabSize);
         Assert.NotSame(m.Weights.TokenEmbedding, m.Weights.LmHead);
-        Assert.Equal(Enumerable.Range(286, 20).Select(i => (float)i), m.Weights.LmHead);
+        Assert.Equal(Enumerable.Range(286, 20).Select(i => (float)i), m.Weights.LmHead.Floats);
     }
 
     [Fact]

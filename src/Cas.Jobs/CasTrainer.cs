@@ -438,7 +438,7 @@ public sealed class CasTrainer
             else
             {
                 // Distractors are frozen: one call per group of sequences in which no gold is another sequence's distractor.
-                foreach (var group in FrozenDistractorGroups(golds, orders))
+                foreach (var group in DistractorMixing.FrozenDistractorGroups(golds, orders))
                 {
                     var gset = group.Select(s => golds[s]).Distinct().ToList();
                     backprop.LossAndGradient(group.Select(s => prefixes[s]).ToList(), group.Select(s => batch[s]).ToList(),
@@ -489,23 +489,6 @@ public sealed class CasTrainer
             float lr = schedule.At((int)Math.Min(d.GoldSeen, total - 1));
             if (d.Entries > 1 && o.ReentryWarmup > 0) lr *= (float)Math.Min(1.0, (d.UpdatesSinceEntry + 1.0) / o.ReentryWarmup);
             return lr;
-        }
-
-        /// <summary>
-        /// Splits the batch (sequence indices) into groups such that within a group no cartridge is both a gold (getting
-        /// a gradient) and a distractor of another sequence (which must not add to it). Greedy, in order; deterministic.
-        /// </summary>
-        internal static List<List<int>> FrozenDistractorGroups(IReadOnlyList<int> golds, IReadOnlyList<int[]> orders)
-        {
-            var groups = new List<(List<int> Seqs, HashSet<int> Golds, HashSet<int> Distractors)>();
-            for (int s = 0; s < golds.Count; s++)
-            {
-                var dis = orders[s].Where(c => c != golds[s]).ToHashSet();
-                var home = groups.FirstOrDefault(g => !g.Distractors.Contains(golds[s]) && !dis.Overlaps(g.Golds));
-                if (home.Seqs == null) { home = (new List<int>(), new HashSet<int>(), new HashSet<int>()); groups.Add(home); }
-                home.Seqs.Add(s); home.Golds.Add(golds[s]); home.Distractors.UnionWith(dis);
-            }
-            return groups.Select(g => g.Seqs).ToList();
         }
 
         void Finish(Resident r)

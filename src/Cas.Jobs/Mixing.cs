@@ -45,12 +45,30 @@ public static class DistractorMixing
         }
         return order;
     }
+
+    /// <summary>
+    /// Splits the batch (sequence indices) into groups such that within a group no cartridge is both a gold (getting
+    /// a gradient) and a distractor of another sequence (which must not add to it). Greedy, in order; deterministic.
+    /// </summary>
+    public static List<List<int>> FrozenDistractorGroups(IReadOnlyList<int> golds, IReadOnlyList<int[]> orders)
+    {
+        var groups = new List<(List<int> Seqs, HashSet<int> Golds, HashSet<int> Distractors)>();
+        for (int s = 0; s < golds.Count; s++)
+        {
+            var dis = orders[s].Where(c => c != golds[s]).ToHashSet();
+            var home = groups.FirstOrDefault(g => !g.Distractors.Contains(golds[s]) && !dis.Overlaps(g.Golds));
+            if (home.Seqs == null) { home = (new List<int>(), new HashSet<int>(), new HashSet<int>()); groups.Add(home); }
+            home.Seqs.Add(s); home.Golds.Add(golds[s]); home.Distractors.UnionWith(dis);
+        }
+        return groups.Select(g => g.Seqs).ToList();
+    }
 }
 
 /// <summary>How far one document's training has come (what rotation ranks by).</summary>
 public readonly record struct TrainingProgressOf(int Document, long GoldSeen, long Target)
 {
-    public double Fraction => Target <= 0 ? 1 : (double)GoldSeen / Target;
+    /// <summary>GoldSeen / Target; 0 for a document whose data is not made yet (it has not trained).</summary>
+    public double Fraction => Target <= 0 ? 0 : (double)GoldSeen / Target;
 }
 
 /// <summary>

@@ -230,3 +230,67 @@ public sealed class CasTrainerTests : IDisposable
         public void Report(CasJobEvent value) => handler(value);
     }
 }
+
+/// <summary>`cas collection train` as a process: killed with SIGKILL after a rotation, rerun, equal to an uninterrupted run.</summary>
+public sealed class CollectionTrainCliTests : IDisposable
+{
+    readonly string root = Path.Combine(Path.GetTempPath(), "cas-jobs-cli-" + Guid.NewGuid().ToString("N"));
+    public void Dispose() { try { Directory.Delete(root, true); } catch (IOException) { } }
+
+    static readonly string[] Flags = ["--resident", "2", "--rotate-every", "2", "--steps", "6", "--batch", "4", "--probes-per-chunk", "6", "--p-iso", "0.5", "--max-distractors", "3"];
+
+    string Collection(string name, string docs)
+    {
+        string data = Path.Combine(root, name);
+        Assert.Equal(0, CasCli.Run("collection", "create", "tales", "--data-dir", data).Rc);
+        var add = CasCli.Run("collection", "add", "tales", "--resource", $"dir:{docs}", "--data-dir", data);
+        Assert.True(add.Rc == 0, add.Err);
+        return data;
+    }
+
+    [Fact]
+    public void Kill_9_after_a_rotation_then_rerun_gives_the_cartridges_of_an_uninterrupted_run()
+    {
+        TestPaths.RequireShared("models/stories260K/stories260K.bin");
+        string docs = Path.Combine(root, "docs");
+        Directory.CreateDirectory(docs);
+        string[] names = ["Lily", "Tom", "Sue", "Ben"];
+        foreach (var n in names)
+            File.WriteAllText(Path.Combine(docs, n + ".txt"), string.Concat(Enumerable.Repeat(
+                $"Once upon a time, there was a little child named {n}. {n} loved to play with a red ball in the park. One day the ball rolled into the pond. ", 3)));
+
+        string straight = Collection("straight", docs);
+        var full = CasCli.Run(["collection", "train", "tales", "--data-dir", straight, .. Flags]);
+        Assert.True(full.Rc == 0, full.Err);
+        Assert.Contains("trained=4 fresh=4", full.Out);
+        Assert.Contains("resumed=no", full.Out);
+
+        string killed = Collection("killed", docs);
+        using (var p = CasCli.Start(["collection", "train", "tales", "--data-dir", killed, .. Flags]))
+        {
+            string? line;
+            bool rotated = false;
+            while ((line = p.StandardError.ReadLine()) != null)
+                if (line.StartsWith("rotated at step 4", StringComparison.Ordinal)) { rotated = true; p.Kill(); break; }
+            p.WaitForExit();
+            Assert.True(rotated, "the run ended before its second rotation");
+        }
+        var rerun = CasCli.Run(["collection", "train", "tales", "--data-dir", killed, .. Flags]);
+        Assert.True(rerun.Rc == 0, rerun.Err);
+        Assert.Contains("resumed=yes", rerun.Out);
+        Assert.Contains("fresh=4", rerun.Out);
+
+        using var a = new FasterCartridgeStore(straight);
+        using var b = new FasterCartridgeStore(killed);
+        Assert.Equal(4, a.List("tales/").Count);
+        foreach (var info in a.List("tales/"))
+        {
+            var x = a.Get(info.Id).Prefix; var y = b.Get(info.Id).Prefix;
+            for (int l = 0; l < x.Layers; l++)
+            {
+                Assert.True(x.Keys[l].AsSpan().SequenceEqual(y.Keys[l]), $"{info.Id}: keys of layer {l} differ");
+                Assert.True(x.Values[l].AsSpan().SequenceEqual(y.Values[l]), $"{info.Id}: values of layer {l} differ");
+            }
+        }
+    }
+}

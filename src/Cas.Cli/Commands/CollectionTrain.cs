@@ -70,6 +70,10 @@ static class CollectionTrain
                 switch (e)
                 {
                     case CasJobNote n: Console.Error.WriteLine(n.Text); break;
+                    case CasJobRotated rot:
+                        if (!Console.IsErrorRedirected) Console.Error.WriteLine();
+                        Console.Error.WriteLine($"rotated at step {rot.Step}: out {string.Join(",", rot.Out)} in {string.Join(",", rot.In)}");
+                        break;
                     case CasJobDocumentDone dd: Console.Error.WriteLine($"done {dd.CartridgeId} version={dd.Version} p={dd.CartridgeTokens} updates={dd.Updates}"); break;
                     case CasJobStep s when DateTime.UtcNow - last > TimeSpan.FromSeconds(Console.IsErrorRedirected ? 5 : 0.5) || s.DocumentsDone == s.Documents:
                         last = DateTime.UtcNow;

@@ -214,14 +214,17 @@ public sealed class CasTrainer
             foreach (var j in open)
             {
                 string path = Path.Combine(t.JobDirectory(j.Id), "state.json");
-                if (j.Settings != settings || !File.Exists(path))
+                if (!File.Exists(path))
                 {
-                    if (j.State is JobState.Queued or JobState.Running or JobState.Cancelled or JobState.Failed)
-                    {
-                        t.catalog.FinishJob(j.Id, JobState.Cancelled, j.Settings != settings ? "superseded by a job with other settings" : "its state folder is gone");
-                        TryDeleteDirectory(t.JobDirectory(j.Id));
-                        progress?.Report(new CasJobNote($"job {j.Id} was made with other settings (or lost its state); it is cancelled and a new job starts"));
-                    }
+                    // Killed before its first snapshot (or its folder was removed): nothing to continue from.
+                    if (j.State is JobState.Queued or JobState.Running) t.catalog.FinishJob(j.Id, JobState.Cancelled, "no saved state to continue from");
+                    continue;
+                }
+                if (j.Settings != settings)
+                {
+                    t.catalog.FinishJob(j.Id, JobState.Cancelled, "superseded by a job with other settings");
+                    TryDeleteDirectory(t.JobDirectory(j.Id));
+                    progress?.Report(new CasJobNote($"job {j.Id} was made with other settings; it is cancelled and a new job starts"));
                     continue;
                 }
                 state = JsonSerializer.Deserialize<JobFile>(File.ReadAllText(path))

@@ -153,7 +153,7 @@ mline.LinePattern = ScottPlot.LinePattern.Dashed;
 plt.Title($"stories260K, {docs.Count} documents: gap closed vs cartridges composed");
 plt.XLabel("other documents' cartridges composed with the gold one");
 plt.YLabel("no-context → ICL perplexity gap closed (%)");
-plt.ShowLegend();
+plt.ShowLegend(ScottPlot.Alignment.UpperRight);
 Directory.CreateDirectory(outDir);
 plt.SavePng(Path.Combine(outDir, "cas_compose.png"), 900, 550);
 

@@ -126,7 +126,7 @@ public sealed class DataOrder
 public readonly record struct DataCursor(long Epoch, int Position);
 
 /// <summary>SplitMix64: tiny, seedable, identical on every platform.</summary>
-internal struct SplitMix64(ulong seed)
+public struct SplitMix64(ulong seed)
 {
     ulong _s = seed;
 

@@ -20,6 +20,7 @@ static class CollectionCommand
         collection.Subcommands.Add(Add());
         collection.Subcommands.Add(Status());
         collection.Subcommands.Add(Ls());
+        collection.Subcommands.Add(CollectionTrain.Create());
         return collection;
     }
 

@@ -104,7 +104,7 @@ static class Options
 
     public static Option<int?> Steps() => new("--steps")
     {
-        Description = "Optimizer steps to run (cas train's default: from --epochs).",
+        Description = "Optimizer steps to run (cas train: in all; collection train: per document, each one batch of its examples). Default: from --epochs.",
     };
 
     public static Option<string> DataDir() => new("--data-dir")

@@ -1,0 +1,83 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Cas.Engine;
+using Cas.Training;
+
+namespace Cas.Jobs;
+
+/// <summary>
+/// Settings of a CAS training job (`cas collection train`). Everything except <see cref="ResidentBudgetBytes"/> decides
+/// the cartridges, and is recorded with the job: a rerun with the same settings resumes it.
+/// </summary>
+public sealed record CasTrainingOptions
+{
+    /// <summary>p = document tokens / compression (floor <see cref="MinCartridgeTokens"/>).</summary>
+    public double Compression { get; init; } = 20;
+    public int MinCartridgeTokens { get; init; } = 16;
+    /// <summary>B: cartridges resident with their gradients and AdamW moments.</summary>
+    public int Resident { get; init; } = 20;
+    /// <summary>R: global steps between rotations.</summary>
+    public int RotateEvery { get; init; } = 10;
+    /// <summary>φ: fraction of the resident set rotated out at each rotation (most-trained out, least-trained in).</summary>
+    public double RotateFraction { get; init; } = 0.5;
+    /// <summary>P_iso: probability that an example sees its gold cartridge alone.</summary>
+    public double PIso { get; init; } = 0.75;
+    /// <summary>K: otherwise k ~ U(1, K) distractors (fewer when fewer other cartridges are resident or the context is full).</summary>
+    public int MaxDistractors { get; init; } = 10;
+    /// <summary>Whether distractors receive gradients (and AdamW updates) from the examples they appear in.</summary>
+    public bool DistractorGradients { get; init; } = true;
+    /// <summary>Per document: training steps, each one <see cref="BatchSize"/> of its gold examples. Null: from <see cref="Epochs"/>.</summary>
+    public int? Steps { get; init; }
+    /// <summary>Per document: passes over its examples (default <see cref="TrainingRunOptions.DefaultEpochs"/>).</summary>
+    public double? Epochs { get; init; }
+    /// <summary>Sequences per global step (one engine call; golds taken round-robin from the resident set).</summary>
+    public int BatchSize { get; init; } = 8;
+    public float LearningRate { get; init; } = TrainingRunOptions.DefaultLearningRate;
+    public double WarmupFraction { get; init; } = 0.05;
+    /// <summary>Steps of linear lr warmup for a cartridge re-entering the resident set.</summary>
+    public int ReentryWarmup { get; init; } = 20;
+    public float ClipNorm { get; init; } = 1f;
+    public int FrozenSlots { get; init; } = 1;
+    public ulong Seed { get; init; } = 1;
+    /// <summary>How the teacher data of each document is made (probes per chunk, continuation, …; the chunk size is derived when 0).</summary>
+    public DocumentProbeOptions Probes { get; init; } = new() { ExamplesPerChunk = TrainingRunOptions.DefaultProbesPerChunk, ChunkTokens = 0 };
+
+    /// <summary>Not part of the job's identity: the resident budget in bytes handed to the budget manager by the caller.</summary>
+    [JsonIgnore] public long ResidentBudgetBytes { get; init; }
+
+    /// <summary>Throws <see cref="InvalidRequestException"/> naming the first bad value.</summary>
+    public void Validate()
+    {
+        static string S(double v) => v.ToString(CultureInfo.InvariantCulture);
+        if (!(Compression >= 1) || double.IsInfinity(Compression)) throw new InvalidRequestException($"--compression must be ≥ 1, got {S(Compression)}.");
+        if (MinCartridgeTokens < 2) throw new InvalidRequestException($"the smallest cartridge must have ≥ 2 slots, got {MinCartridgeTokens}.");
+        if (Resident < 1) throw new InvalidRequestException($"--resident must be ≥ 1, got {Resident}.");
+        if (RotateEvery < 1) throw new InvalidRequestException($"--rotate-every must be ≥ 1, got {RotateEvery}.");
+        if (!(RotateFraction >= 0 && RotateFraction <= 1)) throw new InvalidRequestException($"--rotate-fraction must lie in [0, 1], got {S(RotateFraction)}.");
+        if (!(PIso >= 0 && PIso <= 1)) throw new InvalidRequestException($"--p-iso must lie in [0, 1], got {S(PIso)}.");
+        if (MaxDistractors < 0) throw new InvalidRequestException($"--max-distractors must be ≥ 0, got {MaxDistractors}.");
+        if (Steps is not null && Epochs is not null) throw new InvalidRequestException("give --steps or --epochs, not both.");
+        if (Steps is int s && s <= 0) throw new InvalidRequestException($"--steps must be positive, got {s}.");
+        if (Epochs is double e && !(e > 0 && double.IsFinite(e))) throw new InvalidRequestException($"--epochs must be positive, got {S(e)}.");
+        if (BatchSize < 1) throw new InvalidRequestException($"--batch must be ≥ 1, got {BatchSize}.");
+        if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new InvalidRequestException($"--lr must be positive, got {S(LearningRate)}.");
+        if (!(WarmupFraction >= 0 && WarmupFraction <= 1)) throw new InvalidRequestException($"--warmup must lie in [0, 1], got {S(WarmupFraction)}.");
+        if (ReentryWarmup < 0) throw new InvalidRequestException($"the re-entry warmup must be ≥ 0 steps, got {ReentryWarmup}.");
+        if (FrozenSlots < 0 || FrozenSlots >= MinCartridgeTokens) throw new InvalidRequestException($"frozen slots must lie in [0, {MinCartridgeTokens - 1}], got {FrozenSlots}.");
+        if (ResidentBudgetBytes < 0) throw new InvalidRequestException($"the resident budget must be ≥ 0 bytes, got {ResidentBudgetBytes}.");
+        (Probes with { ChunkTokens = Math.Max(1, Probes.ChunkTokens) }).Validate();
+    }
+
+    /// <summary>p for a document of <paramref name="documentTokens"/> tokens (start tokens excluded).</summary>
+    public int CartridgeTokensFor(int documentTokens) => Math.Max(MinCartridgeTokens, (int)(documentTokens / Compression));
+
+    /// <summary>Gold examples a document trains on: steps × batch, or ⌈epochs × examples⌉.</summary>
+    public long TargetExamples(int examples) => Steps is int s ? (long)s * BatchSize
+        : Math.Max(1, (long)Math.Ceiling((Epochs ?? TrainingRunOptions.DefaultEpochs) * examples));
+
+    /// <summary>The job's identity: every setting that decides the cartridges, as JSON.</summary>
+    public string SettingsJson() => JsonSerializer.Serialize(this, Json);
+
+    internal static readonly JsonSerializerOptions Json = new() { Converters = { new JsonStringEnumConverter() } };
+}

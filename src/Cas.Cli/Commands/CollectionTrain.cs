@@ -32,7 +32,7 @@ static class CollectionTrain
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch.", DefaultValueFactory = _ => d.BatchSize };
         var seed = Options.Seed(d.Seed);
         var probesPerChunk = Options.ProbesPerChunk(d.Probes.ExamplesPerChunk);
-        var budgetMb = new Option<long>("--resident-mb") { Description = "Resident memory budget in MiB for the trained cartridges, gradients and moments (never exceeded).", DefaultValueFactory = _ => 1024 };
+        var budgetMb = Options.ResidentMb(1024);
         var cmd = new Command("train", "Train one cartridge per document (CAS: distractor mixing, rotation through a resident budget); rerun to resume or to retrain stale documents.")
         {
             dataDir, name, compression, residentCount, rotateEvery, rotateFraction, pIso, maxDistractors, distractorGrads, steps, epochs, lr, batch, seed, probesPerChunk, budgetMb,

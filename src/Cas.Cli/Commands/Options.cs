@@ -107,6 +107,12 @@ static class Options
         Description = "Optimizer steps to run (cas train: in all; collection train: per document, each one batch of its examples). Default: from --epochs.",
     };
 
+    public static Option<long> ResidentMb(long defaultValue) => new("--resident-mb")
+    {
+        Description = "Budget of the resident tier in MiB: cartridge K/V in compute layout (fp32), plus, when training, their gradients and AdamW moments. Never exceeded.",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
     public static Option<string> DataDir() => new("--data-dir")
     {
         Description = "Folder of the collections and the cartridge store.", DefaultValueFactory = _ => "cas-data",

@@ -15,7 +15,7 @@ static class ServeCommand
         var tokenizer = Options.Tokenizer();
         var apiKey = ApiKeyOption();
         var tlsCert = new Option<string?>("--tls-cert") { Description = "PKCS#12 certificate file: serve HTTP/2 over TLS instead of cleartext." };
-        var residentMb = new Option<long>("--resident-mb") { Description = "Resident budget for cartridge K/V (fp32), in MiB.", DefaultValueFactory = _ => 2048 };
+        var residentMb = Options.ResidentMb(2048);
         var cmd = new Command("serve", "Serve collections, cartridges and questions over gRPC (cas.v1; health and reflection included).")
             { dataDir, host, port, model, tokenizer, apiKey, tlsCert, residentMb };
         // System.CommandLine turns Ctrl+C / SIGTERM into the action's cancellation token; the server stops on it.

@@ -398,6 +398,24 @@ public class DatasetTests : IDisposable
             for (ulong i = 0; i < 5; i++) w.Append(Make.Conversation(i));
         Assert.Equal(5, Make.ReadAll(path).Count);
     }
+}
+
+/// <summary>
+/// The streaming-memory test reads the process-wide heap size (GC.GetTotalMemory), so nothing else in
+/// the assembly may allocate while it runs: in parallel with other classes it once saw 10 MB that
+/// another test held and failed CI.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class HeapMeasurementCollection
+{
+    public const string Name = "process-wide heap measurement";
+}
+
+[Collection(HeapMeasurementCollection.Name)]
+public class DatasetStreamingMemoryTests : IDisposable
+{
+    readonly TempDir dir = new();
+    public void Dispose() => dir.Dispose();
 
     [Fact]
     public void Large_file_is_streamed_with_bounded_memory()

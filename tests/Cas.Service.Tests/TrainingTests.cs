@@ -69,7 +69,7 @@ public sealed class TrainingTests
         Assert.Contains("\"LearningRate\":0.02", job.SettingsJson);
 
         // Watch to the end: the last state is DONE and every document has its cartridge version.
-        using var watch = s.Training.WatchTrainingJob(new GetTrainingJobRequest { Id = job.Id });
+        using var watch = s.Training.WatchTrainingJob(new GetTrainingJobRequest { Id = job.Id }, deadline: DateTime.UtcNow.AddSeconds(60)); // a hang fails the test
         TrainingJob? last = null;
         while (await watch.ResponseStream.MoveNext()) last = watch.ResponseStream.Current;
         Assert.NotNull(last);
@@ -108,7 +108,7 @@ public sealed class TrainingTests
         Assert.Equal(StatusCode.FailedPrecondition, busy.StatusCode);
         Assert.Contains($"job {job.Id}", busy.Status.Detail);
 
-        var cancelled = await s.Training.CancelTrainingJobAsync(new CancelTrainingJobRequest { Id = job.Id });
+        var cancelled = await s.Training.CancelTrainingJobAsync(new CancelTrainingJobRequest { Id = job.Id }, deadline: DateTime.UtcNow.AddSeconds(60));
         Assert.Equal(V1.JobState.Cancelled, cancelled.State);
         Assert.False(s.Server.State.Training.IsRunning(job.Id));
         var got = await s.Training.GetTrainingJobAsync(new GetTrainingJobRequest { Id = job.Id });
@@ -123,7 +123,7 @@ public sealed class TrainingTests
         Assert.Equal(job.Id, resumed.Id);
         Assert.True(s.Server.State.Training.IsRunning(job.Id));
         // Shutdown (CasServer.DisposeAsync runs this first) cancels the running job and waits for it.
-        await Task.Run(s.Server.State.Training.StopAll);
+        Assert.True(Task.Run(s.Server.State.Training.StopAll).Wait(TimeSpan.FromSeconds(60)), "shutdown did not stop the job within 60 s");
         Assert.False(s.Server.State.Training.IsRunning(job.Id));
         Assert.Equal(Cas.Collections.JobState.Cancelled, s.Server.State.Catalog.FindJob(job.Id)!.State);
     }

@@ -123,7 +123,7 @@ public sealed class TrainingTests
         Assert.Equal(job.Id, resumed.Id);
         Assert.True(s.Server.State.Training.IsRunning(job.Id));
         // Shutdown (CasServer.DisposeAsync runs this first) cancels the running job and waits for it.
-        Assert.True(Task.Run(s.Server.State.Training.StopAll).Wait(TimeSpan.FromSeconds(60)), "shutdown did not stop the job within 60 s");
+        await Task.Run(s.Server.State.Training.StopAll).WaitAsync(TimeSpan.FromSeconds(60)); // TimeoutException: shutdown did not stop the job
         Assert.False(s.Server.State.Training.IsRunning(job.Id));
         Assert.Equal(Cas.Collections.JobState.Cancelled, s.Server.State.Catalog.FindJob(job.Id)!.State);
     }

@@ -13,7 +13,8 @@ namespace Cas.Service;
 /// The gRPC server: Kestrel with HTTP/2 (cleartext on 127.0.0.1 by default, TLS with a certificate), the four cas.v1
 /// services, grpc.health.v1.Health and server reflection, one interceptor for errors and the API key, and maximum
 /// message sizes. <c>await using var server = await CasServer.StartAsync(options);</c> then talk to
-/// <see cref="Address"/>; disposing stops it (in-flight decodes are cancelled, their cartridges released).
+/// <see cref="Address"/>; disposing stops it (training jobs are cancelled and waited for, in-flight decodes are cancelled, their
+/// cartridges released).
 /// </summary>
 public sealed class CasServer : IAsyncDisposable
 {
@@ -92,7 +93,12 @@ public sealed class CasServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         using var grace = new CancellationTokenSource(TimeSpan.FromSeconds(5)); // in-flight calls get this long, then are cancelled
-        try { await _app.StopAsync(grace.Token); }
+        try
+        {
+            // Training jobs first: each saves its snapshot and records itself cancelled (resumable), so watchers see the end.
+            await Task.Run(State.Training.StopAll);
+            await _app.StopAsync(grace.Token);
+        }
         finally
         {
             await _app.DisposeAsync();

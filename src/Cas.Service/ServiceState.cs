@@ -31,6 +31,11 @@ public sealed record CasServerOptions
     public long HostBytes { get; init; } = 2L << 30;
     /// <summary>How long a question waits for room in the resident budget before RESOURCE_EXHAUSTED.</summary>
     public TimeSpan WaitForRoom { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// The recipe StartTraining starts from (the request's steps, lr, seed and p override it); the resident budget
+    /// is the server's (<see cref="ResidentBytes"/>), not this record's.
+    /// </summary>
+    public Cas.Jobs.CasTrainingOptions Training { get; init; } = new();
     /// <summary>Most sequences decoded in one batched step per model.</summary>
     public int MaxBatch { get; init; } = 64;
     /// <summary>Least level logged (Information shows one line per refused call).</summary>
@@ -83,12 +88,15 @@ public sealed class ServiceState : IDisposable
             Budget = new BudgetManager(Store, new BudgetOptions { ResidentBytes = options.ResidentBytes, HostBytes = options.HostBytes, WaitForRoom = options.WaitForRoom });
         }
         catch { Store?.Dispose(); Catalog.Dispose(); throw; }
+        Training = new TrainingRuns(this);
     }
 
     public CasServerOptions Options { get; }
     public CollectionCatalog Catalog { get; }
     public ICartridgeStore Store { get; }
     public BudgetManager Budget { get; }
+    /// <summary>The training jobs running in this process.</summary>
+    public TrainingRuns Training { get; }
 
     /// <summary>The model (loaded once, shared by every collection of it).</summary>
     public ModelHost Model(string modelPath, string tokenizerPath)
@@ -126,6 +134,7 @@ public sealed class ServiceState : IDisposable
 
     public void Dispose()
     {
+        Training.StopAll(); // jobs save their snapshot and record themselves cancelled before the store closes
         List<Lazy<ModelHost>> models;
         lock (_gate) { models = [.. _models.Values]; _models.Clear(); }
         foreach (var m in models) if (m.IsValueCreated) m.Value.Dispose();

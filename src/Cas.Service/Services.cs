@@ -7,6 +7,7 @@ using Cas.Store;
 using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
+using Microsoft.Extensions.Logging;
 using CatalogJobState = Cas.Collections.JobState;
 using CatalogCartridgeState = Cas.Collections.CartridgeState;
 
@@ -225,24 +226,50 @@ public sealed class CartridgeServiceImpl(ServiceState state) : CartridgeService.
 }
 
 /// <summary>
-/// Training jobs. Reading jobs (get, list, watch) works on the catalog's job rows, whoever wrote them; starting and
-/// cancelling need the per-document CAS trainer, which this build does not have: they answer UNIMPLEMENTED.
+/// Training jobs. Start and cancel drive <see cref="Cas.Jobs.CasTrainer"/> through <see cref="TrainingRuns"/> (one
+/// background run per collection, owned by the server state); reading jobs (get, list, watch) works on the catalog's
+/// job rows, whoever wrote them (this server or `cas collection train`).
 /// </summary>
-public sealed class TrainingServiceImpl(ServiceState state) : TrainingService.TrainingServiceBase
+public sealed class TrainingServiceImpl(ServiceState state, ILogger<TrainingServiceImpl> log) : TrainingService.TrainingServiceBase
 {
-    const string NoTrainer = "per-document CAS training is not in this build of the server yet. Train a document's cartridge with " +
-        "`cas train --data DOC --out FILE` and put it in with ImportCartridge (collection + document_id) or `cas store import FILE --collection C --document ID`.";
-
-    public override Task<TrainingJob> StartTraining(StartTrainingRequest request, ServerCallContext context)
+    public override async Task<TrainingJob> StartTraining(StartTrainingRequest request, ServerCallContext context)
     {
-        state.Collection(request.Collection);
-        throw new NotImplementedFeatureException(NoTrainer);
+        var c = state.Collection(request.Collection);
+        var options = TrainingOptions(request, state.Options.Training);
+        state.Training.Log ??= log;
+        long id = await state.Training.StartAsync(c, options, context.CancellationToken);
+        return Job(id);
     }
 
-    public override Task<TrainingJob> CancelTrainingJob(CancelTrainingJobRequest request, ServerCallContext context)
+    /// <summary>The request's fields over the server's recipe; 0 (unset) keeps the recipe's value.</summary>
+    internal static Cas.Jobs.CasTrainingOptions TrainingOptions(StartTrainingRequest r, Cas.Jobs.CasTrainingOptions recipe)
     {
-        Job(request.Id);
-        throw new NotImplementedFeatureException(NoTrainer);
+        if (r.DocumentIds.Count > 0 || r.RetrainFresh)
+            throw new NotImplementedFeatureException("the CAS trainer trains every document whose cartridge is missing, stale or bad; choosing documents " +
+                "(document_ids) or retraining fresh ones (retrain_fresh) is not supported yet. Delete a cartridge (DeleteCartridge) to have it retrained.");
+        if (r.CartridgeTokens < 0) throw new InvalidRequestException($"cartridge_tokens must be ≥ 0 (0: tokens / compression), got {r.CartridgeTokens}.");
+        if (r.StepsPerDocument is < 0 or > int.MaxValue) throw new InvalidRequestException($"steps_per_document must lie in [0, {int.MaxValue}] (0: the recipe's epochs), got {r.StepsPerDocument}.");
+        if (double.IsNaN(r.LearningRate) || r.LearningRate < 0 || r.LearningRate > float.MaxValue)
+            throw new InvalidRequestException($"learning_rate must be positive (0: the default), got {r.LearningRate.ToString(System.Globalization.CultureInfo.InvariantCulture)}.");
+        var o = recipe;
+        if (r.CartridgeTokens > 0) o = o with { MinCartridgeTokens = r.CartridgeTokens, Compression = double.MaxValue }; // every document gets p (at most its own length)
+        if (r.StepsPerDocument > 0) o = o with { Steps = (int)r.StepsPerDocument, Epochs = null };
+        if (r.LearningRate > 0) o = o with { LearningRate = (float)r.LearningRate };
+        if (r.Seed != 0) o = o with { Seed = r.Seed };
+        o.Validate();
+        return o;
+    }
+
+    public override async Task<TrainingJob> CancelTrainingJob(CancelTrainingJobRequest request, ServerCallContext context)
+    {
+        var job = Job(request.Id);
+        if (!await state.Training.CancelAsync(request.Id, context.CancellationToken))
+        {
+            if (job.State is V1.JobState.Done or V1.JobState.Failed or V1.JobState.Cancelled) return job; // already ended: nothing to do
+            throw new FailedPreconditionException($"training job {request.Id} is not running in this server (its row says {job.State}); " +
+                "a job run by `cas collection train` is stopped with Ctrl+C in that process.");
+        }
+        return Job(request.Id);
     }
 
     public override Task<TrainingJob> GetTrainingJob(GetTrainingJobRequest request, ServerCallContext context) => Task.FromResult(Job(request.Id));

@@ -171,12 +171,10 @@ public sealed class ServiceTests(ServerFixture fx) : IClassFixture<ServerFixture
         Assert.Contains("has not finished", e.Status.Detail);
         Assert.Contains("moon (missing)", e.Status.Detail);
 
-        // Training: no trainer in this build -> UNIMPLEMENTED with what to do; unknown things -> NOT_FOUND.
-        var t = await Refused(async () => await fx.Training.StartTrainingAsync(new StartTrainingRequest { Collection = ServerFixture.Collection }));
-        Assert.Equal(StatusCode.Unimplemented, t.StatusCode);
-        Assert.Contains("cas store import", t.Status.Detail);
+        // Training of an unknown collection or job -> NOT_FOUND (TrainingTests covers starting and cancelling).
         Assert.Equal(StatusCode.NotFound, (await Refused(async () => await fx.Training.StartTrainingAsync(new StartTrainingRequest { Collection = "nope" }))).StatusCode);
         Assert.Equal(StatusCode.NotFound, (await Refused(async () => await fx.Training.GetTrainingJobAsync(new GetTrainingJobRequest { Id = 999 }))).StatusCode);
+        Assert.Equal(StatusCode.NotFound, (await Refused(async () => await fx.Training.CancelTrainingJobAsync(new CancelTrainingJobRequest { Id = 999 }))).StatusCode);
 
         // Invalid names and duplicates.
         Assert.Equal(StatusCode.InvalidArgument, (await Refused(async () => await fx.Collections.CreateCollectionAsync(new CreateCollectionRequest { Name = "bad name!" }))).StatusCode);

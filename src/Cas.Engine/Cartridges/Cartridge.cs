@@ -186,6 +186,21 @@ public sealed class Cartridge
         IReadOnlyDictionary<string, string>? extraMetadata)
     {
         ArgumentNullException.ThrowIfNull(path);
+        var (tensors, meta) = FileContents(dtype, extraTensors, extraMetadata, path);
+        SafeTensorsWriter.Write(path, tensors, meta);
+    }
+
+    /// <summary>The bytes of the file <see cref="Save"/> writes (what the cartridge store keeps); read back with <see cref="Read(SafeTensorsFile)"/> over <see cref="SafeTensorsFile.FromBytes"/>.</summary>
+    public byte[] ToBytes(SafeTensorDType dtype = SafeTensorDType.F32)
+    {
+        var (tensors, meta) = FileContents(dtype, [], null, "a cartridge");
+        return SafeTensorsWriter.ToBytes(tensors, meta);
+    }
+
+    /// <summary>The tensors and metadata of the cartridge file, checked: F32/BF16, finite K/V, extra names and keys in their namespaces.</summary>
+    (List<(string, int[], ReadOnlyMemory<float>, SafeTensorDType)> Tensors, Dictionary<string, string> Metadata) FileContents(SafeTensorDType dtype,
+        IEnumerable<(string Name, int[] Shape, ReadOnlyMemory<float> Data)> extraTensors, IReadOnlyDictionary<string, string>? extraMetadata, string path)
+    {
         if (dtype is not (SafeTensorDType.F32 or SafeTensorDType.BF16))
             throw new InvalidRequestException($"cartridges are stored as F32 or BF16, not {dtype}.");
         var meta = BuildMetadata();
@@ -214,7 +229,7 @@ public sealed class Cartridge
                 throw new ArgumentException($"extra tensor '{name}' must be named {ExtraTensorPrefix}*.");
             tensors.Add((name, s, data, SafeTensorDType.F32));
         }
-        SafeTensorsWriter.Write(path, tensors, meta);
+        return (tensors, meta);
     }
 
     void Validate()

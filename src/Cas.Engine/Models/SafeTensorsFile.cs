@@ -44,15 +44,15 @@ public sealed class SafeTensorsFile : IDisposable
     public const long MaxHeaderBytes = 100_000_000;
     const int ChunkBytes = 1 << 20;
 
-    readonly SafeFileHandle handle;
+    readonly Source source;
     readonly long dataStart;
     readonly Dictionary<string, SafeTensorInfo> byName;
 
-    SafeTensorsFile(string path, SafeFileHandle handle, long fileLength, long dataStart,
+    SafeTensorsFile(string path, Source source, long fileLength, long dataStart,
                     List<SafeTensorInfo> tensors, Dictionary<string, string> metadata)
     {
         Path = path;
-        this.handle = handle;
+        this.source = source;
         FileLength = fileLength;
         this.dataStart = dataStart;
         Tensors = tensors;
@@ -94,7 +94,7 @@ public sealed class SafeTensorsFile : IDisposable
         }
         try
         {
-            return Parse(path, handle);
+            return Parse(path, new FileSource(handle));
         }
         catch
         {
@@ -103,13 +103,20 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
-    static SafeTensorsFile Parse(string path, SafeFileHandle handle)
+    /// <summary>
+    /// Validates safetensors bytes already in memory (a cartridge read from the store) exactly as <see cref="Open"/>
+    /// validates a file; <paramref name="name"/> stands for the path in messages. The bytes must not change while the
+    /// result is in use.
+    /// </summary>
+    public static SafeTensorsFile FromBytes(ReadOnlyMemory<byte> bytes, string name) => Parse(name, new MemorySource(bytes));
+
+    static SafeTensorsFile Parse(string path, Source source)
     {
-        long fileLength = RandomAccess.GetLength(handle);
+        long fileLength = source.Length;
         if (fileLength < 8)
             throw new ModelFormatException($"{path} is {fileLength} bytes, too short to be a safetensors file (it must start with an 8-byte header length).");
         Span<byte> lenBytes = stackalloc byte[8];
-        ReadExactly(handle, lenBytes, 0, path, "the header length");
+        ReadExactly(source, lenBytes, 0, path, "the header length");
         ulong headerLen = BinaryPrimitives.ReadUInt64LittleEndian(lenBytes);
         if (headerLen > (ulong)(fileLength - 8))
             throw new ModelFormatException($"{path}: header length {headerLen} exceeds the file size ({fileLength} bytes); the file is truncated or not a safetensors file.");
@@ -119,7 +126,7 @@ public sealed class SafeTensorsFile : IDisposable
             throw new ModelFormatException($"{path}: header length {headerLen} is too small to hold a JSON object.");
 
         var header = new byte[(int)headerLen];
-        ReadExactly(handle, header, 8, path, "the header");
+        ReadExactly(source, header, 8, path, "the header");
         long dataStart = 8 + (long)headerLen;
         long dataLength = fileLength - dataStart;
 
@@ -164,7 +171,7 @@ public sealed class SafeTensorsFile : IDisposable
                     $"{path}: tensors '{prev.Name}' (bytes {prev.DataBegin}..{prev.DataEnd}) and '{t.Name}' (bytes {t.DataBegin}..{t.DataEnd}) overlap; the header is corrupt.");
             prev = t;
         }
-        return new SafeTensorsFile(path, handle, fileLength, dataStart, tensors, metadata);
+        return new SafeTensorsFile(path, source, fileLength, dataStart, tensors, metadata);
     }
 
     static void ParseMetadata(string path, JsonElement value, Dictionary<string, string> metadata)
@@ -261,7 +268,7 @@ public sealed class SafeTensorsFile : IDisposable
         long offset = dataStart + info.DataBegin;
         if (info.DType == SafeTensorDType.F32)
         {
-            ReadExactly(handle, MemoryMarshal.AsBytes(destination), offset, Path, $"tensor '{info.Name}'");
+            ReadExactly(source, MemoryMarshal.AsBytes(destination), offset, Path, $"tensor '{info.Name}'");
             if (!BitConverter.IsLittleEndian)
             {
                 var u = MemoryMarshal.Cast<float, uint>(destination);
@@ -278,7 +285,7 @@ public sealed class SafeTensorsFile : IDisposable
             {
                 int n = Math.Min(ChunkBytes / 2, destination.Length - done);
                 var bytes = buffer.AsSpan(0, n * 2);
-                ReadExactly(handle, bytes, offset + 2L * done, Path, $"tensor '{info.Name}'");
+                ReadExactly(source, bytes, offset + 2L * done, Path, $"tensor '{info.Name}'");
                 var bits = MemoryMarshal.Cast<byte, ushort>(bytes);
                 if (!BitConverter.IsLittleEndian) BinaryPrimitives.ReverseEndianness(bits, bits);
                 if (info.DType == SafeTensorDType.BF16) HalfPrecision.BF16ToFloat(bits, destination.Slice(done, n));
@@ -304,12 +311,12 @@ public sealed class SafeTensorsFile : IDisposable
             throw new ModelFormatException($"{Path}: tensor '{info.Name}' has {info.ElementCount} elements, more than one array can hold.");
     }
 
-    static void ReadExactly(SafeFileHandle handle, Span<byte> destination, long offset, string path, string what)
+    static void ReadExactly(Source source, Span<byte> destination, long offset, string path, string what)
     {
         int done = 0;
         while (done < destination.Length)
         {
-            int n = RandomAccess.Read(handle, destination.Slice(done), offset + done);
+            int n = source.Read(destination.Slice(done), offset + done);
             if (n == 0)
                 throw new ModelFormatException(
                     $"{path}: unexpected end of file while reading {what} (needed {destination.Length} bytes at offset {offset}, got {done}); the file is truncated or changed while being read.");
@@ -317,5 +324,33 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
-    public void Dispose() => handle.Dispose();
+    public void Dispose() => source.Dispose();
+
+    /// <summary>Where the bytes are: a file (positioned reads, safe from several threads) or memory.</summary>
+    abstract class Source : IDisposable
+    {
+        public abstract long Length { get; }
+        /// <summary>Copies up to destination.Length bytes from <paramref name="offset"/>; 0 at the end.</summary>
+        public abstract int Read(Span<byte> destination, long offset);
+        public virtual void Dispose() { }
+    }
+
+    sealed class FileSource(SafeFileHandle handle) : Source
+    {
+        public override long Length => RandomAccess.GetLength(handle);
+        public override int Read(Span<byte> destination, long offset) => RandomAccess.Read(handle, destination, offset);
+        public override void Dispose() => handle.Dispose();
+    }
+
+    sealed class MemorySource(ReadOnlyMemory<byte> bytes) : Source
+    {
+        public override long Length => bytes.Length;
+        public override int Read(Span<byte> destination, long offset)
+        {
+            if (offset >= bytes.Length) return 0;
+            int n = (int)Math.Min(destination.Length, bytes.Length - offset);
+            bytes.Span.Slice((int)offset, n).CopyTo(destination);
+            return n;
+        }
+    }
 }

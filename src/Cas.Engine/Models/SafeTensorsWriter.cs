@@ -8,7 +8,8 @@ namespace Cas.Engine.Models;
 /// <summary>
 /// Writes fp32 data as a .safetensors file (F32, BF16 or F16 on disk). The file appears
 /// atomically: it is written to a temporary file beside the target, flushed to disk, then renamed
-/// over the target, so readers never see a half-written file.
+/// over the target, so readers never see a half-written file. <see cref="ToBytes"/> gives the same
+/// bytes in memory (the cartridge store keeps them as its records).
 /// </summary>
 public static class SafeTensorsWriter
 {
@@ -32,11 +33,7 @@ public static class SafeTensorsWriter
         {
             using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16))
             {
-                Span<byte> len = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
-                fs.Write(len);
-                fs.Write(header);
-                foreach (var t in list) WriteData(fs, t.Data.Span, t.DType);
+                WriteTo(fs, header, list);
                 fs.Flush(flushToDisk: true);
             }
             File.Move(tmp, full, overwrite: true);
@@ -46,6 +43,31 @@ public static class SafeTensorsWriter
             try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
             throw;
         }
+    }
+
+    /// <summary>The bytes <see cref="Write"/> would put in a file.</summary>
+    public static byte[] ToBytes(
+        IEnumerable<(string Name, int[] Shape, ReadOnlyMemory<float> Data, SafeTensorDType DType)> tensors,
+        IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        var list = tensors.ToList();
+        byte[] header = BuildHeader(list, metadata);
+        long total = 8L + header.Length;
+        foreach (var t in list) total += (long)t.Data.Length * SafeTensorsFile.DTypeSize(t.DType);
+        if (total > Array.MaxLength) throw new ArgumentException($"{total} bytes of safetensors do not fit one array (max {Array.MaxLength}); write a file instead.");
+        var bytes = GC.AllocateUninitializedArray<byte>((int)total);
+        using (var ms = new MemoryStream(bytes, writable: true)) WriteTo(ms, header, list);
+        return bytes;
+    }
+
+    static void WriteTo(Stream stream, byte[] header, List<(string Name, int[] Shape, ReadOnlyMemory<float> Data, SafeTensorDType DType)> list)
+    {
+        Span<byte> len = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
+        stream.Write(len);
+        stream.Write(header);
+        foreach (var t in list) WriteData(stream, t.Data.Span, t.DType);
     }
 
     static byte[] BuildHeader(
@@ -103,7 +125,7 @@ public static class SafeTensorsWriter
         return header;
     }
 
-    static void WriteData(FileStream fs, ReadOnlySpan<float> data, SafeTensorDType dtype)
+    static void WriteData(Stream fs, ReadOnlySpan<float> data, SafeTensorDType dtype)
     {
         if (dtype == SafeTensorDType.F32 && BitConverter.IsLittleEndian)
         {

@@ -52,6 +52,34 @@ public class SafeTensorsFileTests
     }
 
     [Fact]
+    public void Bytes_in_memory_are_the_file_bytes_and_read_back_with_the_same_checks()
+    {
+        using var dir = new TempDir();
+        var tensors = new List<(string, int[], ReadOnlyMemory<float>, SafeTensorDType)>
+        {
+            ("w", [2, 3], new float[] { 1f, -2.5f, 3.25f, 1e-30f, 7f, 8f }, SafeTensorDType.F32),
+            ("h", [3], new float[] { 1f, -3f, 0.5f }, SafeTensorDType.BF16),
+            ("f", [2], new float[] { 0.333251953125f, 65504f }, SafeTensorDType.F16),
+        };
+        var meta = new Dictionary<string, string> { ["k"] = "v" };
+        SafeTensorsWriter.Write(dir.File("t.safetensors"), tensors, meta);
+        byte[] bytes = SafeTensorsWriter.ToBytes(tensors, meta);
+        Assert.Equal(File.ReadAllBytes(dir.File("t.safetensors")), bytes);
+
+        using (var m = SafeTensorsFile.FromBytes(bytes, "in-memory"))
+        {
+            Assert.Equal("v", m.Metadata["k"]);
+            Assert.Equal([1f, -2.5f, 3.25f, 1e-30f, 7f, 8f], m.ReadFloats("w"));
+            Assert.Equal([1f, -3f, 0.5f], m.ReadFloats("h"));
+            Assert.Equal([0.333251953125f, 65504f], m.ReadFloats("f"));
+        }
+        // The same validation as a file: a cut copy names the tensor that does not fit, with the given name.
+        var e = Assert.Throws<ModelFormatException>(() => { using var _ = SafeTensorsFile.FromBytes(bytes.AsMemory(0, bytes.Length - 1), "cut bytes"); });
+        Assert.StartsWith("cut bytes:", e.Message);
+        Assert.Contains("'f'", e.Message);
+    }
+
+    [Fact]
     public void FileShorterThanLengthPrefix()
     {
         using var dir = new TempDir();

@@ -74,6 +74,9 @@ public class CartridgeFileTests
         string f32 = Path.Combine(dir, "a.safetensors"), bf16 = Path.Combine(dir, "b.safetensors");
         c.Save(f32);
         c.Save(bf16, SafeTensorDType.BF16);
+        // In memory (what the store keeps) the bytes are the file's, in either dtype.
+        Assert.Equal(File.ReadAllBytes(f32), c.ToBytes());
+        Assert.Equal(File.ReadAllBytes(bf16), c.ToBytes(SafeTensorDType.BF16));
         var r = Cartridge.Load(bf16, model);
         for (int l = 0; l < c.Prefix.Layers; l++)
             for (int i = 0; i < c.Prefix.Keys[l].Length; i++)

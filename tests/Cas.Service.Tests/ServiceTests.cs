@@ -13,7 +13,15 @@ public sealed class ServiceTests(ServerFixture fx) : IClassFixture<ServerFixture
 {
     static AskRequest Q(string question, int maxTokens = 24) => new() { Collection = ServerFixture.Collection, Question = question, MaxTokens = maxTokens };
 
-    static async Task<RpcException> Refused(Func<Task> call) => await Assert.ThrowsAsync<RpcException>(call);
+    static async Task<RpcException> Refused(Func<Task> call) => await Bounded("a refused call", Assert.ThrowsAsync<RpcException>(call));
+
+    /// <summary>Every step of a test is bounded: a call that never completes fails the test with its name instead of hanging the run.</summary>
+    static async Task<T> Bounded<T>(string what, Task<T> task)
+    {
+        try { return await task.WaitAsync(TimeSpan.FromSeconds(60)); }
+        catch (TimeoutException) { throw new TimeoutException($"{what} did not complete within 60 s"); }
+    }
+    static Task Bounded(string what, Task task) => Bounded(what, task.ContinueWith(t => { t.GetAwaiter().GetResult(); return 0; }, TaskScheduler.Default));
 
     [Fact]
     public async Task Collections_create_add_list_get_delete()
@@ -186,7 +194,7 @@ public sealed class ServiceTests(ServerFixture fx) : IClassFixture<ServerFixture
             var m = new AddDocumentsRequest { Collection = ServerFixture.Collection };
             m.Documents.Add(new DocumentUpload { Id = "huge", Text = new string('a', 2 << 20) });
             // The server ends the call as soon as it reads the message; the write itself may already see that end.
-            try { await call.RequestStream.WriteAsync(m); await call.RequestStream.CompleteAsync(); } catch (RpcException) { }
+            try { await Bounded("writing the oversized message", call.RequestStream.WriteAsync(m)); await Bounded("completing the oversized upload", call.RequestStream.CompleteAsync()); } catch (RpcException) { }
             var big = await Refused(async () => await call);
             Assert.Equal(StatusCode.ResourceExhausted, big.StatusCode);
         }
@@ -200,7 +208,7 @@ public sealed class ServiceTests(ServerFixture fx) : IClassFixture<ServerFixture
             Marshallers.Create(b => b, b => b), Marshallers.Create(b => b, b => b));
         using (var call = invoker.AsyncClientStreamingCall(rawStream, null, new CallOptions()))
         {
-            try { await call.RequestStream.WriteAsync(malformed); await call.RequestStream.CompleteAsync(); } catch (RpcException) { }
+            try { await Bounded("writing the malformed message", call.RequestStream.WriteAsync(malformed)); await Bounded("completing the malformed upload", call.RequestStream.CompleteAsync()); } catch (RpcException) { }
             Assert.Equal(StatusCode.InvalidArgument, (await Refused(async () => await call)).StatusCode);
         }
         var rawUnary = new Method<byte[], byte[]>(MethodType.Unary, "cas.v1.CollectionService", "GetCollection",
@@ -208,7 +216,7 @@ public sealed class ServiceTests(ServerFixture fx) : IClassFixture<ServerFixture
         Assert.Equal(StatusCode.Unknown, (await Refused(async () => await invoker.AsyncUnaryCall(rawUnary, null, new CallOptions(), malformed))).StatusCode);
 
         // Still serving, nothing pinned.
-        var (_, ok) = await ServerFixture.Collect(fx.Query.Ask(Q("the cat", 4)));
+        var (_, ok) = await Bounded("the last ask", ServerFixture.Collect(fx.Query.Ask(Q("the cat", 4))));
         Assert.NotEmpty(ok.Documents);
         await fx.WaitIdle();
     }

@@ -18,15 +18,9 @@ namespace Cas.Engine.Tests.Engine;
 /// </summary>
 public class ReferenceLogitsTests
 {
-    static readonly string Dir = Path.Combine(TestPaths.RepoRoot, "tests", "goldens", "models");
+    static readonly string Dir = Goldens.Path("models");
 
-    static float[] ReadF32(string rel)
-    {
-        var bytes = File.ReadAllBytes(Path.Combine(Dir, rel));
-        var f = new float[bytes.Length / 4];
-        Buffer.BlockCopy(bytes, 0, f, 0, bytes.Length);
-        return f;
-    }
+    static float[] ReadF32(string rel) => Goldens.ReadF32(Path.Combine(Dir, rel));
 
     [Theory]
     [InlineData("llama", WeightStorage.Float32)]

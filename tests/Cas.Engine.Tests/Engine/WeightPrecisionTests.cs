@@ -95,7 +95,7 @@ public class WeightPrecisionTests
     [Fact]
     public void FileStorageKeepsBf16AndHalvesResidentBytes()
     {
-        string dir = Path.Combine(TestPaths.RepoRoot, "tests", "goldens", "models", "llama");
+        string dir = Goldens.Path("models", "llama");
         Assert.True(Directory.Exists(dir), $"missing test model {dir}");
         var f32 = ModelLoader.Load(dir);
         var kept = ModelLoader.Load(dir, WeightStorage.File);

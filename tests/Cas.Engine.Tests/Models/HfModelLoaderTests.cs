@@ -40,7 +40,7 @@ public class HfModelLoaderTests
         };
     }
 
-    static Model LoadGolden(string name) => HfModelLoader.Load(Path.Combine(Goldens, name));
+    static Model LoadGolden(string name) => HfModelLoader.Load(Path.Combine(GoldenModels, name));
 
     /// <summary>Every golden model loads, its shapes follow the manifest, and sampled weights equal what the Python script stored.</summary>
     [Theory]
@@ -120,7 +120,7 @@ public class HfModelLoaderTests
             Assert.Null(l.QNorm);
         }
         // the index really spreads the tensors over both shards
-        var index = JsonNode.Parse(File.ReadAllText(Path.Combine(Goldens, "qwen2", HfModelLoader.IndexFileName)))!;
+        var index = JsonNode.Parse(File.ReadAllText(Path.Combine(GoldenModels, "qwen2", HfModelLoader.IndexFileName)))!;
         Assert.Equal(2, index["weight_map"]!.AsObject().Select(kv => (string)kv.Value!).Distinct().Count());
     }
 
@@ -202,7 +202,7 @@ public class HfModelLoaderTests
     {
         using var dir = new TempDir();
         Assert.Contains("config.json", LoadFails(dir.Path).Message);
-        File.Copy(Path.Combine(Goldens, "qwen3", "config.json"), dir.File("config.json"));
+        File.Copy(Path.Combine(GoldenModels, "qwen3", "config.json"), dir.File("config.json"));
         var e = LoadFails(dir.Path);
         Assert.Contains("model.safetensors or model.safetensors.index.json", e.Message);
         File.WriteAllBytes(dir.File("pytorch_model.bin"), [0]);
@@ -213,7 +213,7 @@ public class HfModelLoaderTests
     static void CopyQwen2Shards(string to)
     {
         Directory.CreateDirectory(to);
-        foreach (var f in Directory.GetFiles(Path.Combine(Goldens, "qwen2")))
+        foreach (var f in Directory.GetFiles(Path.Combine(GoldenModels, "qwen2")))
             File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
     }
 

@@ -135,7 +135,7 @@ public class Llama2cLoaderTests
     public void Stories260KMatchesThePythonReading()
     {
         string bin = TestPaths.RequireShared("models/stories260K/stories260K.bin");
-        var golden = JsonNode.Parse(File.ReadAllText(Path.Combine(Goldens, "stories260K.json")))!;
+        var golden = JsonNode.Parse(File.ReadAllText(Path.Combine(GoldenModels, "stories260K.json")))!;
         var m = ModelLoader.Load(bin);
         var c = m.Config;
         var h = golden["header"]!;

@@ -10,9 +10,9 @@ public class ModelLoaderTests
     [Fact]
     public void FolderIsHuggingFaceAndBinIsLlama2c()
     {
-        var hf = ModelLoader.Load(Path.Combine(Goldens, "qwen3"));
+        var hf = ModelLoader.Load(Path.Combine(GoldenModels, "qwen3"));
         Assert.Equal(Architecture.Qwen3, hf.Config.Architecture);
-        Assert.Equal(Path.Combine(Goldens, "qwen3"), hf.Source);
+        Assert.Equal(Path.Combine(GoldenModels, "qwen3"), hf.Source);
 
         string bin = TestPaths.RequireShared("models/stories260K/stories260K.bin");
         var l2c = ModelLoader.Load(bin);
@@ -33,7 +33,7 @@ public class ModelLoaderTests
 
 public class ModelFingerprintTests
 {
-    static Model Golden(string name) => HfModelLoader.Load(Path.Combine(Goldens, name));
+    static Model Golden(string name) => HfModelLoader.Load(Path.Combine(GoldenModels, name));
 
     [Fact]
     public void StableAcrossLoadsAndStorageFormats()

@@ -27,10 +27,10 @@ public sealed class TempDir : IDisposable
 
 static class ModelTestUtil
 {
-    public static string Goldens => Path.Combine(TestPaths.RepoRoot, "tests", "goldens", "models");
+    public static string GoldenModels => Goldens.Path("models");
 
     public static JsonObject Manifest() =>
-        JsonNode.Parse(File.ReadAllText(Path.Combine(Goldens, "manifest.json")))!.AsObject();
+        JsonNode.Parse(File.ReadAllText(Path.Combine(GoldenModels, "manifest.json")))!.AsObject();
 
     /// <summary>Writes a safetensors file byte by byte: 8-byte length, the header text as given, then data.</summary>
     public static void WriteRaw(string path, string headerJson, byte[] data, long? declaredHeaderLength = null)
@@ -78,7 +78,7 @@ static class ModelTestUtil
         Action<JsonObject>? editConfig = null,
         SafeTensorDType dtype = SafeTensorDType.F32)
     {
-        string src = Path.Combine(Goldens, goldenName);
+        string src = Path.Combine(GoldenModels, goldenName);
         var tensors = ReadAllTensors(src);
         editTensors?.Invoke(tensors);
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(src, "config.json")))!.AsObject();

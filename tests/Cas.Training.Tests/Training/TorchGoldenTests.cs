@@ -34,7 +34,7 @@ public class TorchGoldenTests(ITestOutputHelper output)
 
     void Check(string arch)
     {
-        string dir = Path.Combine(TestPaths.RepoRoot, "tests", "goldens", "backprop", arch);
+        string dir = Goldens.Path("backprop", arch);
         var model = ModelLoader.Load(dir);
         var c = model.Config;
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
@@ -54,9 +54,9 @@ public class TorchGoldenTests(ITestOutputHelper output)
         Assert.NotEqual(batch[0].Tokens.Length, batch[1].Tokens.Length);
 
         var prefix = new KvPrefix(c.Layers, c.KvHeads, c.HeadDim, p,
-            Split(ReadF32(Path.Combine(dir, "prefix_k.f32")), c.Layers), Split(ReadF32(Path.Combine(dir, "prefix_v.f32")), c.Layers));
-        var gk = Split(ReadF64(Path.Combine(dir, "grad_k.f64")), c.Layers);
-        var gv = Split(ReadF64(Path.Combine(dir, "grad_v.f64")), c.Layers);
+            Split(Goldens.ReadF32(Path.Combine(dir, "prefix_k.f32")), c.Layers), Split(Goldens.ReadF32(Path.Combine(dir, "prefix_v.f32")), c.Layers));
+        var gk = Split(Goldens.ReadF64(Path.Combine(dir, "grad_k.f64")), c.Layers);
+        var gv = Split(Goldens.ReadF64(Path.Combine(dir, "grad_v.f64")), c.Layers);
 
         var bp = new CartridgeBackprop(model, maxTokens: 32) { AttentionBlockRows = 10 };
         var (dK, dV) = Tiny.GradBuffers(prefix);
@@ -99,14 +99,14 @@ public class TorchGoldenTests(ITestOutputHelper output)
 
     void CheckComposed()
     {
-        string dir = Path.Combine(TestPaths.RepoRoot, "tests", "goldens", "backprop", "composed");
+        string dir = Goldens.Path("backprop", "composed");
         using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "case.json")));
         var root = doc.RootElement;
-        var model = ModelLoader.Load(Path.Combine(TestPaths.RepoRoot, "tests", "goldens", "backprop", root.GetProperty("model").GetString()!));
+        var model = ModelLoader.Load(Goldens.Path("backprop", root.GetProperty("model").GetString()!));
         var c = model.Config;
         Assert.NotNull(model.Weights.Layers[0].Bo);
         KvPrefix Part(string n, int p) => new(c.Layers, c.KvHeads, c.HeadDim, p,
-            Split(ReadF32(Path.Combine(dir, $"prefix_{n}_k.f32")), c.Layers), Split(ReadF32(Path.Combine(dir, $"prefix_{n}_v.f32")), c.Layers));
+            Split(Goldens.ReadF32(Path.Combine(dir, $"prefix_{n}_k.f32")), c.Layers), Split(Goldens.ReadF32(Path.Combine(dir, $"prefix_{n}_v.f32")), c.Layers));
         var lengths = root.GetProperty("prefix_lengths");
         var parts = new Dictionary<string, KvPrefix> { ["a"] = Part("a", lengths.GetProperty("a").GetInt32()), ["b"] = Part("b", lengths.GetProperty("b").GetInt32()) };
         var (a, b) = (parts["a"], parts["b"]);
@@ -140,8 +140,8 @@ public class TorchGoldenTests(ITestOutputHelper output)
 
     void AssertGradient(string what, KvGradient grad, string dir, string name, int layers)
     {
-        var gk = Split(ReadF64(Path.Combine(dir, $"grad_{name}_k.f64")), layers);
-        var gv = Split(ReadF64(Path.Combine(dir, $"grad_{name}_v.f64")), layers);
+        var gk = Split(Goldens.ReadF64(Path.Combine(dir, $"grad_{name}_k.f64")), layers);
+        var gv = Split(Goldens.ReadF64(Path.Combine(dir, $"grad_{name}_v.f64")), layers);
         for (int l = 0; l < layers; l++)
             foreach (var (kv, ours, theirs) in new[] { ("K", grad.Keys[l], gk[l]), ("V", grad.Values[l], gv[l]) })
             {
@@ -151,22 +151,6 @@ public class TorchGoldenTests(ITestOutputHelper output)
                 Assert.True(maxRef > 1e-6, "the reference gradient is ~0; the golden would be vacuous");
                 Assert.True(maxErr <= 1e-3 * maxRef, $"composed {what} layer {l} d{kv}: max error {maxErr:E3} > 1e-3 × {maxRef:E3}");
             }
-    }
-
-    static float[] ReadF32(string path)
-    {
-        var b = File.ReadAllBytes(path);
-        var a = new float[b.Length / 4];
-        for (int i = 0; i < a.Length; i++) a[i] = BitConverter.ToSingle(b, 4 * i); // little-endian files, little-endian CPUs
-        return a;
-    }
-
-    static double[] ReadF64(string path)
-    {
-        var b = File.ReadAllBytes(path);
-        var a = new double[b.Length / 8];
-        for (int i = 0; i < a.Length; i++) a[i] = BitConverter.ToDouble(b, 8 * i);
-        return a;
     }
 
     static T[][] Split<T>(T[] all, int layers)

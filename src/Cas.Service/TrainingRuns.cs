@@ -33,6 +33,7 @@ public sealed class TrainingRuns(ServiceState state)
     public async Task<long> StartAsync(CollectionInfo collection, CasTrainingOptions options, CancellationToken cancel)
     {
         var host = state.ModelOf(collection);
+        await LetFinishedRunEnd(collection.Name, cancel);
         var run = new Run(collection.Name);
         lock (_gate)
         {
@@ -71,10 +72,29 @@ public sealed class TrainingRuns(ServiceState state)
             $"every cartridge of collection '{collection.Name}' is fresh; nothing to train (add or change documents, or delete a cartridge to retrain it).");
     }
 
-    /// <summary>Whether job <paramref name="jobId"/> is running in this process.</summary>
+    /// <summary>
+    /// The trainer writes a job's final state (done, failed, cancelled) a moment before its run leaves this registry;
+    /// a client that saw the final state and starts again at once must not be told a job is still running.
+    /// </summary>
+    async Task LetFinishedRunEnd(string collection, CancellationToken cancel)
+    {
+        Run? other;
+        lock (_gate) _runs.TryGetValue(collection, out other);
+        if (other?.JobId is not long id || state.Catalog.FindJob(id)?.State is not (JobState.Done or JobState.Failed or JobState.Cancelled)) return;
+        try { await other.Task.WaitAsync(TimeSpan.FromSeconds(30), cancel); }
+        catch (TimeoutException) { /* then it is still running: the caller is refused below */ }
+    }
+
+    /// <summary>Whether job <paramref name="jobId"/> is running in this process (its final state may already be recorded).</summary>
     public bool IsRunning(long jobId)
     {
         lock (_gate) return _runs.Values.Any(r => r.JobId == jobId);
+    }
+
+    /// <summary>Completes when job <paramref name="jobId"/> no longer runs in this process.</summary>
+    public Task WhenStopped(long jobId)
+    {
+        lock (_gate) return _runs.Values.FirstOrDefault(r => r.JobId == jobId)?.Task ?? Task.CompletedTask;
     }
 
     /// <summary>Cancels job <paramref name="jobId"/> and waits until it has stopped (its snapshot saved); false when it is not running here.</summary>

@@ -76,6 +76,7 @@ public sealed class TrainingTests
         Assert.Equal(V1.JobState.Done, last!.State);
         Assert.Equal(new[] { "cat", "ship" }, last.Documents.Select(d => d.DocumentId).Order());
         Assert.All(last.Documents, d => { Assert.Equal(V1.JobState.Done, d.State); Assert.True(d.CartridgeVersion > 0); });
+        await s.Server.State.Training.WhenStopped(job.Id).WaitAsync(TimeSpan.FromSeconds(30)); // the run leaves just after writing DONE
         Assert.False(s.Server.State.Training.IsRunning(job.Id));
 
         var state = s.Server.State;

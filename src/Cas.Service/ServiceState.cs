@@ -38,6 +38,8 @@ public sealed record CasServerOptions
     public Cas.Jobs.CasTrainingOptions Training { get; init; } = new();
     /// <summary>Most sequences decoded in one batched step per model.</summary>
     public int MaxBatch { get; init; } = 64;
+    /// <summary>How loaded models hold their weight matrices: fp32, or the checkpoint's own bf16/fp16 (half the memory and bytes per token).</summary>
+    public Cas.Engine.Models.WeightStorage WeightStorage { get; init; } = Cas.Engine.Models.WeightStorage.Float32;
     /// <summary>Least level logged (Information shows one line per refused call).</summary>
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; init; } = Microsoft.Extensions.Logging.LogLevel.Information;
 }
@@ -45,10 +47,10 @@ public sealed record CasServerOptions
 /// <summary>A loaded model with its tokenizer, fingerprint and decode scheduler (one per model path + tokenizer).</summary>
 public sealed class ModelHost : IDisposable
 {
-    internal ModelHost(string modelPath, string tokenizerPath, int maxBatch)
+    internal ModelHost(string modelPath, string tokenizerPath, int maxBatch, WeightStorage storage = WeightStorage.Float32)
     {
         ModelPath = modelPath; TokenizerPath = tokenizerPath;
-        Model = ModelLoader.Load(modelPath);
+        Model = ModelLoader.Load(modelPath, storage);
         Tokenizer = TokenizerLoader.Load(tokenizerPath);
         if (Tokenizer.VocabSize > Model.Config.VocabSize)
             throw new ModelFormatException($"the tokenizer at {tokenizerPath} has {Tokenizer.VocabSize} tokens but the model has a vocabulary of {Model.Config.VocabSize}; they do not belong together.");
@@ -106,7 +108,7 @@ public sealed class ServiceState : IDisposable
         {
             var key = (Path.GetFullPath(modelPath), Path.GetFullPath(tokenizerPath));
             if (!_models.TryGetValue(key, out lazy!))
-                _models[key] = lazy = new Lazy<ModelHost>(() => new ModelHost(key.Item1, key.Item2, Options.MaxBatch));
+                _models[key] = lazy = new Lazy<ModelHost>(() => new ModelHost(key.Item1, key.Item2, Options.MaxBatch, Options.WeightStorage));
         }
         try { return lazy.Value; }
         catch

@@ -49,11 +49,11 @@ static class Cli
             : $"several tok*.bin files beside {modelPath}; choose one with --tokenizer.");
     }
 
-    public static (Model Model, ITokenizer Tokenizer, string TokenizerPath) Load(string? model, string? tokenizer)
+    public static (Model Model, ITokenizer Tokenizer, string TokenizerPath) Load(string? model, string? tokenizer, WeightStorage storage = WeightStorage.Float32)
     {
         var modelPath = ResolveModelPath(model);
         var tokPath = ResolveTokenizerPath(modelPath, tokenizer);
-        var m = ModelLoader.Load(modelPath);
+        var m = ModelLoader.Load(modelPath, storage);
         var t = TokenizerLoader.Load(tokPath);
         if (t.VocabSize > m.Config.VocabSize)
             throw new ModelFormatException($"the tokenizer at {tokPath} has {t.VocabSize} tokens but the model has a vocabulary of {m.Config.VocabSize}; they do not belong together.");

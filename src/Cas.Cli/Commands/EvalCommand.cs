@@ -35,18 +35,20 @@ static class EvalCommand
                           "rerotate: each cartridge's keys are rotated by the slots in front of it (the alternative, for comparison).",
             DefaultValueFactory = _ => "concat",
         };
+        var weightStorage = Options.WeightStorage();
         var cmd = new Command("eval", "Held-out perplexity and KL to the teacher: no context, truncated context, full context (ICL) and cartridge(s).")
         {
-            model, tokenizer, cartridge, data, seed, examplesPerChunk, chunkTokens, continuation, compose,
+            model, tokenizer, cartridge, data, seed, examplesPerChunk, chunkTokens, continuation, compose, weightStorage,
         };
         cmd.SetAction(pr => Cli.Run(() => Execute(
             pr.GetValue(model), pr.GetValue(tokenizer), pr.GetValue(cartridge) ?? [], pr.GetValue(data)!, pr.GetValue(seed),
-            pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation), pr.GetValue(compose)!)));
+            pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation), pr.GetValue(compose)!,
+            Options.ParseWeightStorage(pr.GetValue(weightStorage)))));
         return cmd;
     }
 
     static int Execute(string? modelPath, string? tokenizerPath, string[] cartridgePaths, string dataPath, ulong seed,
-        int examplesPerChunk, int? chunkTokens, int continuation, string composeText)
+        int examplesPerChunk, int? chunkTokens, int continuation, string composeText, WeightStorage storage)
     {
         var mode = composeText.ToLowerInvariant() switch
         {
@@ -56,7 +58,7 @@ static class EvalCommand
         };
         if (!File.Exists(dataPath)) throw new InvalidRequestException($"--data {dataPath} does not exist.");
         var clock = Stopwatch.StartNew();
-        var (m, tok, _) = Cli.Load(modelPath, tokenizerPath);
+        var (m, tok, _) = Cli.Load(modelPath, tokenizerPath, storage);
         var prefix = PrefixComposition.Compose(m.Config, CartridgeFiles.Load(cartridgePaths, m), mode);
 
         EvalSet set;

@@ -22,14 +22,15 @@ static class GenerateCommand
         var topK = new Option<int>("--top-k") { Description = "Sample only among the k most likely tokens (0 = off).", DefaultValueFactory = _ => 0 };
         var seed = Options.Seed(42UL);
         var cartridge = Options.Cartridges(required: false);
+        var weightStorage = Options.WeightStorage();
         var cmd = new Command("generate", "Generate a completion with a model (optionally with cartridges loaded in front; no BOS follows a cartridge, whose slot 0 is the BOS KV).")
         {
-            model, tokenizer, prompt, chat, chatFormat, system, maxTokens, temperature, topP, topK, seed, cartridge,
+            model, tokenizer, prompt, chat, chatFormat, system, maxTokens, temperature, topP, topK, seed, cartridge, weightStorage,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
             var format = ChatFormat.Parse(pr.GetValue(chatFormat));
-            var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer));
+            var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer), Options.ParseWeightStorage(pr.GetValue(weightStorage)));
             // Cartridges first: a mismatch with the model is reported before any work.
             var cartridgePaths = pr.GetValue(cartridge) ?? [];
             KvPrefix? prefix = cartridgePaths.Length > 0 ? CartridgeFiles.LoadComposed(cartridgePaths, m) : null;

@@ -29,6 +29,23 @@ static class Options
         Description = "0 = greedy.", DefaultValueFactory = _ => 0f,
     };
 
+    /// <summary>How a loaded model's weight matrices are held in memory (<see cref="Cas.Engine.Models.WeightStorage"/>).</summary>
+    public static Option<string> WeightStorage()
+    {
+        var o = new Option<string>("--weight-storage")
+        {
+            Description = "How the model's weight matrices are held in memory: fp32 (widened, the default) or file (the checkpoint's own " +
+                          "precision: a bf16/fp16 Hugging Face model stays 16-bit, half the memory and half the bytes read per token; " +
+                          "a llama2.c .bin is fp32 either way).",
+            DefaultValueFactory = _ => "fp32",
+        };
+        o.AcceptOnlyFromAmong("fp32", "file");
+        return o;
+    }
+
+    public static Cas.Engine.Models.WeightStorage ParseWeightStorage(string? value) =>
+        value == "file" ? Cas.Engine.Models.WeightStorage.File : Cas.Engine.Models.WeightStorage.Float32;
+
     public static Option<string> Tokenizer() => new("--tokenizer")
     {
         Description = "tokenizer.json (or its folder) or llama2.c tok*.bin. Default where a model is loaded: the model folder's tokenizer.json, or the tok*.bin beside a .bin checkpoint.",

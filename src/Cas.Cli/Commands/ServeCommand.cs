@@ -16,8 +16,9 @@ static class ServeCommand
         var apiKey = ApiKeyOption();
         var tlsCert = new Option<string?>("--tls-cert") { Description = "PKCS#12 certificate file: serve HTTP/2 over TLS instead of cleartext." };
         var residentMb = Options.ResidentMb(2048);
+        var weightStorage = Options.WeightStorage();
         var cmd = new Command("serve", "Serve collections, cartridges and questions over gRPC (cas.v1; health and reflection included).")
-            { dataDir, host, port, model, tokenizer, apiKey, tlsCert, residentMb };
+            { dataDir, host, port, model, tokenizer, apiKey, tlsCert, residentMb, weightStorage };
         // System.CommandLine turns Ctrl+C / SIGTERM into the action's cancellation token; the server stops on it.
         cmd.SetAction((pr, stop) => Task.FromResult(Cli.Run(() =>
         {
@@ -27,7 +28,7 @@ static class ServeCommand
                 DataDir = pr.GetValue(dataDir)!, Host = pr.GetValue(host)!, Port = pr.GetValue(port),
                 ModelPath = Path.GetFullPath(modelPath), TokenizerPath = Path.GetFullPath(Cli.ResolveTokenizerPath(modelPath, pr.GetValue(tokenizer))),
                 ApiKey = pr.GetValue(apiKey), TlsCertificatePath = pr.GetValue(tlsCert),
-                ResidentBytes = pr.GetValue(residentMb) << 20,
+                ResidentBytes = pr.GetValue(residentMb) << 20, WeightStorage = Options.ParseWeightStorage(pr.GetValue(weightStorage)),
             };
             var server = CasServer.StartAsync(options).GetAwaiter().GetResult();
             try

@@ -45,10 +45,12 @@ static class SynthesizeCommand
         var strict = Options.Strict();
         var noChunkText = new Option<bool>("--no-chunk-text") { Description = "Do not store chunk texts in the records." };
         var noSharing = new Option<bool>("--no-prefix-sharing") { Description = "Prefill every prompt whole instead of forking each chunk's prefilled KV (slower; for checks)." };
+        var weightStorage = Options.WeightStorage();
         var cmd = new Command("synthesize", "Generate self-study conversations with teacher top-k log-probs from documents.")
         {
             model, tokenizer, resources, output, conversations, chunkTokens, minChunkTokens, seedPrompts, rounds, maxAnswer, maxUser,
             userTemperature, answerTemperature, topK, topKMass, perChunk, concurrency, seed, chatFormat, resume, strict, noChunkText, noSharing,
+            weightStorage,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -74,7 +76,7 @@ static class SynthesizeCommand
             foreach (var (name, v) in new[] { ("--chunk-tokens", pr.GetValue(chunkTokens)), ("--min-chunk-tokens", pr.GetValue(minChunkTokens)), ("--max-user-tokens", pr.GetValue(maxUser)), ("--max-answer-tokens", pr.GetValue(maxAnswer)) })
                 if (v is int x && x < 1) throw new InvalidRequestException($"{name} must be at least 1, got {x}.");
             var format = ChatFormat.Parse(pr.GetValue(chatFormat));
-            var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer));
+            var (m, tok, tokPath) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer), Options.ParseWeightStorage(pr.GetValue(weightStorage)));
             var options = new SynthesisRunOptions
             {
                 Resources = pr.GetValue(resources) ?? [], OutputPath = pr.GetValue(output)!, Conversations = n, ChatFormat = format,

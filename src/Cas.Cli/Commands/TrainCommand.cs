@@ -48,10 +48,12 @@ static class TrainCommand
         var log = new Option<string?>("--log") { Description = "Append one CSV line per step (step,loss,kl,lr,grad_norm,tokens_per_s,elapsed_s) to this file; kl = loss − the batch's teacher entropy." };
         var heldOut = new Option<int>("--held-out") { Description = "Document data: held-out probes per chunk to measure loss before and after (0 = none).", DefaultValueFactory = _ => d.HeldOutProbesPerChunk };
 
+        var weightStorage = Options.WeightStorage();
         var cmd = new Command("train", "Train a cartridge (a KV prefix) for a frozen model by context distillation.")
         {
             model, tokenizer, data, output, tokens, init, objective, steps, epochs, lr, batch, accumulate, warmup, schedule, clip,
             weightDecay, frozen, checkpointEvery, seed, resume, dtype, document, probesPerChunk, chunkTokens, continuation, heldOut, log,
+            weightStorage,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -87,7 +89,7 @@ static class TrainCommand
                 HeldOutProbesPerChunk = pr.GetValue(heldOut),
             };
             options.Validate();
-            var (m, tok, _) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer));
+            var (m, tok, _) = Cli.Load(pr.GetValue(model), pr.GetValue(tokenizer), Options.ParseWeightStorage(pr.GetValue(weightStorage)));
             string? logPath = pr.GetValue(log);
 
             using var cts = new CancellationTokenSource();

@@ -19,14 +19,25 @@ public static class CasCli
         return Process.Start(psi)!;
     }
 
-    /// <summary>Runs `cas ARGS` to the end: exit code, stdout, stderr.</summary>
+    /// <summary>How long one `cas` run may take before the test fails (generous: a loaded 2-core machine is slow).</summary>
+    public static TimeSpan RunLimit { get; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>Runs `cas ARGS` to the end: exit code, stdout, stderr. A run past <see cref="RunLimit"/> is killed and fails the test.</summary>
     public static (int Rc, string Out, string Err) Run(params string[] args)
     {
         using var p = Start(args);
         var err = p.StandardError.ReadToEndAsync();
-        string o = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, o, err.Result);
+        var o = p.StandardOutput.ReadToEndAsync();
+        Finish(p, RunLimit, "cas " + string.Join(' ', args));
+        return (p.ExitCode, o.Result, err.Result);
+    }
+
+    /// <summary>Waits for <paramref name="p"/>; past <paramref name="limit"/> kills its process tree and throws, so a stuck child never hangs the run.</summary>
+    static void Finish(Process p, TimeSpan limit, string what)
+    {
+        if (p.WaitForExit(limit)) { p.WaitForExit(); return; } // the second wait drains the redirected streams
+        try { p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { /* it ended meanwhile */ }
+        throw new TimeoutException($"`{what}` did not finish within {limit.TotalSeconds:F0} s and was killed.");
     }
 
     static string Build()
@@ -37,8 +48,8 @@ public static class CasCli
         psi.ArgumentList.Add("--help");
         using var p = Process.Start(psi)!;
         var err = p.StandardError.ReadToEndAsync();
-        p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
+        var o = p.StandardOutput.ReadToEndAsync();
+        Finish(p, TimeSpan.FromMinutes(15), "./cas --help (building the CLI)");
         Xunit.Assert.True(p.ExitCode == 0, "building the CLI failed: " + err.Result);
         string dll = Path.Combine(root, "src", "Cas.Cli", "bin", "Release", "net10.0", "cas.dll");
         Xunit.Assert.True(File.Exists(dll), $"{dll} was not built");

@@ -3,6 +3,7 @@ using System.Text;
 using System.Threading.Channels;
 using Cas.Collections;
 using Cas.Engine;
+using Cas.Engine.Tokenizers;
 using Cas.Service.V1;
 using Cas.Store;
 
@@ -34,6 +35,12 @@ public sealed class QueryEngine(ServiceState state)
         if (request.MaxTokens < 0 || request.RetrieveChunks < 0 || request.MaxCartridges < 0 || request.MaxCartridgeSlots < 0)
             throw new InvalidRequestException("max_tokens, retrieve_chunks, max_cartridges and max_cartridge_slots must not be negative (0 takes the default).");
         if (request.RetrieveChunks > MaxRetrieveChunks) throw new InvalidRequestException($"retrieve_chunks is at most {MaxRetrieveChunks}, got {request.RetrieveChunks}.");
+        for (int i = 0; i < request.History.Count; i++)
+        {
+            var role = request.History[i].Role;
+            if (role is not ("user" or "assistant") && !(role == "system" && i == 0))
+                throw new InvalidRequestException($"history[{i}] has role '{role}'; a turn is \"user\" or \"assistant\" (or \"system\", first only).");
+        }
         var sampling = new SamplingOptions
         {
             Temperature = request.Temperature, TopK = request.TopK, TopP = request.TopP is 0 ? 1f : request.TopP, Seed = request.Seed == 0 ? 42 : request.Seed,
@@ -77,7 +84,7 @@ public sealed class QueryEngine(ServiceState state)
             double loadMs = 0;
             if (mode == AskMode.Cartridges)
             {
-                prompt = Build(host, request, QuestionText(request.Question), afterCartridge: true);
+                prompt = Build(host, request, QuestionText(request), afterCartridge: true);
                 int budget = request.MaxCartridgeSlots > 0 ? request.MaxCartridgeSlots : Math.Max(0, config.MaxSeqLen - prompt.Ids.Length - maxTokens);
                 var status = state.Catalog.Status(collection.Name, state.Store).ToDictionary(s => s.Document.DocumentId, StringComparer.Ordinal);
                 var chosen = new List<(string Doc, double Score, StoredCartridgeInfo Info)>();
@@ -107,13 +114,13 @@ public sealed class QueryEngine(ServiceState state)
                     result.Documents.Add(new UsedDocument { DocumentId = c.Doc, Score = c.Score, CartridgeId = lease.Info.Id, CartridgeVersion = lease.Info.Version, CartridgeSlots = lease.Info.Length });
                 }
                 loadMs = Stopwatch.GetElapsedTime(l0).TotalMilliseconds;
-                if (leases.Count == 0) prompt = Build(host, request, QuestionText(request.Question), afterCartridge: false);
+                if (leases.Count == 0) prompt = Build(host, request, QuestionText(request), afterCartridge: false);
             }
             else
             {
                 // Pasted context: chunks (RAG) or whole documents (ICL), in retrieval order, as many as fit with the question and the answer.
                 int room = config.MaxSeqLen - maxTokens;
-                var bare = Build(host, request, QuestionText(request.Question), afterCartridge: false);
+                var bare = Build(host, request, QuestionText(request), afterCartridge: false);
                 if (bare.Ids.Length > room) throw new InvalidRequestException($"the question ({bare.Ids.Length} tokens) and max_tokens={maxTokens} do not fit the model's context of {config.MaxSeqLen}.");
                 var pieces = new List<string>();
                 var candidates = mode == AskMode.Rag
@@ -123,7 +130,7 @@ public sealed class QueryEngine(ServiceState state)
                 prompt = bare;
                 foreach (var c in candidates)
                 {
-                    var trial = Build(host, request, ContextText([.. pieces, c.Text], request.Question), afterCartridge: false);
+                    var trial = Build(host, request, ContextText([.. pieces, c.Text], request), afterCartridge: false);
                     if (trial.Ids.Length > room) { result.Skipped.Add($"{c.What}: does not fit the context ({trial.Ids.Length} tokens with it, room {room})"); continue; }
                     pieces.Add(c.Text);
                     prompt = trial;
@@ -197,14 +204,20 @@ public sealed class QueryEngine(ServiceState state)
         }
     }
 
-    static string QuestionText(string question) => $"Question: {question.Trim()}\nAnswer:";
+    // A chat turn (`chat`, or a conversation with history) is the question itself, the template frames it; plain text
+    // gets "Question: …\nAnswer:".
+    static bool IsChat(AskRequest request) => request.Chat || request.History.Count > 0;
 
-    static string ContextText(IReadOnlyList<string> pieces, string question) =>
-        pieces.Count == 0 ? QuestionText(question) : string.Join("\n\n", pieces) + "\n\n" + QuestionText(question);
+    static string QuestionText(AskRequest request) =>
+        IsChat(request) ? request.Question.Trim() : $"Question: {request.Question.Trim()}\nAnswer:";
+
+    static string ContextText(IReadOnlyList<string> pieces, AskRequest request) =>
+        pieces.Count == 0 ? QuestionText(request) : string.Join("\n\n", pieces) + "\n\n" + QuestionText(request);
 
     static PromptTokens Build(ModelHost host, AskRequest request, string text, bool afterCartridge) =>
-        Prompting.Build(host.Tokenizer, new CompletionRequest(afterCartridge && !request.Chat ? "\n" + text : text)
+        Prompting.Build(host.Tokenizer, new CompletionRequest(afterCartridge && !IsChat(request) ? "\n" + text : text)
         {
-            Chat = request.Chat, TokenizerPath = host.TokenizerPath, Prefix = afterCartridge ? SomeCartridge : null,
+            Chat = IsChat(request), TokenizerPath = host.TokenizerPath, Prefix = afterCartridge ? SomeCartridge : null,
+            History = request.History.Select(t => new ChatMessage(t.Role, t.Content)).ToList(),
         });
 }

@@ -185,7 +185,15 @@ public sealed class CasChatClient : IChatClient
 /// <summary>Reading a <see cref="CasChatClient"/>'s accounting back.</summary>
 public static class CasChatResponses
 {
-    /// <summary>The service's result of the answer (documents, cartridges, tokens, latency), or null for another client's response.</summary>
-    public static AskResult? AskResult(this ChatResponse response) =>
-        response?.AdditionalProperties?.TryGetValue(CasChatClient.ResultKey, out var r) == true ? r as AskResult : null;
+    /// <summary>
+    /// The service's result of the answer (documents, cartridges, tokens, latency), or null for another client's
+    /// response. Found on the response, or, for updates merged with <c>ToChatResponse()</c> (which keeps an update's
+    /// properties on the message it builds), on its last message.
+    /// </summary>
+    public static AskResult? AskResult(this ChatResponse response)
+    {
+        ArgumentNullException.ThrowIfNull(response);
+        if (response.AdditionalProperties?.TryGetValue(CasChatClient.ResultKey, out var r) == true && r is AskResult a) return a;
+        return response.Messages.Count > 0 && response.Messages[^1].AdditionalProperties?.TryGetValue(CasChatClient.ResultKey, out var m) == true ? m as AskResult : null;
+    }
 }

@@ -2,6 +2,9 @@ using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Cas.Client;
 using Cas.Engine.Cartridges;
+using Cas.Service;
+using Cas.Service.V1;
+using Grpc.Net.Client;
 using Cas.Service.Tests;
 using Cas.Tests.Common;
 using Microsoft.Extensions.AI;
@@ -71,6 +74,38 @@ public sealed class ChatCliTests(ChatFixture fx)
         Assert.Equal(2, prompts.Length);
         Assert.True(prompts[1] > prompts[0] + 10, $"the second turn's prompt ({prompts[1]} tokens) should hold the first turn ({prompts[0]})");
         Assert.Contains("cartridge=stories/cat", stderr);
+    }
+
+    [Fact]
+    public async Task Chat_with_a_collection_in_process_from_the_data_folder()
+    {
+        fx.Require();
+        string[] lines = ["Where did the cat find the frog?", "What color was the ball?"];
+        var dir = Directory.CreateTempSubdirectory("cas-chat-local-").FullName;
+        try
+        {
+            // A data folder with a collection and one cartridge, made by a server that is then stopped (the store is single-process).
+            string[] expected;
+            var server = await ServerFixture.StartScratch(dir, o => o);
+            try
+            {
+                using var channel = GrpcChannel.ForAddress(server.Address);
+                var collections = new CollectionService.CollectionServiceClient(channel);
+                await collections.CreateCollectionAsync(new CreateCollectionRequest { Name = "local", ChunkTokens = 16 });
+                await ServerFixture.AddDocs(collections, "local", ServerFixture.Docs);
+                await ServerFixture.Import(new CartridgeService.CartridgeServiceClient(channel), fx.Inner.CartridgeFiles["cat"], "local", "cat");
+                expected = await Conversation(CasChatClient.InProcess(new QueryEngine(server.State), "local", new CasChatOptions { MaxTokens = MaxTokens }), lines);
+            }
+            finally { await ChatFixture.DisposeBounded(server.DisposeAsync(), "the scratch server"); }
+
+            var (rc, stdout, stderr) = await RunChat(string.Join("\n", lines) + "\n/exit\n",
+                "--collection", "local", "--data-dir", dir, "--max-tokens", MaxTokens.ToString());
+            Assert.True(rc == 0, stderr);
+            Assert.Equal(string.Concat(expected.Select(a => a + "\n")), stdout);
+            Assert.Contains("cartridge=local/cat", stderr);
+            Assert.Equal(2, PromptTokens(stderr).Length);
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     [Fact]

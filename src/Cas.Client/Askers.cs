@@ -77,14 +77,10 @@ public sealed class CartridgeAsker : ICasAsker
         var completion = new CompletionRequest(request.Question.Trim())
         {
             Chat = true, TokenizerPath = _tokenizerPath, Prefix = _prefix,
-            History = request.History.Select(t => new ChatMessage(t.Role, t.Content)).ToList(),
+            History = QueryEngine.Turns(request),
             MaxTokens = request.MaxTokens == 0 ? QueryEngine.DefaultMaxTokens : request.MaxTokens,
-            Sampling = new SamplingOptions
-            {
-                Temperature = request.Temperature, TopK = request.TopK, TopP = request.TopP is 0 ? 1f : request.TopP, Seed = request.Seed == 0 ? 42 : request.Seed,
-            },
+            Sampling = QueryEngine.Sampling(request),
         };
-        completion.Sampling.Validate();
         await _gate.WaitAsync(cancel);
         try
         {
@@ -96,21 +92,11 @@ public sealed class CartridgeAsker : ICasAsker
                 text.Append(t);
                 onText(t).GetAwaiter().GetResult();
             }, cancel), cancel);
-            var c = _model.Config;
             var result = new AskResult
             {
                 Answer = text.ToString(),
-                FinishReason = r.Finish switch
-                {
-                    Cas.Engine.FinishReason.Stop => Service.V1.FinishReason.Stop,
-                    Cas.Engine.FinishReason.Length => Service.V1.FinishReason.Length,
-                    _ => Service.V1.FinishReason.Context,
-                },
-                Tokens = new TokenAccounting
-                {
-                    PromptTokens = r.PromptTokens, CartridgeSlots = _prefix.Length, CompletionTokens = r.Tokens.Length,
-                    KvBytesAttended = 2L * c.Layers * c.KvHeads * c.HeadDim * sizeof(float) * (_prefix.Length + r.PromptTokens + r.Tokens.Length),
-                },
+                FinishReason = QueryEngine.Finish(r.Finish),
+                Tokens = QueryEngine.Accounting(_model.Config, r.PromptTokens, _prefix.Length, r.Tokens.Length),
                 Latency = new LatencyBreakdown { TotalMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds },
             };
             foreach (var (name, slots) in _parts) result.Documents.Add(new UsedDocument { DocumentId = name, CartridgeId = name, CartridgeSlots = slots });

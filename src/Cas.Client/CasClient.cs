@@ -29,12 +29,13 @@ public sealed class CasClient : IDisposable
 
     /// <summary>A client of the server at <paramref name="address"/> (http:// for cleartext HTTP/2, https:// for TLS).</summary>
     public CasClient(Uri address, string? apiKey = null)
-        : this(GrpcChannel.ForAddress(address ?? throw new ArgumentNullException(nameof(address))), apiKey, ownsChannel: true) { }
+        : this(GrpcChannel.ForAddress(address ?? throw new ArgumentNullException(nameof(address))), apiKey, ownsChannel: true) => Address = address;
 
     /// <summary>A client over an existing channel (disposed with this client only when <paramref name="ownsChannel"/>).</summary>
     public CasClient(GrpcChannel channel, string? apiKey = null, bool ownsChannel = false)
     {
         Channel = channel ?? throw new ArgumentNullException(nameof(channel));
+        Address = new Uri(channel.Target.Contains("://") ? channel.Target : "http://" + channel.Target);
         _ownsChannel = ownsChannel;
         Headers = apiKey is { Length: > 0 } key ? new Metadata { { ExceptionInterceptor.ApiKeyHeader, key } } : null;
         Query = new QueryService.QueryServiceClient(channel);
@@ -49,7 +50,8 @@ public sealed class CasClient : IDisposable
             ? u : throw new InvalidRequestException($"--server must be a URL such as http://127.0.0.1:50051, got '{url}'.");
 
     public GrpcChannel Channel { get; }
-    public Uri Address => new(Channel.Target.Contains("://") ? Channel.Target : "http://" + Channel.Target);
+    /// <summary>The server's address (for a client made over a channel: http:// and the channel's target).</summary>
+    public Uri Address { get; }
     /// <summary>The headers sent with every call (the API key), or null.</summary>
     public Metadata? Headers { get; }
     public QueryService.QueryServiceClient Query { get; }

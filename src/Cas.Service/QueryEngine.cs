@@ -35,17 +35,8 @@ public sealed class QueryEngine(ServiceState state)
         if (request.MaxTokens < 0 || request.RetrieveChunks < 0 || request.MaxCartridges < 0 || request.MaxCartridgeSlots < 0)
             throw new InvalidRequestException("max_tokens, retrieve_chunks, max_cartridges and max_cartridge_slots must not be negative (0 takes the default).");
         if (request.RetrieveChunks > MaxRetrieveChunks) throw new InvalidRequestException($"retrieve_chunks is at most {MaxRetrieveChunks}, got {request.RetrieveChunks}.");
-        for (int i = 0; i < request.History.Count; i++)
-        {
-            var role = request.History[i].Role;
-            if (role is not ("user" or "assistant") && !(role == "system" && i == 0))
-                throw new InvalidRequestException($"history[{i}] has role '{role}'; a turn is \"user\" or \"assistant\" (or \"system\", first only).");
-        }
-        var sampling = new SamplingOptions
-        {
-            Temperature = request.Temperature, TopK = request.TopK, TopP = request.TopP is 0 ? 1f : request.TopP, Seed = request.Seed == 0 ? 42 : request.Seed,
-        };
-        sampling.Validate();
+        Turns(request);
+        var sampling = Sampling(request);
         var collection = state.Collection(request.Collection);
         var host = state.ModelOf(collection);
         var config = host.Config;
@@ -145,19 +136,9 @@ public sealed class QueryEngine(ServiceState state)
                 MaxTokens = maxTokens, Sampling = sampling, StopTokens = prompt.StopTokens,
             }, onText, cancel);
             result.Answer = decoded.Text;
-            result.FinishReason = decoded.Result.Finish switch
-            {
-                Cas.Engine.FinishReason.Stop => V1.FinishReason.Stop,
-                Cas.Engine.FinishReason.Length => V1.FinishReason.Length,
-                _ => V1.FinishReason.Context,
-            };
             var r = decoded.Result;
-            long perPosition = 2L * config.Layers * config.KvHeads * config.HeadDim * sizeof(float);
-            result.Tokens = new TokenAccounting
-            {
-                PromptTokens = r.PromptTokens, CartridgeSlots = r.PrefixSlots, CompletionTokens = r.Tokens.Length,
-                KvBytesAttended = perPosition * (r.PrefixSlots + r.PromptTokens + r.Tokens.Length),
-            };
+            result.FinishReason = Finish(r.Finish);
+            result.Tokens = Accounting(config, r.PromptTokens, r.PrefixSlots, r.Tokens.Length);
             result.Latency = new LatencyBreakdown
             {
                 RetrieveMs = retrieveMs, LoadMs = loadMs, QueuedMs = r.QueuedMs, PrefillMs = r.PrefillMs, DecodeMs = r.DecodeMs,
@@ -204,6 +185,47 @@ public sealed class QueryEngine(ServiceState state)
         }
     }
 
+    /// <summary>The request's history as chat messages for <see cref="Prompting"/>; INVALID_ARGUMENT for a role other than
+    /// user or assistant (or system as the first turn).</summary>
+    public static IReadOnlyList<ChatMessage> Turns(AskRequest request)
+    {
+        var turns = new List<ChatMessage>(request.History.Count);
+        for (int i = 0; i < request.History.Count; i++)
+        {
+            var (role, content) = (request.History[i].Role, request.History[i].Content);
+            if (role is not ("user" or "assistant") && !(role == "system" && i == 0))
+                throw new InvalidRequestException($"history[{i}] has role '{role}'; a turn is \"user\" or \"assistant\" (or \"system\", first only).");
+            turns.Add(new ChatMessage(role, content));
+        }
+        return turns;
+    }
+
+    /// <summary>The request's sampling (0 fields take the defaults: top-p off, seed 42), validated.</summary>
+    public static SamplingOptions Sampling(AskRequest request)
+    {
+        var sampling = new SamplingOptions
+        {
+            Temperature = request.Temperature, TopK = request.TopK, TopP = request.TopP is 0 ? 1f : request.TopP, Seed = request.Seed == 0 ? 42 : request.Seed,
+        };
+        sampling.Validate();
+        return sampling;
+    }
+
+    /// <summary>How a decode ended, as the API says it.</summary>
+    public static V1.FinishReason Finish(Cas.Engine.FinishReason finish) => finish switch
+    {
+        Cas.Engine.FinishReason.Stop => V1.FinishReason.Stop,
+        Cas.Engine.FinishReason.Length => V1.FinishReason.Length,
+        _ => V1.FinishReason.Context,
+    };
+
+    /// <summary>Token accounting of one answer; K/V bytes are those of the sequence's fp32 cache at the end.</summary>
+    public static TokenAccounting Accounting(Cas.Engine.Models.ModelConfig config, int promptTokens, int cartridgeSlots, int completionTokens) => new()
+    {
+        PromptTokens = promptTokens, CartridgeSlots = cartridgeSlots, CompletionTokens = completionTokens,
+        KvBytesAttended = 2L * config.Layers * config.KvHeads * config.HeadDim * sizeof(float) * (cartridgeSlots + promptTokens + completionTokens),
+    };
+
     // A chat turn (`chat`, or a conversation with history) is the question itself, the template frames it; plain text
     // gets "Question: …\nAnswer:".
     static bool IsChat(AskRequest request) => request.Chat || request.History.Count > 0;
@@ -218,6 +240,6 @@ public sealed class QueryEngine(ServiceState state)
         Prompting.Build(host.Tokenizer, new CompletionRequest(afterCartridge && !IsChat(request) ? "\n" + text : text)
         {
             Chat = IsChat(request), TokenizerPath = host.TokenizerPath, Prefix = afterCartridge ? SomeCartridge : null,
-            History = request.History.Select(t => new ChatMessage(t.Role, t.Content)).ToList(),
+            History = Turns(request),
         });
 }

@@ -16,6 +16,9 @@ public sealed record CompletionRequest(string Prompt)
     public ChatFormatKind? ChatFormat { get; init; }
     /// <summary>With <see cref="Chat"/>: an optional system message.</summary>
     public string? System { get; init; }
+    /// <summary>With <see cref="Chat"/>: the earlier turns of a multi-turn conversation ("user"/"assistant", in order),
+    /// rendered after <see cref="System"/> and before <see cref="Prompt"/> (the last user message).</summary>
+    public IReadOnlyList<ChatMessage> History { get; init; } = [];
     /// <summary>The tokenizer's file or folder, for chat-template detection (tokenizer_config.json beside it).</summary>
     public string? TokenizerPath { get; init; }
     /// <summary>Cartridge KV in front of the prompt (its frozen slot 0 is the BOS KV).</summary>
@@ -36,7 +39,7 @@ public static class Prompting
     /// <summary>
     /// The prompt's ids and stop tokens.
     /// <list type="bullet">
-    /// <item>Chat: the user message (and system message) rendered with the template, stopping at its end-of-turn
+    /// <item>Chat: the user message (after the system message and the earlier turns) rendered with the template, stopping at its end-of-turn
     /// tokens; after a cartridge a template's leading BOS is dropped (the cartridge's slot 0 already is the BOS KV).</item>
     /// <item>Plain text after a cartridge: the cartridge stands in for "BOS + document", so the prompt continues the
     /// document and is encoded as continuation text (no start tokens, no dummy-prefix space); it must not be empty.</item>
@@ -53,11 +56,14 @@ public static class Prompting
             var kind = ChatFormat.Resolve(request.ChatFormat, tokenizer, request.TokenizerPath);
             var messages = new List<ChatMessage>();
             if (request.System is { Length: > 0 } sys) messages.Add(new ChatMessage("system", sys));
+            messages.AddRange(request.History);
             messages.Add(new ChatMessage("user", text));
             var ids = Encode(tokenizer, ChatFormat.Render(kind, messages, addGenerationPrompt: true), addStart: false);
             if (afterCartridge && ids.Length > 1 && tokenizer.BosId is int bos && ids[0] == bos) ids = ids[1..];
             return new PromptTokens(ids, ChatFormat.StopTokens(kind, tokenizer));
         }
+        if (request.History.Count > 0)
+            throw new InvalidRequestException("a conversation's earlier turns are rendered with a chat template: set Chat (cas generate --chat) to send history.");
         IReadOnlyList<int> stops = tokenizer.EosId is int eos ? [eos] : [];
         if (afterCartridge)
         {

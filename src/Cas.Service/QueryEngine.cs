@@ -3,6 +3,7 @@ using System.Text;
 using System.Threading.Channels;
 using Cas.Collections;
 using Cas.Engine;
+using Cas.Engine.Tokenizers;
 using Cas.Service.V1;
 using Cas.Store;
 
@@ -34,11 +35,8 @@ public sealed class QueryEngine(ServiceState state)
         if (request.MaxTokens < 0 || request.RetrieveChunks < 0 || request.MaxCartridges < 0 || request.MaxCartridgeSlots < 0)
             throw new InvalidRequestException("max_tokens, retrieve_chunks, max_cartridges and max_cartridge_slots must not be negative (0 takes the default).");
         if (request.RetrieveChunks > MaxRetrieveChunks) throw new InvalidRequestException($"retrieve_chunks is at most {MaxRetrieveChunks}, got {request.RetrieveChunks}.");
-        var sampling = new SamplingOptions
-        {
-            Temperature = request.Temperature, TopK = request.TopK, TopP = request.TopP is 0 ? 1f : request.TopP, Seed = request.Seed == 0 ? 42 : request.Seed,
-        };
-        sampling.Validate();
+        Turns(request);
+        var sampling = Sampling(request);
         var collection = state.Collection(request.Collection);
         var host = state.ModelOf(collection);
         var config = host.Config;
@@ -77,7 +75,7 @@ public sealed class QueryEngine(ServiceState state)
             double loadMs = 0;
             if (mode == AskMode.Cartridges)
             {
-                prompt = Build(host, request, QuestionText(request.Question), afterCartridge: true);
+                prompt = Build(host, request, QuestionText(request), afterCartridge: true);
                 int budget = request.MaxCartridgeSlots > 0 ? request.MaxCartridgeSlots : Math.Max(0, config.MaxSeqLen - prompt.Ids.Length - maxTokens);
                 var status = state.Catalog.Status(collection.Name, state.Store).ToDictionary(s => s.Document.DocumentId, StringComparer.Ordinal);
                 var chosen = new List<(string Doc, double Score, StoredCartridgeInfo Info)>();
@@ -107,13 +105,13 @@ public sealed class QueryEngine(ServiceState state)
                     result.Documents.Add(new UsedDocument { DocumentId = c.Doc, Score = c.Score, CartridgeId = lease.Info.Id, CartridgeVersion = lease.Info.Version, CartridgeSlots = lease.Info.Length });
                 }
                 loadMs = Stopwatch.GetElapsedTime(l0).TotalMilliseconds;
-                if (leases.Count == 0) prompt = Build(host, request, QuestionText(request.Question), afterCartridge: false);
+                if (leases.Count == 0) prompt = Build(host, request, QuestionText(request), afterCartridge: false);
             }
             else
             {
                 // Pasted context: chunks (RAG) or whole documents (ICL), in retrieval order, as many as fit with the question and the answer.
                 int room = config.MaxSeqLen - maxTokens;
-                var bare = Build(host, request, QuestionText(request.Question), afterCartridge: false);
+                var bare = Build(host, request, QuestionText(request), afterCartridge: false);
                 if (bare.Ids.Length > room) throw new InvalidRequestException($"the question ({bare.Ids.Length} tokens) and max_tokens={maxTokens} do not fit the model's context of {config.MaxSeqLen}.");
                 var pieces = new List<string>();
                 var candidates = mode == AskMode.Rag
@@ -123,7 +121,7 @@ public sealed class QueryEngine(ServiceState state)
                 prompt = bare;
                 foreach (var c in candidates)
                 {
-                    var trial = Build(host, request, ContextText([.. pieces, c.Text], request.Question), afterCartridge: false);
+                    var trial = Build(host, request, ContextText([.. pieces, c.Text], request), afterCartridge: false);
                     if (trial.Ids.Length > room) { result.Skipped.Add($"{c.What}: does not fit the context ({trial.Ids.Length} tokens with it, room {room})"); continue; }
                     pieces.Add(c.Text);
                     prompt = trial;
@@ -138,19 +136,9 @@ public sealed class QueryEngine(ServiceState state)
                 MaxTokens = maxTokens, Sampling = sampling, StopTokens = prompt.StopTokens,
             }, onText, cancel);
             result.Answer = decoded.Text;
-            result.FinishReason = decoded.Result.Finish switch
-            {
-                Cas.Engine.FinishReason.Stop => V1.FinishReason.Stop,
-                Cas.Engine.FinishReason.Length => V1.FinishReason.Length,
-                _ => V1.FinishReason.Context,
-            };
             var r = decoded.Result;
-            long perPosition = 2L * config.Layers * config.KvHeads * config.HeadDim * sizeof(float);
-            result.Tokens = new TokenAccounting
-            {
-                PromptTokens = r.PromptTokens, CartridgeSlots = r.PrefixSlots, CompletionTokens = r.Tokens.Length,
-                KvBytesAttended = perPosition * (r.PrefixSlots + r.PromptTokens + r.Tokens.Length),
-            };
+            result.FinishReason = Finish(r.Finish);
+            result.Tokens = Accounting(config, r.PromptTokens, r.PrefixSlots, r.Tokens.Length);
             result.Latency = new LatencyBreakdown
             {
                 RetrieveMs = retrieveMs, LoadMs = loadMs, QueuedMs = r.QueuedMs, PrefillMs = r.PrefillMs, DecodeMs = r.DecodeMs,
@@ -197,14 +185,61 @@ public sealed class QueryEngine(ServiceState state)
         }
     }
 
-    static string QuestionText(string question) => $"Question: {question.Trim()}\nAnswer:";
+    /// <summary>The request's history as chat messages for <see cref="Prompting"/>; INVALID_ARGUMENT for a role other than
+    /// user or assistant (or system as the first turn).</summary>
+    public static IReadOnlyList<ChatMessage> Turns(AskRequest request)
+    {
+        var turns = new List<ChatMessage>(request.History.Count);
+        for (int i = 0; i < request.History.Count; i++)
+        {
+            var (role, content) = (request.History[i].Role, request.History[i].Content);
+            if (role is not ("user" or "assistant") && !(role == "system" && i == 0))
+                throw new InvalidRequestException($"history[{i}] has role '{role}'; a turn is \"user\" or \"assistant\" (or \"system\", first only).");
+            turns.Add(new ChatMessage(role, content));
+        }
+        return turns;
+    }
 
-    static string ContextText(IReadOnlyList<string> pieces, string question) =>
-        pieces.Count == 0 ? QuestionText(question) : string.Join("\n\n", pieces) + "\n\n" + QuestionText(question);
+    /// <summary>The request's sampling (0 fields take the defaults: top-p off, seed 42), validated.</summary>
+    public static SamplingOptions Sampling(AskRequest request)
+    {
+        var sampling = new SamplingOptions
+        {
+            Temperature = request.Temperature, TopK = request.TopK, TopP = request.TopP is 0 ? 1f : request.TopP, Seed = request.Seed == 0 ? 42 : request.Seed,
+        };
+        sampling.Validate();
+        return sampling;
+    }
+
+    /// <summary>How a decode ended, as the API says it.</summary>
+    public static V1.FinishReason Finish(Cas.Engine.FinishReason finish) => finish switch
+    {
+        Cas.Engine.FinishReason.Stop => V1.FinishReason.Stop,
+        Cas.Engine.FinishReason.Length => V1.FinishReason.Length,
+        _ => V1.FinishReason.Context,
+    };
+
+    /// <summary>Token accounting of one answer; K/V bytes are those of the sequence's fp32 cache at the end.</summary>
+    public static TokenAccounting Accounting(Cas.Engine.Models.ModelConfig config, int promptTokens, int cartridgeSlots, int completionTokens) => new()
+    {
+        PromptTokens = promptTokens, CartridgeSlots = cartridgeSlots, CompletionTokens = completionTokens,
+        KvBytesAttended = 2L * config.Layers * config.KvHeads * config.HeadDim * sizeof(float) * (cartridgeSlots + promptTokens + completionTokens),
+    };
+
+    // A chat turn (`chat`, or a conversation with history) is the question itself, the template frames it; plain text
+    // gets "Question: …\nAnswer:".
+    static bool IsChat(AskRequest request) => request.Chat || request.History.Count > 0;
+
+    static string QuestionText(AskRequest request) =>
+        IsChat(request) ? request.Question.Trim() : $"Question: {request.Question.Trim()}\nAnswer:";
+
+    static string ContextText(IReadOnlyList<string> pieces, AskRequest request) =>
+        pieces.Count == 0 ? QuestionText(request) : string.Join("\n\n", pieces) + "\n\n" + QuestionText(request);
 
     static PromptTokens Build(ModelHost host, AskRequest request, string text, bool afterCartridge) =>
-        Prompting.Build(host.Tokenizer, new CompletionRequest(afterCartridge && !request.Chat ? "\n" + text : text)
+        Prompting.Build(host.Tokenizer, new CompletionRequest(afterCartridge && !IsChat(request) ? "\n" + text : text)
         {
-            Chat = request.Chat, TokenizerPath = host.TokenizerPath, Prefix = afterCartridge ? SomeCartridge : null,
+            Chat = IsChat(request), TokenizerPath = host.TokenizerPath, Prefix = afterCartridge ? SomeCartridge : null,
+            History = Turns(request),
         });
 }

@@ -1,9 +1,9 @@
 using System.CommandLine;
 using System.Globalization;
 using Cas.Engine;
+using Cas.Client;
+using Cas.Service;
 using Cas.Service.V1;
-using Grpc.Core;
-using Grpc.Net.Client;
 
 namespace Cas.Cli.Commands;
 
@@ -15,50 +15,46 @@ static class AskCommand
         var question = new Argument<string>("QUESTION") { Description = "The question." };
         var collection = Options.Collection();
         collection.Required = true;
-        var rag = new Option<bool>("--rag") { Description = "Answer with the retrieved chunks pasted into the prompt (the RAG baseline) instead of cartridges." };
-        var icl = new Option<bool>("--icl") { Description = "Answer with the retrieved documents' whole text in the prompt, when they fit." };
-        var server = new Option<string>("--server") { Description = "URL of a running `cas serve`.", DefaultValueFactory = _ => "http://127.0.0.1:50051" };
+        var rag = RagOption();
+        var icl = IclOption();
+        var server = ServerOption();
+        server.DefaultValueFactory = _ => "http://127.0.0.1:50051";
         var maxTokens = Options.MaxTokens(128);
         var temperature = Options.Temperature();
         var apiKey = ServeCommand.ApiKeyOption();
         var cmd = new Command("ask", "Ask a collection a question through a running `cas serve`.") { question, collection, rag, icl, server, maxTokens, temperature, apiKey };
         cmd.SetAction(pr => Cli.Run(() =>
         {
-            if (pr.GetValue(rag) && pr.GetValue(icl)) throw new InvalidRequestException("choose one of --rag and --icl.");
-            if (!Uri.TryCreate(pr.GetValue(server), UriKind.Absolute, out var url)) throw new InvalidRequestException($"--server must be a URL such as http://127.0.0.1:50051, got '{pr.GetValue(server)}'.");
-            using var channel = GrpcChannel.ForAddress(url);
-            var client = new QueryService.QueryServiceClient(channel);
+            var mode = Mode(pr.GetValue(rag), pr.GetValue(icl));
+            using var client = new CasClient(CasClient.ParseAddress(pr.GetValue(server)), pr.GetValue(apiKey));
             var request = new AskRequest
             {
                 Collection = pr.GetValue(collection)!, Question = pr.GetValue(question)!, MaxTokens = pr.GetValue(maxTokens), Temperature = pr.GetValue(temperature),
             };
-            var headers = pr.GetValue(apiKey) is { } key ? new Metadata { { "x-api-key", key } } : null;
-            using var call = pr.GetValue(rag) ? client.AskRag(request, headers) : pr.GetValue(icl) ? client.AskIcl(request, headers) : client.Ask(request, headers);
-            try
-            {
-                AskResult? result = null;
-                var stream = call.ResponseStream;
-                while (stream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                {
-                    if (stream.Current.KindCase == AskResponse.KindOneofCase.Delta) { Console.Write(stream.Current.Delta.Text); Console.Out.Flush(); }
-                    else result = stream.Current.Result;
-                }
-                Console.WriteLine();
-                if (result != null) Report(result);
-                return 0;
-            }
-            catch (RpcException e)
-            {
-                Console.Error.WriteLine($"error: {e.StatusCode}: {e.Status.Detail}");
-                return 2;
-            }
+            var result = client.AskAsync(mode, request, text => { Console.Write(text); Console.Out.Flush(); return Task.CompletedTask; }).GetAwaiter().GetResult();
+            Console.WriteLine();
+            Report(result);
+            return 0;
         }));
         return cmd;
     }
 
+    // Shared with `cas chat`.
+    public static Option<bool> RagOption() => new("--rag") { Description = "Answer with the retrieved chunks pasted into the prompt (the RAG baseline) instead of cartridges." };
+    public static Option<bool> IclOption() => new("--icl") { Description = "Answer with the retrieved documents' whole text in the prompt, when they fit." };
+    public static Option<string?> ServerOption() => new("--server") { Description = "URL of a running `cas serve`." };
+
+    /// <summary>The mode chosen by --rag / --icl (cartridges when neither).</summary>
+    public static AskMode Mode(bool rag, bool icl)
+    {
+        if (rag && icl) throw new InvalidRequestException("choose one of --rag and --icl.");
+        return rag ? AskMode.Rag : icl ? AskMode.Icl : AskMode.Cartridges;
+    }
+
     static string F(double v) => v.ToString("F1", CultureInfo.InvariantCulture);
 
-    static void Report(AskResult r)
+    /// <summary>The documents, skipped documents and accounting of an answer, as key=value lines on stderr.</summary>
+    public static void Report(AskResult r)
     {
         foreach (var d in r.Documents)
             Console.Error.WriteLine($"document={d.DocumentId} score={d.Score.ToString("F3", CultureInfo.InvariantCulture)}" +

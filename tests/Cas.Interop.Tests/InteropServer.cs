@@ -37,6 +37,12 @@ public sealed class InteropServer : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
+        // Bounded like the teardown: a set-up that stalls fails the class's tests instead of hanging the run.
+        await SetUp().WaitAsync(TimeSpan.FromSeconds(120));
+    }
+
+    async Task SetUp()
+    {
         ModelPath = Path.Combine(TestPaths.Shared, "models", "stories260K", "stories260K.bin");
         TokenizerPath = Path.Combine(TestPaths.Shared, "models", "stories260K", "tok512.bin");
         if (!File.Exists(ModelPath) || !File.Exists(TokenizerPath)) return;

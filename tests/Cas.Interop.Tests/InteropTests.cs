@@ -123,7 +123,7 @@ public abstract class InteropTests(InteropServer fx, InteropClient client)
     }
 
     [Fact(Timeout = TestTimeoutMs)]
-    public async Task TrainingService_read_rpcs_and_a_deadline_on_a_watch()
+    public async Task TrainingService_every_rpc_and_a_deadline_on_a_watch()
     {
         var r = await Run("training", new { done_job = fx.DoneJob, running_job = fx.RunningJob, collection = StoriesCollection.Name, watch_deadline_ms = 1500 });
 
@@ -149,6 +149,11 @@ public abstract class InteropTests(InteropServer fx, InteropClient client)
         Assert.Equal("JOB_STATE_RUNNING", S(running[0], "state"));
         Assert.Equal(3, L(running[0], "steps_done"));
         Status(r, "get_unknown", "NOT_FOUND");
+        // StartTraining / CancelTrainingJob reached through their refusals (a real job is trained in Cas.Service.Tests):
+        // choosing documents is not supported, the collection or job must exist.
+        Status(r, "start_unknown_collection", "NOT_FOUND", "no-such-collection");
+        Status(r, "start_chosen_documents", "UNIMPLEMENTED");
+        Status(r, "cancel_unknown", "NOT_FOUND");
     }
 
     [Fact(Timeout = TestTimeoutMs)]

@@ -193,6 +193,10 @@ class Scenarios {
     const r = await outcome(() => serverStream(call));
     out.watch_running = { code: r.code, details: r.details, messages: seen };
     out.get_unknown = await outcome(() => unary(this.training, 'GetTrainingJob', { id: '987654321' }, md));
+    // Start and cancel, on their refusals only (a real job is trained in Cas.Service.Tests).
+    out.start_unknown_collection = await outcome(() => unary(this.training, 'StartTraining', { collection: 'no-such-collection' }, md));
+    out.start_chosen_documents = await outcome(() => unary(this.training, 'StartTraining', { collection: a.collection, document_ids: ['cat'] }, md));
+    out.cancel_unknown = await outcome(() => unary(this.training, 'CancelTrainingJob', { id: '987654321' }, md));
     return out;
   }
 

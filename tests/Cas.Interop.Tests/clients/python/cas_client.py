@@ -214,6 +214,13 @@ class Scenarios:
             out["watch_running"] = dict(status(e), messages=seen)
         out["get_unknown"] = outcome(lambda: to_dict(self.training.GetTrainingJob(t.GetTrainingJobRequest(id=987654321),
                                                                                   metadata=self.md, timeout=RPC_TIMEOUT)))
+        # Start and cancel, on their refusals only (a real job is trained in Cas.Service.Tests).
+        out["start_unknown_collection"] = outcome(lambda: to_dict(self.training.StartTraining(
+            t.StartTrainingRequest(collection="no-such-collection"), metadata=self.md, timeout=RPC_TIMEOUT)))
+        out["start_chosen_documents"] = outcome(lambda: to_dict(self.training.StartTraining(
+            t.StartTrainingRequest(collection=self.args["collection"], document_ids=["cat"]), metadata=self.md, timeout=RPC_TIMEOUT)))
+        out["cancel_unknown"] = outcome(lambda: to_dict(self.training.CancelTrainingJob(
+            t.CancelTrainingJobRequest(id=987654321), metadata=self.md, timeout=RPC_TIMEOUT)))
         return out
 
     def scenario_health_reflection(self):

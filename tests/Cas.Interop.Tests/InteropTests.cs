@@ -29,7 +29,7 @@ public abstract class InteropTests(InteropServer fx, InteropClient client)
         return client.Run(fx, scenario, args);
     }
 
-    static JsonElement At(JsonElement e, string path)
+    protected static JsonElement At(JsonElement e, string path)
     {
         foreach (var part in path.Split('.'))
         {
@@ -299,8 +299,6 @@ public abstract class InteropTests(InteropServer fx, InteropClient client)
         var again = await client.Run(fx, "ask", AskArgs(4));
         Assert.Equal(ok.Answer, S(again, "ask.result.answer"));
     }
-
-    protected static JsonElement Get(JsonElement e, string path) => At(e, path);
 }
 
 /// <summary>Debian's python3-grpcio.</summary>
@@ -311,10 +309,10 @@ public sealed class PythonClientTests(InteropServer fx) : InteropTests(fx, Inter
     {
         if (call == "ask")
         {
-            Assert.True(Get(report, "cancel_returned").GetBoolean());
-            Assert.Equal("CANCELLED", Get(report, "ask.iter_code").GetString());
+            Assert.True(At(report, "cancel_returned").GetBoolean());
+            Assert.Equal("CANCELLED", At(report, "ask.iter_code").GetString());
         }
-        else Assert.True(Get(report, "watch_cancel_returned").GetBoolean());
+        else Assert.True(At(report, "watch_cancel_returned").GetBoolean());
     }
 }
 
@@ -324,11 +322,11 @@ public sealed class NodeClientTests(InteropServer fx) : InteropTests(fx, Interop
     // grpc-js: after cancel() the stream emits 'error' (CANCELLED) and then 'end'; no data after the error.
     protected override void CheckCancelEvents(JsonElement report, string call)
     {
-        var events = Get(report, call + ".events").EnumerateArray().Select(e => e.GetString()!).ToList();
+        var events = At(report, call + ".events").EnumerateArray().Select(e => e.GetString()!).ToList();
         int error = events.IndexOf("error:CANCELLED");
         Assert.True(error > 0, $"no error:CANCELLED after data in [{string.Join(", ", events)}]");
         Assert.DoesNotContain("data", events.Skip(error));
-        Assert.Equal("end", Get(report, call + ".ended_by").GetString());
+        Assert.Equal("end", At(report, call + ".ended_by").GetString());
         Assert.True(events.IndexOf("end") > error, $"'end' should follow the error: [{string.Join(", ", events)}]");
     }
 }

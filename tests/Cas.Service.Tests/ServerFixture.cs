@@ -17,15 +17,9 @@ namespace Cas.Service.Tests;
 /// </summary>
 public sealed class ServerFixture : IAsyncLifetime
 {
-    public const string Collection = "stories";
-    public const int CartridgeTokens = 16;
-
-    public static readonly (string Id, string Text)[] Docs =
-    [
-        ("cat", "Lily had a small cat named Tom. The cat liked to play with a red ball in the garden. One day the cat ran after the ball and found a frog."),
-        ("ship", "Ben saw a big ship on the sea. The ship had white sails and a loud horn. Ben waved at the sailors and they waved back."),
-        ("moon", "At night Sue looked at the moon. The moon was round and bright. Sue wished she could fly to the moon in a rocket."),
-    ];
+    public const string Collection = StoriesCollection.Name;
+    public const int CartridgeTokens = StoriesCollection.CartridgeTokens;
+    public static readonly (string Id, string Text)[] Docs = StoriesCollection.Docs;
 
     public string? ModelPath, TokenizerPath;
     public string DataDir = "";
@@ -47,17 +41,7 @@ public sealed class ServerFixture : IAsyncLifetime
         Model = Server.State.Model(model, tok).Model;
         Tokenizer = Server.State.Model(model, tok).Tokenizer;
 
-        var collections = new CollectionService.CollectionServiceClient(Channel);
-        await collections.CreateCollectionAsync(new CreateCollectionRequest { Name = Collection, ChunkTokens = 16 });
-        await AddDocs(collections, Collection, Docs);
-        foreach (var id in new[] { "cat", "ship" })
-        {
-            var text = Docs.First(d => d.Id == id).Text;
-            var file = Path.Combine(DataDir, id + ".safetensors");
-            MakeCartridge(Model, Tokenizer, text, file);
-            CartridgeFiles[id] = file;
-            await Import(new CartridgeService.CartridgeServiceClient(Channel), file, Collection, id);
-        }
+        foreach (var (id, file) in await StoriesCollection.CreateAsync(Channel.CreateCallInvoker(), Model, Tokenizer, DataDir)) CartridgeFiles[id] = file;
     }
 
     public CasServerOptions Options(string dataDir) => new()
@@ -78,43 +62,13 @@ public sealed class ServerFixture : IAsyncLifetime
         }));
     }
 
-    /// <summary>A first-k cartridge of the document (its BOS + first tokens' KV), saved for import.</summary>
-    public static void MakeCartridge(Model model, ITokenizer tokenizer, string text, string file)
-    {
-        var ids = Prompting.Encode(tokenizer, text, addStart: true);
-        var prefix = CartridgeInit.FirstK(model, ids, CartridgeTokens);
-        Cartridge.ForModel(model, prefix, CartridgeInitKind.FirstK).Save(file);
-    }
+    public static void MakeCartridge(Model model, ITokenizer tokenizer, string text, string file) => StoriesCollection.MakeCartridge(model, tokenizer, text, file);
 
-    public static async Task<AddDocumentsResponse> AddDocs(CollectionService.CollectionServiceClient client, string collection, IEnumerable<(string Id, string Text)> docs)
-    {
-        using var call = client.AddDocuments();
-        bool first = true;
-        foreach (var (id, text) in docs)
-        {
-            var m = new AddDocumentsRequest { Collection = first ? collection : "" };
-            m.Documents.Add(new DocumentUpload { Id = id, Text = text });
-            await call.RequestStream.WriteAsync(m);
-            first = false;
-        }
-        await call.RequestStream.CompleteAsync();
-        return await call;
-    }
+    public static Task<AddDocumentsResponse> AddDocs(CollectionService.CollectionServiceClient client, string collection, IEnumerable<(string Id, string Text)> docs) =>
+        StoriesCollection.AddDocs(client, collection, docs);
 
-    public static async Task<CartridgeInfo> Import(CartridgeService.CartridgeServiceClient client, string file, string collection, string document)
-    {
-        var bytes = await File.ReadAllBytesAsync(file);
-        using var call = client.ImportCartridge();
-        const int piece = 4096;
-        for (int at = 0; at < bytes.Length; at += piece)
-        {
-            var m = new ImportCartridgeRequest { Data = ByteString.CopyFrom(bytes, at, Math.Min(piece, bytes.Length - at)) };
-            if (at == 0) { m.Collection = collection; m.DocumentId = document; }
-            await call.RequestStream.WriteAsync(m);
-        }
-        await call.RequestStream.CompleteAsync();
-        return await call;
-    }
+    public static Task<CartridgeInfo> Import(CartridgeService.CartridgeServiceClient client, string file, string collection, string document) =>
+        StoriesCollection.Import(client, file, collection, document);
 
     public void Require()
     {

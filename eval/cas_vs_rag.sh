@@ -24,6 +24,10 @@ echo "documents: $(ls "$DATA/docs" | wc -l) in $DATA/docs" >&2
 ./cas collection ls --data-dir "$DATA" | grep -q '^stories\b' || ./cas collection create stories --data-dir "$DATA" --retrieval-chunk-tokens 64
 ./cas collection add stories --data-dir "$DATA" --resource "dir:$DATA/docs"
 start=$(date +%s)
-./cas collection train stories --data-dir "$DATA" --probes-per-chunk "$PROBES" --epochs "$EPOCHS"
-echo "train_wall_s=$(( $(date +%s) - start ))" >&2
+out=$(./cas collection train stories --data-dir "$DATA" --probes-per-chunk "$PROBES" --epochs "$EPOCHS")
+echo "$out"
+# Keep the summary of the run that trained (a rerun with nothing to train prints trained=0).
+if ! grep -q ' trained=0 ' <<<" $out "; then echo "$out train_wall_s=$(( $(date +%s) - start ))" > "$DATA/train.txt"; fi
 ./cas eval collection --collection stories --data-dir "$DATA" --report eval/reports "$@"
+{ echo; echo "**Training** (\`cas collection train stories --probes-per-chunk $PROBES --epochs $EPOCHS\`, the other settings default):"; echo
+  echo '```'; cat "$DATA/train.txt" 2>/dev/null || echo "(trained by an earlier run; its summary is gone)"; echo '```'; } >> eval/reports/CAS_VS_RAG.md

@@ -6,27 +6,32 @@ using Cas.Service.V1;
 namespace Cas.Eval;
 
 /// <summary>One way of answering: a mode of the query path and its size (D cartridges for cas, k chunks for rag).</summary>
-/// <param name="Mode">cas | rag | icl | none.</param>
+/// <param name="Mode">cas | rag | icl | none | mono.</param>
 /// <param name="Size">D (cas) or k (rag); 0 for icl and none.</param>
 public sealed record EvalSetting(string Mode, int Size)
 {
-    public string Label => Mode switch { "cas" => $"cas D={Size}", "rag" => $"rag k={Size}", _ => Mode };
+    public string Label => Mode switch { "cas" => $"cas D={Size}", "rag" => $"rag k={Size}", "mono" => $"mono p={Size}", _ => Mode };
     /// <summary>The label as a key fragment: cas_d2, rag_k4, icl, none.</summary>
     public string Key => Mode switch { "cas" => $"cas_d{Size}", "rag" => $"rag_k{Size}", _ => Mode };
 
     public AskMode AskMode => Mode switch
     {
-        "cas" => AskMode.Cartridges, "rag" => AskMode.Rag, "icl" => AskMode.Icl, "none" => AskMode.NoContext,
-        _ => throw new InvalidRequestException($"unknown mode '{Mode}'; use cas, rag, icl or none."),
+        "cas" or "mono" => AskMode.Cartridges, "rag" => AskMode.Rag, "icl" => AskMode.Icl, "none" => AskMode.NoContext,
+        _ => throw new InvalidRequestException($"unknown mode '{Mode}'; use cas, rag, icl, none or mono."),
     };
 }
 
 /// <summary>Settings of <see cref="CollectionEvaluator.RunAsync"/>.</summary>
 public sealed record CollectionEvalOptions
 {
-    public static readonly string[] KnownModes = ["cas", "rag", "icl", "none"];
-    /// <summary>Modes to run, of cas, rag, icl, none (none and icl are needed for the gap closed).</summary>
-    public IReadOnlyList<string> Modes { get; init; } = KnownModes;
+    public static readonly string[] KnownModes = ["cas", "rag", "icl", "none", "mono"];
+    /// <summary>Modes to run, of cas, rag, icl, none, mono (none and icl are needed for the gap closed).</summary>
+    public IReadOnlyList<string> Modes { get; init; } = ["cas", "rag", "icl", "none"];
+    /// <summary>
+    /// mono: a collection holding one document (all of this collection's documents in one) with one cartridge, asked
+    /// through the same query path with that document named (the monolithic baseline; its size is the caller's choice).
+    /// </summary>
+    public string? MonoCollection { get; init; }
     /// <summary>D: most cartridges composed (cas), one setting each.</summary>
     public IReadOnlyList<int> Depths { get; init; } = [1, 2, 4];
     /// <summary>k: chunks retrieved and pasted (rag), one setting each.</summary>
@@ -49,6 +54,11 @@ public sealed record CollectionEvalOptions
         if (Modes.Contains("icl")) s.Add(new("icl", 0));
         if (Modes.Contains("cas")) s.AddRange(Depths.Distinct().Order().Select(d => new EvalSetting("cas", d)));
         if (Modes.Contains("rag")) s.AddRange(Ks.Distinct().Order().Select(k => new EvalSetting("rag", k)));
+        if (Modes.Contains("mono"))
+        {
+            if (string.IsNullOrEmpty(MonoCollection)) throw new InvalidRequestException("mode mono needs the monolithic cartridge's collection (--mono-collection NAME).");
+            s.Add(new EvalSetting("mono", 0));
+        }
         return s;
     }
 }
@@ -67,7 +77,8 @@ public sealed record QuestionOutcome(
 public sealed record SettingSummary(
     EvalSetting Setting, int Questions, int Failed, string? FirstFailure, double MeanNll, double Perplexity, double GapClosed,
     double MeanContextPositions, double MeanPromptTokens, double MeanCartridgeSlots, double MeanKvBytes, double Recall, double MeanDocuments,
-    Percentiles Retrieve, Percentiles Load, Percentiles Prefill, Percentiles Decode, Percentiles Total);
+    Percentiles Retrieve, Percentiles Load, Percentiles Prefill, Percentiles Decode, Percentiles Total,
+    double GapClosedGoldUsed = double.NaN, double GapClosedGoldMissed = double.NaN);
 
 /// <summary>p50 and p99 (nearest rank) of a latency in ms; NaN when nothing was measured.</summary>
 public readonly record struct Percentiles(double P50, double P99)
@@ -131,16 +142,26 @@ public sealed class CollectionEvaluator(ServiceState state)
         if (questions.Count == 0) throw new InvalidRequestException("there are no questions to evaluate.");
         int longest = questions.Max(q => q.Answer.Length);
         if (options.MaxTokens < longest) throw new InvalidRequestException($"max tokens {options.MaxTokens} is below the longest reference answer ({longest} tokens); raise it.");
+        var settings = options.Settings();
+        string? monoDocument = null;
+        if (settings.Any(x => x.Mode == "mono"))
+        {
+            var mono = state.Catalog.Status(state.Collection(options.MonoCollection!).Name, state.Store);
+            if (mono.Count != 1 || mono[0].State != Cas.Collections.CartridgeState.Fresh)
+                throw new InvalidRequestException($"the mono collection '{options.MonoCollection}' must hold exactly one document with a fresh cartridge (it has {mono.Count}; train it with `cas collection train {options.MonoCollection}`).");
+            monoDocument = mono[0].Document.DocumentId;
+            settings = [.. settings.Select(x => x.Mode == "mono" ? x with { Size = mono[0].Cartridge!.Length } : x)];
+        }
         var clock = Stopwatch.StartNew();
         var outcomes = new List<QuestionOutcome>();
         var failures = new Dictionary<EvalSetting, (int Count, string First)>();
-        foreach (var setting in options.Settings())
+        foreach (var setting in settings)
         {
             var settingClock = Stopwatch.StartNew();
             foreach (var q in questions)
             {
                 cancel.ThrowIfCancellationRequested();
-                var request = Request(collection, q, setting, options);
+                var request = Request(collection, q, setting, options, monoDocument);
                 try
                 {
                     var s = await _engine.ScoreAsync(setting.AskMode, request, q.Answer, q.Framing, cancel);
@@ -166,13 +187,13 @@ public sealed class CollectionEvaluator(ServiceState state)
                 (failures.TryGetValue(setting, out var ff) ? $", {ff.Count} failed (first: {ff.First})" : ""));
         }
 
-        var summaries = Summarize(options.Settings(), outcomes, questions, failures);
+        var summaries = Summarize(settings, outcomes, questions, failures);
         var budget = state.Budget.Metrics();
         return new CollectionEvalResult(collection, questions.Count, summaries, outcomes, Headline.Compare(summaries),
             Process.GetCurrentProcess().PeakWorkingSet64, budget.PeakResidentBytes, budget.ResidentBudget, clock.Elapsed.TotalSeconds);
     }
 
-    static AskRequest Request(string collection, EvalQuestion q, EvalSetting setting, CollectionEvalOptions o)
+    static AskRequest Request(string collection, EvalQuestion q, EvalSetting setting, CollectionEvalOptions o, string? monoDocument)
     {
         var r = new AskRequest { Collection = collection, Question = q.Question, MaxTokens = o.MaxTokens };
         switch (setting.Mode)
@@ -180,6 +201,7 @@ public sealed class CollectionEvaluator(ServiceState state)
             case "cas": r.MaxCartridges = setting.Size; r.RetrieveChunks = Math.Max(o.CasRetrieveChunks, setting.Size); break;
             case "rag": r.RetrieveChunks = setting.Size; break;
             case "icl": r.MaxCartridges = 1; r.DocumentIds.Add(q.GoldDocuments[0]); break;
+            case "mono": r.Collection = o.MonoCollection!; r.MaxCartridges = 1; r.DocumentIds.Add(monoDocument!); break;
         }
         return r;
     }
@@ -195,6 +217,17 @@ public sealed class CollectionEvaluator(ServiceState state)
             return o.Count == 0 ? double.NaN : Math.Exp(o.Sum(x => x.Nll) / o.Sum(x => x.AnswerTokens));
         }
         double none = Ppl("none"), icl = Ppl("icl");
+        var noneOf = outcomes.Where(x => x.Setting.Mode == "none").ToDictionary(x => x.QuestionId);
+        var iclOf = outcomes.Where(x => x.Setting.Mode == "icl").ToDictionary(x => x.QuestionId);
+        // Gap closed over a subset of questions, against none and icl on the same subset (NaN when a baseline is missing).
+        double GapOf(IEnumerable<QuestionOutcome> subset)
+        {
+            var l = subset.Where(x => noneOf.ContainsKey(x.QuestionId) && iclOf.ContainsKey(x.QuestionId)).ToList();
+            if (l.Count == 0) return double.NaN;
+            double tokens = l.Sum(x => x.AnswerTokens);
+            return Stats.GapClosed(Math.Exp(l.Sum(x => noneOf[x.QuestionId].Nll) / tokens), Math.Exp(l.Sum(x => iclOf[x.QuestionId].Nll) / tokens),
+                Math.Exp(l.Sum(x => x.Nll) / tokens));
+        }
         var list = new List<SettingSummary>();
         foreach (var s in settings)
         {
@@ -211,13 +244,15 @@ public sealed class CollectionEvaluator(ServiceState state)
             list.Add(new SettingSummary(s, o.Count, f.Item1, f.Item2, meanNll, ppl, Stats.GapClosed(none, icl, ppl),
                 o.Average(x => (double)x.ContextPositions), o.Average(x => (double)x.PromptTokens), o.Average(x => (double)x.CartridgeSlots),
                 o.Average(x => (double)x.KvBytesAttended),
-                Stats.Recall(o.Select(x => (gold[x.QuestionId], (IReadOnlyCollection<string>)x.DocumentsUsed.ToHashSet(StringComparer.Ordinal)))),
+                // mono's one cartridge holds every document: recall does not apply.
+                s.Mode == "mono" ? double.NaN : Stats.Recall(o.Select(x => (gold[x.QuestionId], (IReadOnlyCollection<string>)x.DocumentsUsed.ToHashSet(StringComparer.Ordinal)))),
                 o.Average(x => (double)x.DocumentsUsed.Count),
                 Percentiles.Of(asked.Count > 0 ? asked.Select(a => a.RetrieveMs) : o.Select(x => x.ScoreRetrieveMs)),
                 Percentiles.Of(asked.Count > 0 ? asked.Select(a => a.LoadMs) : o.Select(x => x.ScoreLoadMs)),
                 Percentiles.Of(asked.Count > 0 ? asked.Select(a => a.PrefillMs) : o.Select(x => x.ScoreForwardMs)),
                 Percentiles.Of(asked.Select(a => a.DecodeMs)),
-                Percentiles.Of(asked.Select(a => a.TotalMs))));
+                Percentiles.Of(asked.Select(a => a.TotalMs)),
+                s.Mode == "mono" ? double.NaN : GapOf(o.Where(x => x.GoldUsed)), s.Mode == "mono" ? double.NaN : GapOf(o.Where(x => !x.GoldUsed))));
         }
         return list;
     }

@@ -22,6 +22,7 @@ public static class EvalReport
             yield return $"{k}_kv_slots={Fmt.F(s.MeanCartridgeSlots, "F1")}";
             yield return $"{k}_kv_bytes_attended={Fmt.F(s.MeanKvBytes, "F0")}";
             yield return $"{k}_gold_recall={Fmt.F(s.Recall, "F4")}";
+            yield return $"{k}_gap_closed_gold_used={Fmt.F(s.GapClosedGoldUsed, "F4")} {k}_gap_closed_gold_missed={Fmt.F(s.GapClosedGoldMissed, "F4")}";
             yield return $"{k}_documents_used={Fmt.F(s.MeanDocuments, "F2")}";
             foreach (var (name, p) in new[] { ("retrieve", s.Retrieve), ("load", s.Load), ("prefill", s.Prefill), ("decode", s.Decode), ("total", s.Total) })
                 yield return $"{k}_{name}_ms_p50={Fmt.F(p.P50, "F3")} {k}_{name}_ms_p99={Fmt.F(p.P99, "F3")}";
@@ -42,7 +43,7 @@ public static class EvalReport
         var rag = r.Settings.Where(s => s.Setting.Mode == "rag" && double.IsFinite(s.GapClosed)).ToList();
         PlotSeries S(string label, List<SettingSummary> l, Func<SettingSummary, double> y, string prefix) =>
             new(label, l.Select(s => s.MeanContextPositions).ToArray(), l.Select(y).ToArray(), l.Select(s => $"{prefix}={s.Setting.Size}").ToArray());
-        var refs = r.Settings.Where(s => s.Setting.Mode is "icl" or "none").Select(s => ($"{s.Setting.Label} ({s.MeanContextPositions:F0} tokens)", 100 * s.GapClosed));
+        var refs = r.Settings.Where(s => s.Setting.Mode is "icl" or "none" or "mono").Select(s => ($"{s.Setting.Label} ({s.MeanContextPositions:F0} tokens)", 100 * s.GapClosed));
         Plots.Lines(Path.Combine(dir, quality), $"{r.Collection}: quality vs prompt tokens ({r.Questions} held-out questions)",
             "prompt tokens in front of the answer (cas: KV slots + question; rag: pasted chunks + question)", "no-context → ICL gap closed (%)",
             [S("cas (cartridges composed)", cas, s => 100 * s.GapClosed, "D"), S("rag (chunks pasted)", rag, s => 100 * s.GapClosed, "k")], refs);
@@ -62,12 +63,13 @@ public static class EvalReport
         md.AppendLine(setup).AppendLine();
         md.AppendLine($"**Headline:** {r.Headline.Describe()}. `{r.Headline.KeyValue()}`").AppendLine();
         md.AppendLine($"![quality vs prompt tokens]({figures.Quality})").AppendLine();
-        md.AppendLine("| setting | answered | failed | held-out ppl | gap closed | prompt tokens (KV positions) | text tokens | KV slots | KV bytes attended | gold recall | documents used |");
-        md.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        md.AppendLine("| setting | answered | failed | held-out ppl | gap closed | gap closed, gold used / not used | prompt tokens (KV positions) | text tokens | KV slots | KV bytes attended | gold recall | documents used |");
+        md.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var s in r.Settings)
-            md.AppendLine($"| {s.Setting.Label} | {s.Questions} | {s.Failed} | {Fmt.F(s.Perplexity, "F4")} | {Pct(s.GapClosed)} | {Fmt.F(s.MeanContextPositions, "F1")} | " +
+            md.AppendLine($"| {s.Setting.Label} | {s.Questions} | {s.Failed} | {Fmt.F(s.Perplexity, "F4")} | {Pct(s.GapClosed)} | {Pct(s.GapClosedGoldUsed)} / {Pct(s.GapClosedGoldMissed)} | {Fmt.F(s.MeanContextPositions, "F1")} | " +
                 $"{Fmt.F(s.MeanPromptTokens, "F1")} | {Fmt.F(s.MeanCartridgeSlots, "F1")} | {Fmt.F(s.MeanKvBytes, "N0")} | {Pct(s.Recall)} | {Fmt.F(s.MeanDocuments, "F2")} |");
         md.AppendLine();
+        md.AppendLine("*Gap closed, gold used / not used*: the same measure over the questions whose own document was (was not) among those used, against none and icl on the same questions.").AppendLine();
         var failed = r.Settings.Where(s => s.Failed > 0).ToList();
         if (failed.Count > 0)
         {

@@ -37,13 +37,19 @@ public sealed class CommandTests : IDisposable
         Assert.Contains("--collection", missing.Err);
 
         Ok(Cas("collection", "train", "s", "--data-dir", data, "--probes-per-chunk", "2", "--epochs", "1", "--resident", "3"));
+        // The monolithic baseline: one collection, one document holding all three, one cartridge.
+        string all = Path.Combine(_dir, "all.txt");
+        File.WriteAllText(all, string.Join("\n\n", Directory.GetFiles(docs).Order().Select(File.ReadAllText)));
+        Ok(Cas("collection", "create", "m", "--data-dir", data, "--retrieval-chunk-tokens", "16"));
+        Ok(Cas("collection", "add", "m", "--data-dir", data, "--resource", "text:" + all));
+        Ok(Cas("collection", "train", "m", "--data-dir", data, "--probes-per-chunk", "2", "--epochs", "1", "--compression", "4"));
         var r = Ok(Cas("eval", "collection", "--collection", "s", "--data-dir", data, "--probes-per-chunk", "1", "--depths", "1,2", "--ks", "1,2",
-            "--report", report));
+            "--report", report, "--mono-collection", "m"));
         var kv = r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).SelectMany(l => l.Split(' ')).Where(x => x.Contains('='))
             .ToDictionary(x => x[..x.IndexOf('=')], x => x[(x.IndexOf('=') + 1)..]);
         int questions = int.Parse(kv["questions"]);
         Assert.True(questions >= 3, r.Out);
-        foreach (var key in new[] { "none", "icl", "cas_d1", "cas_d2", "rag_k1", "rag_k2" })
+        foreach (var key in new[] { "none", "icl", "cas_d1", "cas_d2", "rag_k1", "rag_k2", "mono" })
         {
             Assert.Equal(questions.ToString(), kv[key + "_answered"]);
             Assert.Equal("0", kv[key + "_failed"]);
@@ -55,6 +61,8 @@ public sealed class CommandTests : IDisposable
         Assert.Equal("1.0000", kv["icl_gap_closed"]);
         Assert.Equal("0.0000", kv["none_gap_closed"]);
         Assert.Equal("0.0", kv["rag_k1_kv_slots"]);
+        Assert.Equal("nan", kv["mono_gold_recall"]);      // the one cartridge holds every document
+        Assert.True(double.Parse(kv["mono_kv_slots"], System.Globalization.CultureInfo.InvariantCulture) > double.Parse(kv["cas_d1_kv_slots"], System.Globalization.CultureInfo.InvariantCulture));
         Assert.True(double.Parse(kv["cas_d2_kv_slots"], System.Globalization.CultureInfo.InvariantCulture) > double.Parse(kv["cas_d1_kv_slots"], System.Globalization.CultureInfo.InvariantCulture));
         string last = r.Out.TrimEnd().Split('\n')[^1];
         Assert.Matches("^(prompt_token_ratio_rag_over_cas|gap_closed_difference_cas_minus_rag_at_equal_tokens|gap_closed_difference_cas_minus_rag_best)=", last);

@@ -86,7 +86,7 @@ public sealed class HeadlineTests
         EvalSetting none = new("none", 0), icl = new("icl", 0), cas = new("cas", 1);
         EvalQuestion[] qs = [new("q1", "x", [1, 2], ["d1"], ScoreFraming.Question), new("q2", "y", [1, 2, 3, 4], ["d2"], ScoreFraming.Question)];
         QuestionOutcome O(EvalSetting s, string q, double nll, int tokens, int prompt, int slots, string[] used) =>
-            new(s, q, nll, tokens, prompt, slots, 0, used, false, 0, 0, 0, null, null);
+            new(s, q, nll, tokens, prompt, slots, 0, used, used.Contains(q == "q1" ? "d1" : "d2"), 0, 0, 0, null, null);
         var outcomes = new[]
         {
             O(none, "q1", 2 * 2.0, 2, 5, 0, []), O(none, "q2", 4 * 2.0, 4, 5, 0, []),           // mean NLL 2
@@ -102,5 +102,7 @@ public sealed class HeadlineTests
         Assert.Equal(0.5, s[2].Recall, 12);
         Assert.Equal(35, s[2].MeanContextPositions, 12); // (25 + 45) / 2
         Assert.Equal(30, s[2].MeanCartridgeSlots, 12);
+        Assert.Equal(1.0, s[2].GapClosedGoldUsed, 12);   // q1 (gold d1 used): cas matches icl
+        Assert.Equal(0.0, s[2].GapClosedGoldMissed, 12); // q2 (d9 used, gold d2): cas matches none
     }
 }

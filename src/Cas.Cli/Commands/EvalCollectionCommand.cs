@@ -29,9 +29,10 @@ static class EvalCollectionCommand
         var noAnswers = new Option<bool>("--skip-answers") { Description = "Only score the reference answers; do not also decode answers with Ask (no decode latency)." };
         var report = new Option<string?>("--report") { Description = "Folder to write the Markdown report (CAS_VS_RAG.md) and its PNG figures into." };
         var residentMb = Options.ResidentMb(1024);
+        var mono = new Option<string?>("--mono-collection") { Description = "Also evaluate mode mono: this collection's one document (all documents in one) with its one cartridge, named in every question." };
         var cmd = new Command("collection", "CAS vs RAG vs ICL vs no context on a trained collection, through the service's query path: held-out quality, prompt tokens, recall, latency.")
         {
-            collection, dataDir, modes, depths, ks, probes, seed, maxTokens, maxQuestions, noAnswers, report, residentMb,
+            collection, dataDir, modes, depths, ks, probes, seed, maxTokens, maxQuestions, noAnswers, report, residentMb, mono,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -39,10 +40,11 @@ static class EvalCollectionCommand
             {
                 Modes = List(pr.GetValue(modes)!, "--modes", s => s.Trim().ToLowerInvariant()),
                 Depths = List(pr.GetValue(depths)!, "--depths", Int), Ks = List(pr.GetValue(ks)!, "--ks", Int),
-                MaxTokens = pr.GetValue(maxTokens), Answer = !pr.GetValue(noAnswers),
+                MaxTokens = pr.GetValue(maxTokens), Answer = !pr.GetValue(noAnswers), MonoCollection = pr.GetValue(mono),
             };
+            if (options.MonoCollection != null && !options.Modes.Contains("mono")) options = options with { Modes = [.. options.Modes, "mono"] };
             return Execute(pr.GetValue(collection), pr.GetValue(dataDir)!, options, pr.GetValue(probes), pr.GetValue(seed),
-                pr.GetValue(maxQuestions), pr.GetValue(report), pr.GetValue(residentMb), pr.Tokens.Select(t => t.Value));
+                pr.GetValue(maxQuestions), pr.GetValue(report), pr.GetValue(residentMb), Environment.GetCommandLineArgs().Skip(1));
         }));
         return cmd;
 
@@ -96,9 +98,10 @@ static class EvalCollectionCommand
                 $"cas: BM25 over {options.CasRetrieveChunks} chunks → documents in retrieval order → the first D fresh cartridges composed (keys not re-rotated); rag: the top k chunks pasted; icl: the gold document in context; none: nothing. " +
                 "Gap closed = (ppl_none − ppl) / (ppl_none − ppl_icl) on perplexities pooled over all answer tokens. Prompt tokens = KV positions in front of the answer (cartridge slots + prompt text tokens). " +
                 "Gold recall = the share of questions whose own document was among those used. Latency: the service's `Ask` on the same request (greedy, " +
-                $"{options.MaxTokens} tokens at most, its own \"Question: …\\nAnswer:\" framing).";
+                $"{options.MaxTokens} tokens at most, its own \"Question: …\\nAnswer:\" framing)." +
+                (options.MonoCollection is { } m ? $" mono: collection `{m}` holds all the documents as one, with one cartridge (trained by `cas collection train` like the others), named in every question through the same Ask path; recall does not apply to it." : "");
             File.WriteAllText(Path.Combine(reportDir, "CAS_VS_RAG.md"), EvalReport.Markdown(result, $"CAS vs RAG on `{name}`",
-                "cas eval collection " + string.Join(' ', tokens), setup, figures));
+                "cas " + string.Join(' ', tokens), setup, figures));
             Console.Out.WriteLine($"report={Path.GetFullPath(Path.Combine(reportDir, "CAS_VS_RAG.md"))}");
         }
         Console.Out.WriteLine(EvalReport.KeyValues(result).Last());

@@ -46,8 +46,8 @@ public sealed class QueryEngine(ServiceState state)
         if (request.MaxTokens == 0) request = new AskRequest(request) { MaxTokens = answer.Length };
         if (request.MaxTokens < answer.Length) throw new InvalidRequestException($"max_tokens={request.MaxTokens} is shorter than the {answer.Length}-token answer to score.");
         string text = framing == ScoreFraming.Question ? QuestionText(request.Question ?? "") : (request.Question ?? "").Trim();
-        var (result, score) = await RunAsync(mode, request, text, _ => Task.CompletedTask, answer, cancel);
-        return score! with { Ask = result };
+        var (_, score) = await RunAsync(mode, request, text, _ => Task.CompletedTask, answer, cancel);
+        return score!;
     }
 
     // Ask and Score: validate, retrieve, choose and load cartridges or paste context, then decode (Ask) or score the

@@ -10,7 +10,7 @@ using Cas.Store;
 namespace Cas.Service;
 
 /// <summary>How a question is answered: after the retrieved documents' cartridges, with retrieved chunks pasted (RAG), or with whole documents in context (ICL).</summary>
-public enum AskMode { Cartridges, Rag, Icl }
+public enum AskMode { Cartridges, Rag, Icl, NoContext }
 
 /// <summary>
 /// Answers questions over a collection: retrieve (BM25 over chunks) → documents, deduplicated in retrieval order →
@@ -30,6 +30,32 @@ public sealed class QueryEngine(ServiceState state)
     public async Task<AskResult> AskAsync(AskMode mode, AskRequest request, Func<string, Task> onText, CancellationToken cancel)
     {
         ArgumentNullException.ThrowIfNull(request);
+        return (await RunAsync(mode, request, QuestionText(request), onText, null, cancel)).Result;
+    }
+
+    /// <summary>
+    /// Scores <paramref name="answer"/> as the reply to <paramref name="request"/> instead of decoding one: retrieval,
+    /// the choice and loading of cartridges (or the pasted chunks/documents) and the prompt are exactly those of
+    /// <see cref="AskAsync"/> (the same code runs); then one forward pass of the model over prefix + prompt + answer
+    /// gives −log q of every answer token. <paramref name="request"/>.MaxTokens reserves the same room for the answer as
+    /// Ask would (0: the answer's length), so Ask and Score choose the same context.
+    /// </summary>
+    public async Task<ScoreResult> ScoreAsync(AskMode mode, AskRequest request, int[] answer, ScoreFraming framing, CancellationToken cancel)
+    {
+        ArgumentNullException.ThrowIfNull(request); ArgumentNullException.ThrowIfNull(answer);
+        if (answer.Length == 0) throw new InvalidRequestException("the answer to score is empty.");
+        if (request.MaxTokens == 0) request = new AskRequest(request) { MaxTokens = answer.Length };
+        if (request.MaxTokens < answer.Length) throw new InvalidRequestException($"max_tokens={request.MaxTokens} is shorter than the {answer.Length}-token answer to score.");
+        string text = framing == ScoreFraming.Question ? QuestionText(request) : (request.Question ?? "").Trim();
+        var (_, score) = await RunAsync(mode, request, text, _ => Task.CompletedTask, answer, cancel);
+        return score!;
+    }
+
+    // Ask and Score: validate, retrieve, choose and load cartridges or paste context, then decode (Ask) or score the
+    // given answer (Score). questionText is what follows the context: the service's "Question: …\nAnswer:" for Ask.
+    async Task<(AskResult Result, ScoreResult? Score)> RunAsync(AskMode mode, AskRequest request, string questionText, Func<string, Task> onText,
+        int[]? scoreAnswer, CancellationToken cancel)
+    {
         long t0 = Stopwatch.GetTimestamp();
         if (string.IsNullOrWhiteSpace(request.Question)) throw new InvalidRequestException("the question is empty; ask something.");
         if (request.MaxTokens < 0 || request.RetrieveChunks < 0 || request.MaxCartridges < 0 || request.MaxCartridgeSlots < 0)
@@ -56,7 +82,7 @@ public sealed class QueryEngine(ServiceState state)
                 if (!docs.Exists(d => d.Id == id)) docs.Add((id, 0));
             }
         }
-        else
+        else if (mode != AskMode.NoContext)
         {
             if (collection.Documents == 0) throw new FailedPreconditionException($"collection '{collection.Name}' has no documents; add some (AddDocuments) first.");
             hits = state.Catalog.Search(collection.Name, request.Question, request.RetrieveChunks == 0 ? DefaultRetrieveChunks : request.RetrieveChunks);
@@ -75,7 +101,7 @@ public sealed class QueryEngine(ServiceState state)
             double loadMs = 0;
             if (mode == AskMode.Cartridges)
             {
-                prompt = Build(host, request, QuestionText(request), afterCartridge: true);
+                prompt = Build(host, request, questionText, afterCartridge: true);
                 int budget = request.MaxCartridgeSlots > 0 ? request.MaxCartridgeSlots : Math.Max(0, config.MaxSeqLen - prompt.Ids.Length - maxTokens);
                 var status = state.Catalog.Status(collection.Name, state.Store).ToDictionary(s => s.Document.DocumentId, StringComparer.Ordinal);
                 var chosen = new List<(string Doc, double Score, StoredCartridgeInfo Info)>();
@@ -105,23 +131,24 @@ public sealed class QueryEngine(ServiceState state)
                     result.Documents.Add(new UsedDocument { DocumentId = c.Doc, Score = c.Score, CartridgeId = lease.Info.Id, CartridgeVersion = lease.Info.Version, CartridgeSlots = lease.Info.Length });
                 }
                 loadMs = Stopwatch.GetElapsedTime(l0).TotalMilliseconds;
-                if (leases.Count == 0) prompt = Build(host, request, QuestionText(request), afterCartridge: false);
+                if (leases.Count == 0) prompt = Build(host, request, questionText, afterCartridge: false);
             }
             else
             {
                 // Pasted context: chunks (RAG) or whole documents (ICL), in retrieval order, as many as fit with the question and the answer.
                 int room = config.MaxSeqLen - maxTokens;
-                var bare = Build(host, request, QuestionText(request), afterCartridge: false);
+                var bare = Build(host, request, questionText, afterCartridge: false);
                 if (bare.Ids.Length > room) throw new InvalidRequestException($"the question ({bare.Ids.Length} tokens) and max_tokens={maxTokens} do not fit the model's context of {config.MaxSeqLen}.");
                 var pieces = new List<string>();
-                var candidates = mode == AskMode.Rag
+                var candidates = mode == AskMode.NoContext ? []
+                    : mode == AskMode.Rag
                     ? hits.Select(h => (Doc: h.DocumentId, Score: h.Score, Text: h.Text, What: $"{h.DocumentId}#{h.Ordinal}")).ToList()
                     : docs.Take(maxDocs).Select(d => (Doc: d.Id, Score: d.Score, Text: state.Catalog.DocumentText(collection.Name, d.Id), What: d.Id)).ToList();
                 if (mode == AskMode.Icl) foreach (var d in docs.Skip(maxDocs)) result.Skipped.Add($"{d.Id}: beyond max_cartridges={maxDocs}");
                 prompt = bare;
                 foreach (var c in candidates)
                 {
-                    var trial = Build(host, request, ContextText([.. pieces, c.Text], request), afterCartridge: false);
+                    var trial = Build(host, request, ContextText([.. pieces, c.Text], questionText), afterCartridge: false);
                     if (trial.Ids.Length > room) { result.Skipped.Add($"{c.What}: does not fit the context ({trial.Ids.Length} tokens with it, room {room})"); continue; }
                     pieces.Add(c.Text);
                     prompt = trial;
@@ -130,6 +157,8 @@ public sealed class QueryEngine(ServiceState state)
                 if (mode == AskMode.Icl && candidates.Count > 0 && pieces.Count == 0)
                     throw new FailedPreconditionException($"none of the documents fits the model's context of {config.MaxSeqLen} tokens with the question and max_tokens={maxTokens} ({string.Join("; ", result.Skipped)}); use Ask (cartridges) or AskRag.");
             }
+
+            if (scoreAnswer is not null) return (result, Score(host, leases.Select(l => l.Prefix).ToList(), prompt.Ids, scoreAnswer, result, retrieveMs, loadMs, t0));
 
             var decoded = await DecodeAsync(host, new DecodeRequest(leases.Select(l => l.Prefix).ToList(), prompt.Ids)
             {
@@ -144,7 +173,7 @@ public sealed class QueryEngine(ServiceState state)
                 RetrieveMs = retrieveMs, LoadMs = loadMs, QueuedMs = r.QueuedMs, PrefillMs = r.PrefillMs, DecodeMs = r.DecodeMs,
                 TotalMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds,
             };
-            return result;
+            return (result, null);
         }
         finally
         {
@@ -233,8 +262,43 @@ public sealed class QueryEngine(ServiceState state)
     static string QuestionText(AskRequest request) =>
         IsChat(request) ? request.Question.Trim() : $"Question: {request.Question.Trim()}\nAnswer:";
 
-    static string ContextText(IReadOnlyList<string> pieces, AskRequest request) =>
-        pieces.Count == 0 ? QuestionText(request) : string.Join("\n\n", pieces) + "\n\n" + QuestionText(request);
+    // The model a Score runs on: its own Transformer (the host's belongs to the decode scheduler's thread), one
+    // scoring forward at a time per model.
+    readonly System.Runtime.CompilerServices.ConditionalWeakTable<ModelHost, Transformer> _scorers = new();
+
+    ScoreResult Score(ModelHost host, IReadOnlyList<KvPrefix> cartridges, int[] prompt, int[] answer, AskResult result, double retrieveMs, double loadMs, long t0)
+    {
+        var config = host.Config;
+        var transformer = _scorers.GetValue(host, h => new Transformer(h.Model));
+        int[] tokens = [.. prompt, .. answer];
+        var prefix = cartridges.Count == 0 ? null : cartridges.Count == 1 ? cartridges[0] : KvPrefix.Concat(cartridges);
+        int slots = prefix?.Length ?? 0;
+        if (slots + tokens.Length > config.MaxSeqLen)
+            throw new InvalidRequestException($"{slots} cartridge slots + {prompt.Length} prompt tokens + the {answer.Length}-token answer exceed the model's context of {config.MaxSeqLen}.");
+        var nll = new double[answer.Length];
+        long p0 = Stopwatch.GetTimestamp();
+        lock (transformer)
+        {
+            var cache = new KvCache(config, slots + tokens.Length, prefix);
+            var logits = new float[tokens.Length * config.VocabSize];
+            transformer.ForwardAll(cache, tokens, logits);
+            var logProbs = new float[config.VocabSize];
+            for (int i = 0; i < answer.Length; i++)
+            {
+                // The logits at the position before answer token i predict it.
+                Cas.Engine.Compute.Ops.LogSoftmax(logits.AsSpan((prompt.Length - 1 + i) * config.VocabSize, config.VocabSize), logProbs);
+                nll[i] = -logProbs[answer[i]];
+            }
+        }
+        double forwardMs = Stopwatch.GetElapsedTime(p0).TotalMilliseconds;
+        result.Tokens = Accounting(config, prompt.Length, slots, answer.Length);
+        result.Latency = new LatencyBreakdown { RetrieveMs = retrieveMs, LoadMs = loadMs, PrefillMs = forwardMs, TotalMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds };
+        result.FinishReason = V1.FinishReason.Stop;
+        return new ScoreResult(result, prompt, nll);
+    }
+
+    static string ContextText(IReadOnlyList<string> pieces, string questionText) =>
+        pieces.Count == 0 ? questionText : string.Join("\n\n", pieces) + "\n\n" + questionText;
 
     static PromptTokens Build(ModelHost host, AskRequest request, string text, bool afterCartridge) =>
         Prompting.Build(host.Tokenizer, new CompletionRequest(afterCartridge && !IsChat(request) ? "\n" + text : text)
@@ -242,4 +306,23 @@ public sealed class QueryEngine(ServiceState state)
             Chat = IsChat(request), TokenizerPath = host.TokenizerPath, Prefix = afterCartridge ? SomeCartridge : null,
             History = Turns(request),
         });
+}
+
+/// <summary>What follows the context when an answer is scored.</summary>
+public enum ScoreFraming
+{
+    /// <summary>The service's framing, as Ask uses it: "Question: …\nAnswer:".</summary>
+    Question,
+    /// <summary>The question text itself, continued by the answer (held-out document probes: the answer continues the probe).</summary>
+    Continuation,
+}
+
+/// <summary>
+/// A scored answer: the Ask result of the same request (documents, cartridges, retrieved chunks, token accounting with
+/// the answer as the completion, latency with the forward pass as prefill), the prompt's ids, and −log q of each answer token.
+/// </summary>
+public sealed record ScoreResult(AskResult Ask, int[] Prompt, double[] TokenNll)
+{
+    /// <summary>Σ −log q over the answer's tokens.</summary>
+    public double Nll { get { double s = 0; foreach (double x in TokenNll) s += x; return s; } }
 }

@@ -40,6 +40,7 @@ static class EvalCommand
         {
             model, tokenizer, cartridge, data, seed, examplesPerChunk, chunkTokens, continuation, compose, weightStorage,
         };
+        cmd.Subcommands.Add(EvalCollectionCommand.Create());
         cmd.SetAction(pr => Cli.Run(() => Execute(
             pr.GetValue(model), pr.GetValue(tokenizer), pr.GetValue(cartridge) ?? [], pr.GetValue(data)!, pr.GetValue(seed),
             pr.GetValue(examplesPerChunk), pr.GetValue(chunkTokens), pr.GetValue(continuation), pr.GetValue(compose)!,

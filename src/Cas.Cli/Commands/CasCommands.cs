@@ -18,5 +18,6 @@ public static class CasCommands
         StoreCommand.Create(),
         ServeCommand.Create(),
         AskCommand.Create(),
+        DemoCommand.Create(),
     };
 }

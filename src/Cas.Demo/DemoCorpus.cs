@@ -46,11 +46,13 @@ public sealed record DemoCorpus(string Source, string Path, IReadOnlyList<DemoDo
 
     /// <summary>
     /// Up to <paramref name="count"/> (question, gold document) pairs, one per document in turn (the first question of
-    /// each document, then the second of each, …), so that questions spread over the collection.
+    /// each document, then the second of each, …), so that questions spread over the collection; a question text already
+    /// taken (SQuALITY asks "What is the plot of the story?" of every story) is skipped.
     /// </summary>
     public IReadOnlyList<(string Question, string GoldDocumentId)> Questions(int count)
     {
         var result = new List<(string, string)>();
+        var taken = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
         for (int round = 0; result.Count < count; round++)
         {
             bool any = false;
@@ -58,6 +60,7 @@ public sealed record DemoCorpus(string Source, string Path, IReadOnlyList<DemoDo
             {
                 if (round >= d.Questions.Count) continue;
                 any = true;
+                if (!taken.Add(d.Questions[round].Trim())) continue;
                 result.Add((d.Questions[round], d.Document.Id));
                 if (result.Count == count) break;
             }
@@ -109,11 +112,16 @@ public sealed record DemoCorpus(string Source, string Path, IReadOnlyList<DemoDo
         "describe", "significance", "relationship", "happens", "happen", "into", "they", "them", "were", "would", "could", "important",
     };
 
-    /// <summary>Questions sharing more (uncommon, 4+ letter) words with the passage first; ties keep the dataset's order.</summary>
+    /// <summary>
+    /// Questions sharing more (uncommon, 4+ letter) words with the passage first; ties keep the dataset's order, except that
+    /// questions about the whole story ("the plot", "the story") go last: a passage is only the story's opening.
+    /// </summary>
+    static bool WholeStory(string q) => q.Contains("plot", StringComparison.OrdinalIgnoreCase) || q.Contains("the story?", StringComparison.OrdinalIgnoreCase);
+
     static List<string> OrderByOverlap(List<string> questions, string passage)
     {
         var words = new HashSet<string>(Word.Matches(passage).Select(m => m.Value), StringComparer.OrdinalIgnoreCase);
         int Overlap(string q) => Word.Matches(q).Select(m => m.Value).Where(w => !Common.Contains(w)).Distinct(StringComparer.OrdinalIgnoreCase).Count(words.Contains);
-        return questions.Select((q, i) => (q, i, o: Overlap(q))).OrderByDescending(x => x.o).ThenBy(x => x.i).Select(x => x.q).ToList();
+        return questions.Select((q, i) => (q, i, o: Overlap(q))).OrderByDescending(x => x.o).ThenBy(x => WholeStory(x.q)).ThenBy(x => x.i).Select(x => x.q).ToList();
     }
 }

@@ -79,8 +79,8 @@ public static class DemoRun
     /// </summary>
     public static CasTrainingOptions Recipe(int documents) => new()
     {
-        Compression = 10, Resident = Math.Max(1, documents), MaxDistractors = 5, Epochs = 2,
-        Probes = new DocumentProbeOptions { ExamplesPerChunk = 32, ChunkTokens = 0 },
+        Compression = 10, Resident = Math.Max(1, documents), MaxDistractors = 5, Epochs = 4,
+        Probes = new DocumentProbeOptions { ExamplesPerChunk = 64, ChunkTokens = 0 },
     };
 
     /// <summary>The collection the demo uses for a corpus and a model (its name carries both, so one data folder holds several).</summary>

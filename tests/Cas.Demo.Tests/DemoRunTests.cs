@@ -137,6 +137,27 @@ public sealed class DemoRunTests : IDisposable
         Assert.Equal([("What is the plot of the story?", "a"), ("Who is A?", "a")], dup.Questions(3));
     }
 
+    [Fact]
+    public void SplitCoversTheTextInPassagesThatFit()
+    {
+        ITokenizer tok = TokenizerLoader.Load(TestPaths.RequireShared("models/stories260K/tok512.bin"));
+        string text = string.Join("\n\n", File.ReadLines(Sample).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("input").GetString()))
+            + " " + new string('x', 300) + " and a sentence without an end " + string.Join(" ", Enumerable.Repeat("word", 200));
+        foreach (int max in new[] { 16, 40, 200 })
+        {
+            var parts = DemoCorpus.Split(text, tok, max).ToList();
+            Assert.All(parts, p => Assert.InRange(tok.Encode(p).Length, 1, max));
+            // Nothing dropped or reordered (a word longer than a passage is cut between characters, so compare without spaces).
+            Assert.Equal(System.Text.RegularExpressions.Regex.Replace(text, @"\s+", ""), string.Concat(parts).Replace(" ", ""));
+        }
+        // Without words longer than a passage, the passages joined by spaces are exactly the whitespace-collapsed text.
+        string stories = text[..text.IndexOf(" xxx", StringComparison.Ordinal)];
+        Assert.Equal(System.Text.RegularExpressions.Regex.Replace(stories, @"\s+", " ").Trim(), string.Join(" ", DemoCorpus.Split(stories, tok, 40)));
+        // With room for several sentences, every passage ends at a sentence end (the sample's stories end with one).
+        Assert.All(DemoCorpus.Split(stories, tok, 200), p => Assert.Matches(@"[.!?][""”’')]?$", p));
+        Assert.Empty(DemoCorpus.Split("  \n ", tok, 10));
+    }
+
     sealed class Sync(Action<DemoEvent> f) : IProgress<DemoEvent>
     {
         public void Report(DemoEvent value) => f(value);

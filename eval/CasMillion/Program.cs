@@ -43,6 +43,7 @@ foreach (var f in new[] { modelPath, tokPath, Path.Combine(datasets, "squality",
 var results = new List<(string Key, string Value)>();
 void Put(string k, FormattableString v) { string s = v.ToString(inv); results.Add((k, s)); Console.WriteLine($"{k}={s}"); }
 var total = Stopwatch.StartNew();
+double cpuMark = 0;
 void Log(string s) => Console.Error.WriteLine($"[{total.Elapsed.TotalSeconds,7:F0}s] {s}");
 
 var model = ModelLoader.Load(modelPath);
@@ -101,6 +102,7 @@ using (var catalog = new CollectionCatalog(dataDir))
 double ingestS = sw.Elapsed.TotalSeconds;
 Put("ingest_added_documents", $"{added}");
 Put("ingest_s", $"{ingestS:F1}");
+Put("ingest_cpu_s", $"{Cpu():F1}");
 
 // ---- (2) CAS training
 sw.Restart();
@@ -135,6 +137,7 @@ Put("trained_now", $"{job.Trained}");
 Put("train_steps_now", $"{job.Steps}");
 Put("train_resumed", $"{(job.Resumed ? "yes" : "no")}");
 Put("train_s", $"{trainS:F1}");
+Put("train_cpu_s", $"{Cpu():F1}");
 Put("peak_resident_bytes", $"{job.PeakResidentBytes}");
 Put("resident_budget", $"{job.ResidentBudget}");
 Put("swap_in_p50_ms", $"{job.SwapInPercentile(0.5):F2}");
@@ -196,6 +199,7 @@ await using (var server = await CasServer.StartAsync(new CasServerOptions
     Put("query_s", $"{sw.Elapsed.TotalSeconds:F1}");
 }
 Put("wall_s", $"{total.Elapsed.TotalSeconds:F1}");
+Put("serve_query_cpu_s", $"{Cpu():F1}");
 
 if (reportPath != null)
 {
@@ -223,6 +227,9 @@ IEnumerable<(string Path, string Field)> Sources()
         if (File.Exists(p)) yield return (p, "input");
     }
 }
+
+// CPU seconds of this process since the last call (steadier than wall time on a shared machine).
+double Cpu() { var now = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds; var d = now - cpuMark; cpuMark = now; return d; }
 
 static long DirBytes(string dir) => Directory.Exists(dir) ? new DirectoryInfo(dir).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length) : 0;
 

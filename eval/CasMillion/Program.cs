@@ -21,7 +21,6 @@ using Cas.Service;
 using Cas.Service.V1;
 using Cas.Store;
 using Cas.Training;
-using Grpc.Core;
 using Grpc.Net.Client;
 
 var inv = CultureInfo.InvariantCulture;
@@ -174,15 +173,11 @@ await using (var server = await CasServer.StartAsync(new CasServerOptions
         asked++;
         foreach (var mode in new[] { "cas", "rag" })
         {
-            var request = new AskRequest { Collection = Name, Question = q, MaxTokens = 16 };
-            using var call = mode == "cas" ? client.Ask(request) : client.AskRag(request);
-            AskResult? r = null;
-            await foreach (var m in call.ResponseStream.ReadAllAsync()) if (m.KindCase == AskResponse.KindOneofCase.Result) r = m.Result;
-            if (r == null) throw new InvalidOperationException("no result message");
-            latency[mode].Add(r.Latency.TotalMs);
-            if (r.Documents.Any(d => d.DocumentId == docs[i].DocumentId)) gold[mode]++;
-            promptTokens[mode] += r.Tokens.PromptTokens;
-            if (mode == "cas") slots += r.Tokens.CartridgeSlots;
+            var a = await DemoRun.AskAsync(client, mode, Name, asked, q, docs[i].DocumentId, 16, CancellationToken.None);
+            latency[mode].Add(a.TotalMs);
+            if (a.GoldUsed) gold[mode]++;
+            promptTokens[mode] += a.PromptTokens;
+            if (mode == "cas") slots += a.CartridgeSlots;
         }
     }
     Put("questions", $"{asked}");

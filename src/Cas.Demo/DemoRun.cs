@@ -173,10 +173,14 @@ public static class DemoRun
             buildTime, trainTime, serveStart, askTime, total.Elapsed, answers);
     }
 
-    /// <summary>One question through the real client path (as `cas ask` does): the streamed deltas, then the result.</summary>
-    static async Task<DemoAnswer> AskAsync(QueryService.QueryServiceClient client, string mode, string collection, int index, string question,
+    /// <summary>
+    /// One question through the real client path (as `cas ask` does): <paramref name="mode"/> "cas" calls Ask, "rag"
+    /// AskRag; the streamed deltas, then the result, with <paramref name="gold"/> looked up among the documents used.
+    /// </summary>
+    public static async Task<DemoAnswer> AskAsync(QueryService.QueryServiceClient client, string mode, string collection, int index, string question,
         string gold, int maxTokens, CancellationToken cancel)
     {
+        if (mode is not ("cas" or "rag")) throw new ArgumentException($"mode must be cas or rag, got '{mode}'.", nameof(mode));
         var request = new AskRequest { Collection = collection, Question = question, MaxTokens = maxTokens };
         var sw = Stopwatch.StartNew();
         using var call = mode == "cas" ? client.Ask(request, cancellationToken: cancel) : client.AskRag(request, cancellationToken: cancel);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates eval/REPORT.md and the plots eval/*.png from nothing, with ./cas only (plus awk and gnuplot).
+# Regenerates eval/reports/REPORT.md and its plots (eval/reports/*.png) from nothing, with ./cas, awk and the solution's
+# eval/CasReports (ScottPlot) for the plots.
 # Run from the repository root:   eval/run.sh
-# Needs ../shared/models/stories260K (model + tokenizer) and gnuplot (Debian: apt-get install -y gnuplot-nox).
+# Needs ../shared/models/stories260K (model + tokenizer).
 # About 8-10 minutes on 2 cores. Intermediate files (documents, cartridges, logs) go to eval/work/ (not committed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,9 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODEL=../shared/models/stories260K/stories260K.bin
 TOK=../shared/models/stories260K/tok512.bin
 for f in "$MODEL" "$TOK"; do [ -f "$f" ] || { echo "run.sh: $f is missing (see ../shared/models/README.md)" >&2; exit 1; }; done
-command -v gnuplot >/dev/null || { echo "run.sh: gnuplot is not installed (apt-get install -y gnuplot-nox)" >&2; exit 1; }
 
-# ---- settings (all results in REPORT.md come from these)
+# ---- settings (all results in eval/reports/REPORT.md come from these)
 DOC_SEEDS="1 2 3 4 5 6"        # documents: the model's own stories, ./cas generate --temperature 0.8 --seed k
 DOC_TOKENS=360                 # tokens per document (one chunk: chunks are at most 400 tokens)
 PS="32 64"                     # cartridge sizes
@@ -25,6 +25,8 @@ NTP_GENTLE=(--objective ntp --steps 64 --batch 1 --lr 0.005)                    
 COMMON=(--model "$MODEL" --tokenizer "$TOK" --init first-k --seed "$TRAIN_SEED" --held-out 0 --checkpoint-every 0)
 
 W=eval/work
+OUT=eval/reports
+mkdir -p "$OUT"
 # REUSE_WORK=1 eval/run.sh only redoes the tables, plots and report from an earlier run's eval/work/.
 REUSE=${REUSE_WORK:-0}
 if [ "$REUSE" != 1 ]; then rm -rf "$W"; mkdir -p "$W"; fi
@@ -33,6 +35,8 @@ log() { printf '[%4ds] %s\n' $(( $(date +%s) - start )) "$*" >&2; }
 kv() { sed -n "s/^$2=//p" "$1" | tail -1; }
 
 ./cas --help >/dev/null   # build once, up front
+dotnet build eval/CasReports -c Release -nologo -v q >/dev/null   # the plots (ScottPlot)
+reports() { dotnet eval/CasReports/bin/Release/net10.0/CasReports.dll "$@"; }
 seeds=($DOC_SEEDS)
 
 if [ "$REUSE" != 1 ]; then
@@ -92,76 +96,9 @@ for k in $DOC_SEEDS; do
   done; done
 done
 
-# ---- plots
-# Mean held-out perplexity by condition (rows: condition, p=32, p=64).
-awk -F'\t' 'NR > 1 { s[$3 FS $2] += $4; n[$3 FS $2]++ }
-  END {
-    split("none truncated icl distill ntp_gentle", m, " ")
-    split("none|truncated|ICL|distill|NTP gentle", label, "|")
-    for (i = 1; i <= 5; i++) printf "\"%s\"\t%.4f\t%.4f\n", label[i], s[m[i] FS 32] / n[m[i] FS 32], s[m[i] FS 64] / n[m[i] FS 64]
-  }' "$R" > "$W/ppl_mean.dat"
-# Per document at p=32.
-awk -F'\t' 'NR > 1 && $2 == 32 { v[$1 FS $3] = $4; docs[$1] = 1 }
-  END { for (d in docs) printf "doc%s\t%s\t%s\t%s\t%s\t%s\n", d, v[d FS "none"], v[d FS "truncated"], v[d FS "icl"], v[d FS "distill"], v[d FS "ntp_gentle"] }' "$R" \
-  | sort > "$W/ppl_doc32.dat"
-
-avg() { awk -F'\t' -v m="$1" -v p="$2" -v c="$3" -v f="$4" 'NR > 1 && $3 == m && $2 == p { s += $c; n++ } END { printf f, s / n }' "$R"; }
-gnuplot <<EOF
-set terminal pngcairo size 1100,560 font "DejaVu Sans,11" noenhanced
-set output "eval/heldout_ppl.png"
-set multiplot layout 1,2 title "Held-out perplexity on stories260K, ${#seeds[@]} documents of about ${DOC_TOKENS} tokens (lower is better)"
-set style data histograms
-set style histogram clustered gap 1
-set style fill solid 0.85 border -1
-set boxwidth 0.9
-set yrange [1:4.2]
-set ytics 0.5
-set grid ytics
-set ylabel "held-out perplexity"
-set xtics scale 0
-set title "mean over documents"
-set key top right
-set label 1 "off the scale: NTP (same recipe),\nmean $(avg ntp 32 4 %.0f) (p = 32) and $(avg ntp 64 4 %.0f) (p = 64)" at graph 0.03, graph 0.93 font ",9"
-plot "$W/ppl_mean.dat" using 2:xtic(1) title "p = 32 ($(avg distill 32 8 %.1f)x)" lc rgb "#3366aa", \
-     "" using 3 title "p = 64 ($(avg distill 64 8 %.1f)x)" lc rgb "#88aadd"
-unset label 1
-set title "per document, p = 32"
-set key top left font ",9" maxrows 2 width -2
-plot "$W/ppl_doc32.dat" using 2:xtic(1) title "no context" lc rgb "#999999", \
-     "" using 3 title "truncated" lc rgb "#cc9944", \
-     "" using 4 title "ICL" lc rgb "#44aa66", \
-     "" using 5 title "distill" lc rgb "#3366aa", \
-     "" using 6 title "NTP gentle" lc rgb "#cc6677"
-unset multiplot
-EOF
-
-# Training curves: distillation KL (loss minus teacher entropy of the batch) and NTP loss, per step.
-plotlines() { # kind p column
-  local s="" k
-  for k in $DOC_SEEDS; do s+="\"$W/doc$k.$1$2.csv\" using 1:$3 with lines lw 1.5 title \"doc $k\", "; done
-  echo "${s%, }"
-}
-gnuplot <<EOF
-set terminal pngcairo size 1000,720 font "DejaVu Sans,11" noenhanced
-set output "eval/training_curves.png"
-set datafile separator ","
-set multiplot layout 2,2 title "Training on stories260K (per optimizer step, from cas train --log)"
-set grid
-set key top right font ",9"
-set xlabel "step"
-set ylabel "KL to the teacher (nats/token)"
-set title "distillation, p = 32"
-set yrange [0:*]
-plot $(plotlines distill 32 3)
-set title "distillation, p = 64"
-plot $(plotlines distill 64 3)
-set ylabel "next-token loss (nats/token)"
-set title "NTP (same recipe: lr 0.05), p = 32"
-plot $(plotlines ntp 32 2)
-set title "NTP (gentle: lr 0.005, 64 steps), p = 32"
-plot $(plotlines ntp_gentle 32 2)
-unset multiplot
-EOF
+# ---- plots (eval/CasReports, ScottPlot)
+reports heldout-ppl --results "$R" --doc-tokens "$DOC_TOKENS" --out "$OUT/heldout_ppl.png"
+reports training-curves --work "$W" --docs "$(echo $DOC_SEEDS | tr ' ' ,)" --out "$OUT/training_curves.png"
 
 # ---- the report
 elapsed=$(( $(date +%s) - start ))
@@ -300,7 +237,7 @@ and stays near the no-context baseline.
 Each document's distilled p = 32 cartridge (*gold*) loaded together with the next document's (*distractor*), evaluated on
 the gold document's held-out probes (truncated/ICL baselines as above). *concat* is what \`cas generate\` and serving do
 (keys keep their trained positions); *rerotate* rotates the second cartridge's keys by +32 (\`cas eval --compose rerotate\`).
-See [COMPOSITION.md](COMPOSITION.md).
+See [COMPOSITION.md](../COMPOSITION.md).
 
 | mode | order | mean held-out ppl | mean KL | mean gap closed |
 |---|---|---|---|---|
@@ -324,9 +261,9 @@ rerotate closes $(comp_avg rerotate) of the gap and concat $(comp_avg concat).
 ## Reproduce
 
 \`\`\`
-eval/run.sh        # from the repository root; writes eval/REPORT.md, eval/heldout_ppl.png, eval/training_curves.png
+eval/run.sh        # from the repository root; writes eval/reports/REPORT.md, heldout_ppl.png, training_curves.png
 \`\`\`
 Intermediate files (documents, cartridges, per-step CSV logs, every \`cas eval\` output) are left in \`eval/work/\`.
 EOF
-} > eval/REPORT.md
-log "done: eval/REPORT.md, eval/heldout_ppl.png, eval/training_curves.png"
+} > "$OUT/REPORT.md"
+log "done: $OUT/REPORT.md, $OUT/heldout_ppl.png, $OUT/training_curves.png"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End to end on stories260K: cas synthesize -> cas train -> cas eval, self-study cartridge vs NTP vs no context.
-# Writes eval/SELFSTUDY.md. Run from anywhere: bash eval/selfstudy_e2e.sh   (about 2-4 minutes on 2 cores)
+# Writes eval/reports/SELFSTUDY.md. Run from anywhere: bash eval/selfstudy_e2e.sh   (about 2-4 minutes on 2 cores)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -50,5 +50,5 @@ avg() { printf '%.3f' "$(echo "$1 / $n" | bc -l)"; }
   echo
   echo "ICL is the model with the teacher's exact context in front (the chunk in the base-model framing agent B read),"
   echo "so its KL to the teacher is 0; gap closed = (none − cartridge) / (none − ICL) on perplexity."
-} > eval/SELFSTUDY.md
-cat eval/SELFSTUDY.md
+} > eval/reports/SELFSTUDY.md
+cat eval/reports/SELFSTUDY.md

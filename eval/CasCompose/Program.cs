@@ -1,5 +1,5 @@
-// eval/CAS_COMPOSE.md: do CAS cartridges compose? One command, from the repository root:
-//   dotnet run --project eval/CasCompose -c Release -- [--documents 21] [--probes 64] [--epochs 4] [--out eval]
+// eval/reports/CAS_COMPOSE.md: do CAS cartridges compose? One command, from the repository root:
+//   dotnet run --project eval/CasCompose -c Release -- [--documents 21] [--probes 64] [--epochs 4] [--out eval/reports]
 // Documents: stories stories260K samples itself from BOS (it can read them, it has not seen them). Cartridges are
 // trained by Cas.Jobs' CasTrainer exactly as `cas collection train` does, once per variant (isolated: P_iso = 1;
 // distractors with and without distractor gradients), then each document's held-out probes are scored with its
@@ -25,7 +25,7 @@ CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 Thread.CurrentThread.CurrentCulture = CultureInfo.InvariantCulture;
 int nDocs = Arg("--documents", 21), probes = Arg("--probes", 64), heldOutPerChunk = Arg("--held-out", 16);
 double epochs = Arg2("--epochs", 4.0);
-string outDir = Path.GetFullPath(ArgS("--out", "eval"));
+string outDir = Path.GetFullPath(ArgS("--out", "eval/reports"));
 int[] composeWith = [0, 5, 10, 20];
 if (nDocs < composeWith[^1] + 1) throw new ArgumentException($"--documents must be ≥ {composeWith[^1] + 1} to compose with {composeWith[^1]} others.");
 Blas.TryUse(BlasBackend.Managed); // stories260K's tiny shapes: native BLAS threads only add overhead

@@ -13,7 +13,7 @@ public enum TrainingObjective { Distill, Ntp }
 /// <summary>
 /// Everything one training run needs besides the model: the data (a self-study dataset or a plain document), the output,
 /// the cartridge and the recipe. The defaults are the recipe measured to close ≥ 90% of the no-context → in-context
-/// perplexity gap on real text the model did not write (eval/default_recipe.sh, eval/DEFAULT_RECIPE.md); sizes left
+/// perplexity gap on real text the model did not write (eval/default_recipe.sh, eval/reports/DEFAULT_RECIPE.md); sizes left
 /// null are derived from the model's context (<see cref="TrainingRun.Plan"/>).
 /// </summary>
 public sealed record TrainingRunOptions

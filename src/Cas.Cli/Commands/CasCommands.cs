@@ -19,5 +19,6 @@ public static class CasCommands
         ServeCommand.Create(),
         AskCommand.Create(),
         ChatCommand.Create(),
+        DemoCommand.Create(),
     };
 }

@@ -109,7 +109,7 @@ public class TrainingRunTests
         Assert.Throws<InvalidRequestException>(() => (o with { Steps = 3, Epochs = 1 }).Validate());
         Assert.Throws<InvalidRequestException>(() => (o with { LearningRate = 0 }).Validate());
         Assert.Throws<InvalidRequestException>(() => (o with { ChunkTokens = 0 }).Validate());
-        // The recipe measured in eval/DEFAULT_RECIPE.md is what a bare options record gives.
+        // The recipe measured in eval/reports/DEFAULT_RECIPE.md is what a bare options record gives.
         Assert.Equal(TrainingRunOptions.DefaultProbesPerChunk, o.Probes.ExamplesPerChunk);
         Assert.Equal(TrainingRunOptions.DefaultLearningRate, o.LearningRate);
         Assert.Null(o.Steps);

@@ -12,18 +12,25 @@ public sealed record DecodeRequest(IReadOnlyList<KvPrefix> Cartridges, int[] Pro
     public IReadOnlyList<int> StopTokens { get; init; } = [];
 }
 
-/// <summary>How a sequence ended, its tokens, and where its time went.</summary>
-public sealed record DecodeResult(int[] Tokens, FinishReason Finish, int PromptTokens, int PrefixSlots, double QueuedMs, double PrefillMs, double DecodeMs);
+/// <summary>
+/// How a sequence ended, its tokens, and where its time went. <paramref name="CacheBytes"/>: the K/V bytes the sequence's own
+/// cache held (its prompt and answer slots; the cartridges it attended to are referenced, not counted).
+/// </summary>
+public sealed record DecodeResult(int[] Tokens, FinishReason Finish, int PromptTokens, int PrefixSlots, double QueuedMs, double PrefillMs, double DecodeMs)
+{
+    public long CacheBytes { get; init; }
+}
 
 /// <summary>
 /// Continuous batching for one model: a single thread runs, at every step, one batched forward pass over every active
-/// sequence (each with its own KV cache: its composed cartridges, then its own tokens). A new request is prefilled and
+/// sequence (each attending to its composed cartridges, then its own tokens). A new request is prefilled and
 /// joins at the next step; a sequence leaves as soon as it is done or its caller cancels (its task then ends
 /// cancelled and nothing of it is touched again). The per-sequence rules (stop tokens not emitted, max tokens, a full
 /// context) are those of <see cref="Generator"/>, so a greedy sequence decodes the same tokens here as alone.
-/// <para>The cartridges are copied into the sequence's cache when it is admitted (the engine's inference forward reads
-/// one contiguous cache per sequence); the callers' leases must stay held until the task ends, which is what the
-/// service does.</para>
+/// <para>The cartridges are not copied: a sequence's <see cref="KvCache"/> references them as a
+/// <see cref="ComposedPrefix"/> (the resident K/V, shared by every sequence that uses the same cartridge) and holds only
+/// its prompt and answer slots. So the cartridges must stay resident and unchanged until the task ends: the callers'
+/// leases stay held until then, which is what the service does.</para>
 /// </summary>
 public sealed class DecodeScheduler : IDisposable
 {
@@ -50,6 +57,10 @@ public sealed class DecodeScheduler : IDisposable
     /// <summary>Number of sequences being decoded or waiting.</summary>
     public int Active => Volatile.Read(ref _active);
     int _active;
+
+    /// <summary>K/V bytes of the admitted sequences' own caches now (cartridges excluded: they are referenced), and the most seen.</summary>
+    public (long Now, long Peak) CacheBytes => (Interlocked.Read(ref _cacheBytes), Interlocked.Read(ref _peakCacheBytes));
+    long _cacheBytes, _peakCacheBytes;
 
     /// <summary>
     /// Queues a sequence. <paramref name="onToken"/> is called on the scheduler's thread for each emitted token (keep it
@@ -96,6 +107,7 @@ public sealed class DecodeScheduler : IDisposable
         public readonly int[] Next = new int[1];
         public readonly List<int> Output = [];
         public int Slots;
+        public long CacheBytes;
         public double QueuedMs, PrefillMs;
         public long DecodeStart;
     }
@@ -111,6 +123,9 @@ public sealed class DecodeScheduler : IDisposable
         {
             while (true)
             {
+                // Disposed: stop now, even with sequences active (the finally block cancels them), so Dispose never
+                // waits for answers to run to their max tokens.
+                if (_stop.IsCancellationRequested) return;
                 // Wait for work when idle; otherwise take whatever arrived since the last step.
                 if (active.Count == 0 && !_incoming.Reader.TryPeek(out _))
                     if (!_incoming.Reader.WaitToReadAsync(_stop.Token).AsTask().GetAwaiter().GetResult()) return;
@@ -162,10 +177,13 @@ public sealed class DecodeScheduler : IDisposable
             var r = s.Request;
             long start = Stopwatch.GetTimestamp();
             s.QueuedMs = Stopwatch.GetElapsedTime(s.Queued, start).TotalMilliseconds;
-            KvPrefix? prefix = r.Cartridges.Count switch { 0 => null, 1 => r.Cartridges[0], _ => KvPrefix.Concat(r.Cartridges) };
-            s.Slots = prefix?.Length ?? 0;
+            var prefix = new ComposedPrefix(r.Cartridges);
+            s.Slots = prefix.Length;
             int capacity = (int)Math.Min((long)s.Slots + r.Prompt.Length + r.MaxTokens, c.MaxSeqLen);
-            s.Cache = new KvCache(c, capacity, prefix);
+            s.Cache = new KvCache(c, capacity, prefix);   // own slots only: the cartridges are read in place
+            s.CacheBytes = s.Cache.Bytes;
+            long now = Interlocked.Add(ref _cacheBytes, s.CacheBytes);
+            if (now > Interlocked.Read(ref _peakCacheBytes)) Interlocked.Exchange(ref _peakCacheBytes, now);
             s.Sampler = new Sampler(r.Sampling, c.VocabSize);
             s.Logits = new float[c.VocabSize];
             _t.Forward([s.Cache], [r.Prompt], s.Logits);
@@ -196,18 +214,24 @@ public sealed class DecodeScheduler : IDisposable
     void Finish(Sequence s, FinishReason finish)
     {
         double decodeMs = Stopwatch.GetElapsedTime(s.DecodeStart).TotalMilliseconds;
+        long bytes = s.CacheBytes;
         Leave(s);
-        s.Done.TrySetResult(new DecodeResult(s.Output.ToArray(), finish, s.Request.Prompt.Length, s.Slots, s.QueuedMs, s.PrefillMs, decodeMs));
+        s.Done.TrySetResult(new DecodeResult(s.Output.ToArray(), finish, s.Request.Prompt.Length, s.Slots, s.QueuedMs, s.PrefillMs, decodeMs) { CacheBytes = bytes });
     }
 
     void Leave(Sequence s)
     {
+        if (s.CacheBytes > 0) { Interlocked.Add(ref _cacheBytes, -s.CacheBytes); s.CacheBytes = 0; }
         s.Cache = null; s.Logits = null;
         Interlocked.Decrement(ref _active);
     }
 
+    int _disposed;
+
+    /// <summary>Stops the decode thread: sequences still active or waiting end cancelled. Safe to call twice.</summary>
     public void Dispose()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _incoming.Writer.TryComplete();
         _stop.Cancel();
         _thread.Join();

@@ -40,16 +40,37 @@ public sealed class DecodeScheduler : IDisposable
     readonly CancellationTokenSource _stop = new();
     long _steps, _stepRows, _maxBatch;
 
-    public DecodeScheduler(Transformer transformer, int maxBatch = 64)
+    /// <param name="maxCacheBytes">
+    /// KV budget of the sequences' own caches together (<see cref="CacheBytes"/>): a waiting sequence is admitted, first
+    /// come first served, only when its cache fits beside the active ones' (one alone always runs). The cartridges the
+    /// sequences reference are not counted here; they are the budget manager's.
+    /// </param>
+    public DecodeScheduler(Transformer transformer, int maxBatch = 64, long maxCacheBytes = long.MaxValue)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatch, 1);
-        _t = transformer; MaxBatch = maxBatch;
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxCacheBytes, 1);
+        _t = transformer; MaxBatch = maxBatch; MaxCacheBytes = maxCacheBytes;
         _thread = new Thread(Run) { IsBackground = true, Name = "cas-decode" };
         _thread.Start();
     }
 
     /// <summary>Most sequences in one step; more wait for a place.</summary>
     public int MaxBatch { get; }
+
+    /// <summary>Most bytes of the admitted sequences' own K/V caches together; more wait for room.</summary>
+    public long MaxCacheBytes { get; }
+
+    /// <summary>
+    /// Bytes of the own KV cache a request gets: its prompt and answer slots (capped by the context), without the
+    /// cartridge slots it references.
+    /// </summary>
+    public static long CacheBytesOf(Cas.Engine.Models.ModelConfig c, DecodeRequest r)
+    {
+        long slots = 0;
+        foreach (var p in r.Cartridges) slots += p.Length;
+        long positions = Math.Min(slots + r.Prompt.Length + (long)r.MaxTokens, c.MaxSeqLen) - slots;
+        return 2L * c.Layers * c.KvHeads * c.HeadDim * sizeof(float) * positions;
+    }
 
     /// <summary>Decode steps run, rows (sequences) summed over them, and the largest batch seen.</summary>
     public (long Steps, long Rows, long MaxBatch) Stats => (Interlocked.Read(ref _steps), Interlocked.Read(ref _stepRows), Interlocked.Read(ref _maxBatch));
@@ -92,6 +113,9 @@ public sealed class DecodeScheduler : IDisposable
         }
         if (slots + r.Prompt.Length > c.MaxSeqLen)
             throw new InvalidRequestException($"{slots} cartridge slots + a prompt of {r.Prompt.Length} tokens exceed the model's context of {c.MaxSeqLen} positions; use fewer or smaller cartridges or a shorter prompt.");
+        long bytes = CacheBytesOf(c, r);
+        if (bytes > MaxCacheBytes)
+            throw new InvalidRequestException($"the sequence's KV cache needs {bytes:N0} bytes but the decode KV budget is {MaxCacheBytes:N0}; shorten the prompt or lower max tokens.");
     }
 
     sealed class Sequence(DecodeRequest request, Action<int>? onToken, CancellationToken cancel)
@@ -129,8 +153,15 @@ public sealed class DecodeScheduler : IDisposable
                 // Wait for work when idle; otherwise take whatever arrived since the last step.
                 if (active.Count == 0 && !_incoming.Reader.TryPeek(out _))
                     if (!_incoming.Reader.WaitToReadAsync(_stop.Token).AsTask().GetAwaiter().GetResult()) return;
-                while (active.Count < MaxBatch && _incoming.Reader.TryRead(out var s))
+                while (active.Count < MaxBatch && _incoming.Reader.TryPeek(out var next))
+                {
+                    // KV budget: the next sequence waits (first come, first served) until its cache fits beside the
+                    // active ones'; a cancelled one is let through at once (Admit drops it).
+                    if (active.Count > 0 && !next.Cancel.IsCancellationRequested
+                        && Interlocked.Read(ref _cacheBytes) + CacheBytesOf(_t.Config, next.Request) > MaxCacheBytes) break;
+                    if (!_incoming.Reader.TryRead(out var s)) break;
                     if (Admit(s)) active.Add(s);
+                }
 
                 // Sample from each sequence's latest logits; finished or cancelled ones leave.
                 for (int a = active.Count - 1; a >= 0; a--)

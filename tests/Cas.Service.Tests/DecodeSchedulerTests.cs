@@ -73,6 +73,30 @@ public sealed class DecodeSchedulerTests
     }
 
     /// <summary>
+    /// A KV byte budget that holds two sequences' own caches: six sequences never run more than two at a time, all
+    /// answer as they do without a budget, the budget is never passed, and a sequence that could never fit is refused.
+    /// </summary>
+    [Fact]
+    public async Task A_kv_budget_limits_the_batch_and_changes_no_answer()
+    {
+        var (m, tok) = Stories();
+        var c = m.Config;
+        var a = Cartridge(m, tok, "Lily had a small cat named Tom. The cat liked to play with a red ball in the garden.", 16);
+        var requests = Enumerable.Range(0, 6).Select(i => new DecodeRequest(i % 2 == 0 ? [a] : [], Prompting.Encode(tok, "\nOnce upon a time", addStart: i % 2 == 1)) { MaxTokens = 30 }).ToArray();
+        long one = requests.Max(r => DecodeScheduler.CacheBytesOf(c, r));
+        using var free = new DecodeScheduler(new Transformer(m));
+        var expected = await Task.WhenAll(requests.Select(r => free.Submit(r, null, CancellationToken.None)));
+        using var tight = new DecodeScheduler(new Transformer(m), maxCacheBytes: 2 * one);
+        var got = await Task.WhenAll(requests.Select(r => tight.Submit(r, null, CancellationToken.None)));
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(expected[i].Tokens, got[i].Tokens);
+        Assert.InRange(tight.Stats.MaxBatch, 1, 2);
+        Assert.True(free.Stats.MaxBatch > 2, $"without a budget the batch reached only {free.Stats.MaxBatch}");
+        Assert.InRange(tight.CacheBytes.Peak, one, 2 * one);
+        using var tiny = new DecodeScheduler(new Transformer(m), maxCacheBytes: one - 1);
+        Assert.Throws<InvalidRequestException>(() => { _ = tiny.Submit(requests[1], null, CancellationToken.None); });
+    }
+
+    /// <summary>
     /// Dispose stops the decode loop at the next step even while sequences are active: their tasks end cancelled instead
     /// of Dispose waiting for them to run to their max tokens (a slow first step keeps them active when Dispose is called).
     /// </summary>

@@ -150,7 +150,7 @@ static class BenchServe
 
     // ---- The equal-KV-budget comparison (SmolLM2-135M shape)
 
-    const int QuestionTokens = 16, ComparedDocuments = 8;
+    const int QuestionTokens = 16, ComparedDocuments = 8, MinAnswers = 4;
 
     static async Task<int> Compare(string configPath, int clients, double seconds, int maxTokens, int docTokens, int slots, int context, long budget)
     {
@@ -191,8 +191,9 @@ static class BenchServe
     }
 
     /// <summary>
-    /// C clients submit to one scheduler for <paramref name="seconds"/> (each waits for its answer, then asks again); the
-    /// answers in flight at the end are waited for and counted, so answers/s = all answers / time until the last one.
+    /// C clients submit to one scheduler (each waits for its answer, then asks again) for <paramref name="seconds"/>, or
+    /// longer until <see cref="MinAnswers"/> answers are in (so a slow phase still has a figure); then the sequences in
+    /// flight are cancelled and not counted: answers/s = answers completed / time the phase ran.
     /// </summary>
     static async Task<double> ComparePhase(string name, Model model, int clients, double seconds, int maxTokens, long sequenceBudget, long resident, long budget,
         Func<Random, DecodeRequest> next)
@@ -205,23 +206,31 @@ static class BenchServe
         int errors = 0;
         long tokens = 0;
         var stop = Stopwatch.StartNew();
+        using var end = new CancellationTokenSource();
+        int done = 0;
         async Task Client(int c)
         {
             var rng = new Random(1000 + c);
-            while (stop.Elapsed.TotalSeconds < seconds)
+            while (!end.IsCancellationRequested)
             {
                 var t = Stopwatch.StartNew();
                 try
                 {
-                    var r = await scheduler.Submit(next(rng), null, CancellationToken.None).ConfigureAwait(false);
+                    var r = await scheduler.Submit(next(rng), null, end.Token).ConfigureAwait(false);
+                    if (end.IsCancellationRequested) break;   // finished in the same step the phase ended: not counted
                     Interlocked.Add(ref tokens, r.Tokens.Length);
                     lock (latencies) { latencies.Add(t.Elapsed.TotalMilliseconds); split[0] += r.QueuedMs; split[1] += r.PrefillMs; split[2] += r.DecodeMs; }
+                    Interlocked.Increment(ref done);
                 }
+                catch (OperationCanceledException) when (end.IsCancellationRequested) { break; }
                 catch (Exception e) when (e is InvalidRequestException or OperationCanceledException) { Interlocked.Increment(ref errors); }
             }
         }
-        await Task.WhenAll(Enumerable.Range(0, clients).Select(c => Task.Run(() => Client(c))));
-        double elapsed = stop.Elapsed.TotalSeconds;
+        var running = Enumerable.Range(0, clients).Select(c => Task.Run(() => Client(c))).ToArray();
+        while (stop.Elapsed.TotalSeconds < seconds || (Volatile.Read(ref done) < MinAnswers && Volatile.Read(ref errors) == 0)) await Task.Delay(20);
+        double elapsed;
+        lock (latencies) { end.Cancel(); elapsed = stop.Elapsed.TotalSeconds; }
+        await Task.WhenAll(running);
         latencies.Sort();
         double P(double q) => latencies.Count == 0 ? double.NaN : latencies[Math.Min(latencies.Count - 1, (int)(q * latencies.Count))];
         var (steps1, rows1, maxBatch) = scheduler.Stats;

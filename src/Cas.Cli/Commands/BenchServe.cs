@@ -90,23 +90,55 @@ static class BenchServe
             }
             Console.WriteLine($"model=stories260K clients={clients} seconds={I(seconds)} max_tokens={maxTokens} documents={Subjects.Length} cartridge_slots=32 resident_budget={budget}");
 
-            // Warm-up (JIT, first swap-ins) of both paths, not reported.
-            await Phase(null, channel, clients, 1, maxTokens, server, host, icl: false);
-            await Phase(null, channel, clients, 1, maxTokens, server, host, icl: true);
-            double cas = await Phase("cas", channel, clients, seconds, maxTokens, server, host, icl: false);
-            double icl = await Phase("icl", channel, clients, seconds, maxTokens, server, host, icl: true);
-            Console.WriteLine($"loopback_cas_over_icl_throughput={(cas / icl).ToString("F2", CultureInfo.InvariantCulture)}");
+            // Warm-up (JIT, first swap-ins) of both paths, not reported; then rounds A B B A of seconds/2 each, so a
+            // drift of the machine's load (or code still being tiered up) weighs on both modes alike.
+            await Phase(null, channel, clients, 1, maxTokens, host, icl: false);
+            await Phase(null, channel, clients, 1, maxTokens, host, icl: true);
+            var cas = new Tally(5); var icl = new Tally(5);
+            foreach (bool iclRound in new[] { false, true, true, false })
+                await Phase(iclRound ? icl : cas, channel, clients, seconds / 2, maxTokens, host, iclRound);
+            var metrics = server.State.Budget.Metrics();
+            foreach (var (name, t) in new[] { ("cas", cas), ("icl", icl) })
+                Console.WriteLine($"{t.Line(name, "retrieve/load/queued/prefill/decode")} " +
+                    $"resident_bytes={metrics.ResidentBytes} peak_resident_bytes={metrics.PeakResidentBytes} resident_budget={metrics.ResidentBudget}");
+            Console.WriteLine($"loopback_cas_over_icl_throughput={(cas.AnswersPerSecond / icl.AnswersPerSecond).ToString("F2", CultureInfo.InvariantCulture)}");
             return 0;
         }
         finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
     }
 
-    static async Task<double> Phase(string? name, GrpcChannel channel, int clients, double seconds, int maxTokens, CasServer server, ModelHost host, bool icl)
+    /// <summary>What the rounds of one mode measured, summed over its rounds.</summary>
+    sealed class Tally(int splitParts)
     {
-        var latencies = new List<double>();
-        int errors = 0;
-        long tokens = 0;
-        var split = new double[5]; // retrieve, load, queued, prefill, decode (ms, summed over answers)
+        public readonly List<double> Latencies = [];
+        public readonly double[] Split = new double[splitParts]; // ms summed over answers, per part of the latency split
+        public double Seconds;
+        public long Tokens, Steps, Rows, MaxBatch, PeakKvBytes;
+        public int Errors;
+        public double AnswersPerSecond => Latencies.Count / Math.Max(Seconds, 1e-9);
+
+        public void Answered(double ms, long tokens, params double[] split)
+        {
+            lock (this) { Latencies.Add(ms); Tokens += tokens; for (int i = 0; i < split.Length; i++) Split[i] += split[i]; }
+        }
+
+        public void Steps_(long steps, long rows, long maxBatch) { Steps += steps; Rows += rows; MaxBatch = Math.Max(MaxBatch, maxBatch); }
+
+        public string Line(string name, string splitNames)
+        {
+            var l = Latencies.ToArray();
+            Array.Sort(l);
+            double P(double q) => l.Length == 0 ? double.NaN : l[Math.Min(l.Length - 1, (int)(q * l.Length))];
+            return $"{name}_answers={l.Length} {name}_answers_per_s={AnswersPerSecond.ToString("F2", CultureInfo.InvariantCulture)} {name}_tokens_per_s={I(Tokens / Math.Max(Seconds, 1e-9))} " +
+                $"{name}_p50_ms={I(P(0.5))} {name}_p99_ms={I(P(0.99))} {name}_mean_batch={I(Rows / (double)Math.Max(1, Steps))} {name}_max_batch={MaxBatch} errors={Errors} " +
+                $"{name}_mean_ms_{splitNames}={string.Join('/', Split.Select(v => I(v / Math.Max(1, l.Length))))}";
+        }
+    }
+
+    /// <summary>C gRPC clients ask for <paramref name="seconds"/>; what they measured goes into <paramref name="into"/> (null: warm-up).</summary>
+    static async Task Phase(Tally? into, GrpcChannel channel, int clients, double seconds, int maxTokens, ModelHost host, bool icl)
+    {
+        var t = into ?? new Tally(5);
         var (steps0, rows0, _) = host.Scheduler.Stats;
         var stop = Stopwatch.StartNew();
         var query = new QueryService.QueryServiceClient(channel);
@@ -117,40 +149,28 @@ static class BenchServe
             {
                 string s = Subjects[rng.Next(Subjects.Length)];
                 var request = new AskRequest { Collection = "bench", Question = $"What did the {s} do?", MaxTokens = maxTokens, MaxCartridges = 1 };
-                var t = Stopwatch.StartNew();
+                var clock = Stopwatch.StartNew();
                 try
                 {
                     using var call = icl ? query.AskIcl(request) : query.Ask(request);
+                    AskResult? result = null;
                     await foreach (var m in call.ResponseStream.ReadAllAsync())
-                        if (m.KindCase == AskResponse.KindOneofCase.Result)
-                        {
-                            Interlocked.Add(ref tokens, m.Result.Tokens.CompletionTokens);
-                            var l = m.Result.Latency;
-                            lock (split) { split[0] += l.RetrieveMs; split[1] += l.LoadMs; split[2] += l.QueuedMs; split[3] += l.PrefillMs; split[4] += l.DecodeMs; }
-                        }
-                    lock (latencies) latencies.Add(t.Elapsed.TotalMilliseconds);
+                        if (m.KindCase == AskResponse.KindOneofCase.Result) result = m.Result;
+                    var l = result!.Latency;
+                    t.Answered(clock.Elapsed.TotalMilliseconds, result.Tokens.CompletionTokens, l.RetrieveMs, l.LoadMs, l.QueuedMs, l.PrefillMs, l.DecodeMs);
                 }
-                catch (RpcException) { Interlocked.Increment(ref errors); }
+                catch (RpcException) { Interlocked.Increment(ref t.Errors); }
             }
         }
         await Task.WhenAll(Enumerable.Range(0, clients).Select(Client));
-        double elapsed = stop.Elapsed.TotalSeconds;
-        latencies.Sort();
-        double P(double q) => latencies.Count == 0 ? double.NaN : latencies[Math.Min(latencies.Count - 1, (int)(q * latencies.Count))];
+        t.Seconds += stop.Elapsed.TotalSeconds;
         var (steps1, rows1, maxBatch) = host.Scheduler.Stats;
-        var metrics = server.State.Budget.Metrics();
-        double answers = latencies.Count / elapsed;
-        if (name == null) return answers;
-        Console.WriteLine($"{name}_answers={latencies.Count} {name}_answers_per_s={I(answers)} {name}_tokens_per_s={I(tokens / elapsed)} {name}_p50_ms={I(P(0.5))} {name}_p99_ms={I(P(0.99))} " +
-            $"{name}_mean_batch={I((rows1 - rows0) / (double)Math.Max(1, steps1 - steps0))} max_batch={maxBatch} errors={errors} " +
-            $"{name}_mean_ms_retrieve/load/queued/prefill/decode={string.Join('/', split.Select(v => I(v / Math.Max(1, latencies.Count))))} " +
-            $"resident_bytes={metrics.ResidentBytes} peak_resident_bytes={metrics.PeakResidentBytes} resident_budget={metrics.ResidentBudget}");
-        return answers;
+        t.Steps_(steps1 - steps0, rows1 - rows0, maxBatch);
     }
 
     // ---- The equal-KV-budget comparison (SmolLM2-135M shape)
 
-    const int QuestionTokens = 16, ComparedDocuments = 8, MinAnswers = 4;
+    const int QuestionTokens = 16, ComparedDocuments = 8, MinAnswers = 2;
 
     static async Task<int> Compare(string configPath, int clients, double seconds, int maxTokens, int docTokens, int slots, int context, long budget)
     {
@@ -182,65 +202,59 @@ static class BenchServe
             $"kv_budget_bytes={budget} kv_bytes_per_position={perPosition} cartridges_resident_bytes={residentCartridges} " +
             $"cas_sequences_fit={Math.Min(clients, (budget - residentCartridges) / casSequence)} icl_sequences_fit={Math.Min(clients, budget / iclSequence)}");
 
-        double cas = await ComparePhase("cas", model, clients, seconds, maxTokens, budget - residentCartridges, residentCartridges, budget,
-            r => new DecodeRequest([cartridges[r.Next(ComparedDocuments)]], Tokens(QuestionTokens)) { MaxTokens = maxTokens });
-        double icl = await ComparePhase("icl", model, clients, seconds, maxTokens, budget, 0, budget,
-            r => new DecodeRequest([], [.. documents[r.Next(ComparedDocuments)], .. Tokens(QuestionTokens)]) { MaxTokens = maxTokens });
-        Console.WriteLine($"cas_over_icl_throughput={(cas / icl).ToString("F2", CultureInfo.InvariantCulture)}");
+        DecodeRequest CasRequest(Random r) => new([cartridges[r.Next(ComparedDocuments)]], Tokens(QuestionTokens)) { MaxTokens = maxTokens };
+        DecodeRequest IclRequest(Random r) => new([], [.. documents[r.Next(ComparedDocuments)], .. Tokens(QuestionTokens)]) { MaxTokens = maxTokens };
+
+        // Warm-up, not counted: every kernel both modes use (prefill with and without cartridges, decode over parts and
+        // own slots) runs often enough to be compiled at full tier. Then rounds A B B A of seconds/2 each.
+        using (var warm = new DecodeScheduler(new Transformer(model), maxBatch: 4))
+            await Task.WhenAll(
+                warm.Submit(new DecodeRequest([cartridges[0]], Tokens(QuestionTokens)) { MaxTokens = 48 }, null, CancellationToken.None),
+                warm.Submit(new DecodeRequest([], Tokens(Math.Min(docTokens, 300))) { MaxTokens = 48 }, null, CancellationToken.None));
+        var cas = new Tally(3); var icl = new Tally(3);
+        foreach (bool iclRound in new[] { false, true, true, false })
+            if (iclRound) await ComparePhase(icl, model, clients, seconds / 2, budget, 0, IclRequest);
+            else await ComparePhase(cas, model, clients, seconds / 2, budget - residentCartridges, residentCartridges, CasRequest);
+        foreach (var (name, t) in new[] { ("cas", cas), ("icl", icl) })
+            Console.WriteLine($"{t.Line(name, "queued/prefill/decode")} {name}_peak_kv_bytes={t.PeakKvBytes} kv_budget_bytes={budget} {name}_within_budget={(t.PeakKvBytes <= budget ? "yes" : "no")}");
+        Console.WriteLine($"cas_over_icl_throughput={(cas.AnswersPerSecond / icl.AnswersPerSecond).ToString("F2", CultureInfo.InvariantCulture)}");
         return 0;
     }
 
     /// <summary>
     /// C clients submit to one scheduler (each waits for its answer, then asks again) for <paramref name="seconds"/>, or
-    /// longer until <see cref="MinAnswers"/> answers are in (so a slow phase still has a figure); then the sequences in
-    /// flight are cancelled and not counted: answers/s = answers completed / time the phase ran.
+    /// longer until <see cref="MinAnswers"/> answers are in (so a slow round still has a figure); then the sequences in
+    /// flight are cancelled and not counted: answers/s = answers completed / time the rounds ran.
     /// </summary>
-    static async Task<double> ComparePhase(string name, Model model, int clients, double seconds, int maxTokens, long sequenceBudget, long resident, long budget,
-        Func<Random, DecodeRequest> next)
+    static async Task ComparePhase(Tally t, Model model, int clients, double seconds, long sequenceBudget, long resident, Func<Random, DecodeRequest> next)
     {
         using var scheduler = new DecodeScheduler(new Transformer(model), maxBatch: Math.Max(clients, 1), maxCacheBytes: sequenceBudget);
-        await scheduler.Submit(new DecodeRequest([], [1, 2, 3]) { MaxTokens = 2 }, null, CancellationToken.None).ConfigureAwait(false); // JIT, not counted
-        var (steps0, rows0, _) = scheduler.Stats;
-        var latencies = new List<double>();
-        var split = new double[3]; // queued, prefill, decode (ms, summed)
-        int errors = 0;
-        long tokens = 0;
         var stop = Stopwatch.StartNew();
         using var end = new CancellationTokenSource();
-        int done = 0;
+        int done = 0, seed = t.Latencies.Count;
         async Task Client(int c)
         {
-            var rng = new Random(1000 + c);
+            var rng = new Random(1000 * seed + c);
             while (!end.IsCancellationRequested)
             {
-                var t = Stopwatch.StartNew();
+                var clock = Stopwatch.StartNew();
                 try
                 {
                     var r = await scheduler.Submit(next(rng), null, end.Token).ConfigureAwait(false);
-                    if (end.IsCancellationRequested) break;   // finished in the same step the phase ended: not counted
-                    Interlocked.Add(ref tokens, r.Tokens.Length);
-                    lock (latencies) { latencies.Add(t.Elapsed.TotalMilliseconds); split[0] += r.QueuedMs; split[1] += r.PrefillMs; split[2] += r.DecodeMs; }
+                    if (end.IsCancellationRequested) break;   // finished in the step the round ended: not counted
+                    t.Answered(clock.Elapsed.TotalMilliseconds, r.Tokens.Length, r.QueuedMs, r.PrefillMs, r.DecodeMs);
                     Interlocked.Increment(ref done);
                 }
                 catch (OperationCanceledException) when (end.IsCancellationRequested) { break; }
-                catch (Exception e) when (e is InvalidRequestException or OperationCanceledException) { Interlocked.Increment(ref errors); }
+                catch (Exception e) when (e is InvalidRequestException or OperationCanceledException) { Interlocked.Increment(ref t.Errors); }
             }
         }
         var running = Enumerable.Range(0, clients).Select(c => Task.Run(() => Client(c))).ToArray();
-        while (stop.Elapsed.TotalSeconds < seconds || (Volatile.Read(ref done) < MinAnswers && Volatile.Read(ref errors) == 0)) await Task.Delay(20);
-        double elapsed;
-        lock (latencies) { end.Cancel(); elapsed = stop.Elapsed.TotalSeconds; }
+        while (stop.Elapsed.TotalSeconds < seconds || (Volatile.Read(ref done) < MinAnswers && Volatile.Read(ref t.Errors) == 0)) await Task.Delay(20);
+        lock (t) { end.Cancel(); t.Seconds += stop.Elapsed.TotalSeconds; }
         await Task.WhenAll(running);
-        latencies.Sort();
-        double P(double q) => latencies.Count == 0 ? double.NaN : latencies[Math.Min(latencies.Count - 1, (int)(q * latencies.Count))];
-        var (steps1, rows1, maxBatch) = scheduler.Stats;
-        long steps = steps1 - steps0, rows = rows1 - rows0;
-        long peak = resident + scheduler.CacheBytes.Peak;
-        double answers = latencies.Count / elapsed;
-        Console.WriteLine($"{name}_answers={latencies.Count} {name}_answers_per_s={answers.ToString("F2", CultureInfo.InvariantCulture)} {name}_tokens_per_s={I(tokens / elapsed)} " +
-            $"{name}_p50_ms={I(P(0.5))} {name}_p99_ms={I(P(0.99))} {name}_mean_batch={I(rows / (double)Math.Max(1, steps))} {name}_max_batch={maxBatch} errors={errors} " +
-            $"{name}_mean_ms_queued/prefill/decode={string.Join('/', split.Select(v => I(v / Math.Max(1, latencies.Count))))} " +
-            $"{name}_peak_kv_bytes={peak} kv_budget_bytes={budget} {name}_within_budget={(peak <= budget ? "yes" : "no")}");
-        return answers;
+        var (steps, rows, maxBatch) = scheduler.Stats;
+        t.Steps_(steps, rows, maxBatch);
+        t.PeakKvBytes = Math.Max(t.PeakKvBytes, resident + scheduler.CacheBytes.Peak);
     }
 }

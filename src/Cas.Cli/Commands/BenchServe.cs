@@ -24,6 +24,8 @@ namespace Cas.Cli.Commands;
 ///   references them) plus each sequence's question and answer slots; with ICL each sequence holds its document's
 ///   K/V, so fewer sequences fit a step. Headline: <c>cas_over_icl_throughput</c>.</item>
 /// </list>
+/// Both parts measure the two modes in rounds A B B A after a warm-up: measured first, a mode would pay for code not yet
+/// compiled at full tier (on stories260K that made the first mode's decode step 7× slower than the second's).
 /// </summary>
 static class BenchServe
 {

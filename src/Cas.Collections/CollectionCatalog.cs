@@ -267,16 +267,44 @@ public sealed class CollectionCatalog : IDisposable
     public IReadOnlyList<DocumentStatus> Status(string collection, ICartridgeStore store)
     {
         var result = new List<DocumentStatus>();
-        foreach (var d in Documents(collection))
+        foreach (var d in Documents(collection)) result.Add(StatusOf(d, store));
+        return result;
+    }
+
+    /// <summary>
+    /// The state of only the named documents' cartridges, in the order given (each id once; ids the collection does not
+    /// hold are left out): one row read and one store lookup per named document, whatever the collection's size — what
+    /// a question needs for the documents it retrieved.
+    /// </summary>
+    public IReadOnlyList<DocumentStatus> Status(string collection, ICartridgeStore store, IEnumerable<string> documentIds)
+    {
+        ArgumentNullException.ThrowIfNull(documentIds);
+        Get(collection);
+        var result = new List<DocumentStatus>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var id in documentIds)
         {
-            var info = store.Find(d.CartridgeId);
-            var state = info == null ? CartridgeState.Missing
-                : info.Bad != null ? CartridgeState.Bad
-                : info.Labels.TryGetValue(LabelContentHash, out var h) && h == d.ContentHash ? CartridgeState.Fresh
-                : CartridgeState.Stale;
-            result.Add(new DocumentStatus(d, state, info));
+            if (!seen.Add(id)) continue;
+            DocumentRow? d = null;
+            lock (gate)
+            {
+                using var c = Cmd("SELECT collection, doc_id, kind, source, content_hash, chars, tokens, chunks, updated FROM documents WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", id));
+                using var r = c.ExecuteReader();
+                if (r.Read()) d = new DocumentRow(r.GetString(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetString(4), r.GetInt32(5), r.GetInt32(6), r.GetInt32(7), ParseTime(r.GetString(8)));
+            }
+            if (d != null) result.Add(StatusOf(d, store));
         }
         return result;
+    }
+
+    static DocumentStatus StatusOf(DocumentRow d, ICartridgeStore store)
+    {
+        var info = store.Find(d.CartridgeId);
+        var state = info == null ? CartridgeState.Missing
+            : info.Bad != null ? CartridgeState.Bad
+            : info.Labels.TryGetValue(LabelContentHash, out var h) && h == d.ContentHash ? CartridgeState.Fresh
+            : CartridgeState.Stale;
+        return new DocumentStatus(d, state, info);
     }
 
     /// <summary>The documents a training run must (re)train: no cartridge, a stale one, or a bad one.</summary>

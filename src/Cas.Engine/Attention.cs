@@ -16,10 +16,13 @@ namespace Cas.Engine;
 ///
 /// Two layouts:
 /// <list type="bullet">
-/// <item>Inference (<see cref="AttendCaches"/>): each sequence's prefix and earlier tokens sit in its
-///   <see cref="KvCache"/>; new K/V are appended there first. Long segments run per head as two SGEMMs, short ones
-///   (decode) per KV group as one small grouped product over key blocks (<see cref="AttendDecode"/>): each
-///   key and value row is read once for all the group's query heads.</item>
+/// <item>Inference (<see cref="AttendCaches"/>): each sequence's earlier tokens sit in its <see cref="KvCache"/>,
+///   after the cartridges it references (<see cref="KvCache.Referenced"/>, a <see cref="ComposedPrefix"/> read in
+///   place, shared by every sequence that uses it) or holds as a copy; new K/V are appended to the cache first. Long
+///   segments run per head as SGEMMs (the referenced parts' products are <see cref="PrefixScores"/> and
+///   <see cref="PrefixValues"/>, the same calls training makes), short ones (decode) per KV group as one small grouped
+///   product per key block of each part and of the cache (<see cref="AttendDecode"/>): each key and value row is read
+///   once for all the group's query heads.</item>
 /// <item>Training (<see cref="AttendPrefixed"/>, <see cref="AttendPrefixedBackward"/>): each sequence has a
 ///   <see cref="ComposedPrefix"/> whose parts are read in place, and its token K/V are rows of the batch. For one KV
 ///   group the queries of all its heads and all token rows are packed as rows r·group + j (token row r, j-th head of the
@@ -62,7 +65,8 @@ public sealed partial class Transformer
     /// <summary>Fewest keys in one decode work item: below this a block costs more to schedule than to compute.</summary>
     const int DecodeMinBlockKeys = 256;
 
-    record struct DecodeItem(int Segment, int Group, int T0, int T1);
+    /// <summary>Keys [T0, T1) of one source: referenced part <c>Part</c> of the sequence's composed prefix, or (−1) its own cache.</summary>
+    record struct DecodeItem(int Segment, int Group, int Part, int T0, int T1);
     readonly List<DecodeItem> _decodeItems = new();
     float[] _blockO = [], _blockMax = [], _blockSum = [];   // per work item: partial O [M, hd], row max and Σexp [M]
     Action<int>? _decodeBody;
@@ -75,8 +79,9 @@ public sealed partial class Transformer
     /// tokens and KV group g, the group's query heads of all n tokens are M = group·n rows (r = i·group + j) that share
     /// K_g and V_g, so each key and value row is read once for all of them:
     ///   S = scale·Q_g·K_g[t0..t1)ᵀ, then per row the block's max m, Σ exp(S − m) and O = exp(S − m)·V_g[t0..t1).
-    /// A long context is split into key blocks so that even one sequence spreads over the cores (work items =
-    /// segments × KV groups × blocks); the blocks of a row are then merged exactly:
+    /// The keys come from several sources — each part of the sequence's referenced <see cref="ComposedPrefix"/> (read in
+    /// place) and its own cache — and a long source is split into key blocks so that even one sequence spreads over
+    /// the cores (work items = segments × KV groups × source blocks); the blocks of a row are then merged exactly:
     ///   O = Σ_b e^{m_b − m}·O_b / Σ_b e^{m_b − m}·l_b,  m = max_b m_b.
     /// </summary>
     void AttendDecode(int layer, LayerBuffers b)
@@ -91,11 +96,17 @@ public sealed partial class Transformer
         {
             var sg = _segments[si];
             if (sg.Count >= AttentionGemmMinRows) continue;
-            int L = sg.Start + sg.Count;
-            int blocks = Math.Clamp(L / DecodeMinBlockKeys, 1, wanted);
+            var parts = _caches[sg.Seq].Referenced.Parts;
+            int own = sg.Start + sg.Count - _caches[sg.Seq].Referenced.Length;
             for (int g = 0; g < kvh; g++)
-                for (int k = 0; k < blocks; k++)
-                    items.Add(new DecodeItem(si, g, (int)((long)L * k / blocks), (int)((long)L * (k + 1) / blocks)));
+                for (int part = -1; part < parts.Count; part++)
+                {
+                    int L = part < 0 ? own : parts[part].Length;
+                    if (L == 0) continue;
+                    int blocks = Math.Clamp(L / DecodeMinBlockKeys, 1, wanted);
+                    for (int k = 0; k < blocks; k++)
+                        items.Add(new DecodeItem(si, g, part, (int)((long)L * k / blocks), (int)((long)L * (k + 1) / blocks)));
+                }
         }
         if (_blockMax.Length < items.Count * mMax)
         {
@@ -127,12 +138,28 @@ public sealed partial class Transformer
         var sg = _segments[it.Segment];
         var b = _decodeBuffers!;
         var cache = _caches[sg.Seq];
-        int hd = _c.HeadDim, group = _c.Heads / _c.KvHeads, mMax = group * (AttentionGemmMinRows - 1), qd = _c.QDim, cap = cache.Capacity;
+        int hd = _c.HeadDim, group = _c.Heads / _c.KvHeads, mMax = group * (AttentionGemmMinRows - 1), qd = _c.QDim, l = _decodeLayer;
         int m = sg.Count * group, len = it.T1 - it.T0;
         var scores = t_blockScores;
         if (scores == null || scores.Length < m * len) t_blockScores = scores = GC.AllocateUninitializedArray<float>(Math.Max(m * len, 8192));
-        DecodeBlock(b.Q.AsSpan(sg.Row * qd + it.Group * group * hd), qd, group, sg.Count, sg.Start,
-            cache.Keys[_decodeLayer].AsSpan(it.Group * cap * hd), cache.Values[_decodeLayer].AsSpan(it.Group * cap * hd), hd,
+        // A referenced part lies wholly before the sequence's tokens (every row sees all of it: start = its length);
+        // the own cache holds positions R.. at slots 0.., so token i (slot start − R + i) sees slots < start − R + i + 1.
+        ReadOnlySpan<float> keys, values;
+        int start;
+        if (it.Part >= 0)
+        {
+            var part = cache.Referenced.Parts[it.Part];
+            int p = part.Length;
+            keys = part.Keys[l].AsSpan(it.Group * p * hd, p * hd); values = part.Values[l].AsSpan(it.Group * p * hd, p * hd);
+            start = p;
+        }
+        else
+        {
+            int stride = cache.Stride;
+            keys = cache.Keys[l].AsSpan(it.Group * stride * hd, stride * hd); values = cache.Values[l].AsSpan(it.Group * stride * hd, stride * hd);
+            start = sg.Start - cache.Referenced.Length;
+        }
+        DecodeBlock(b.Q.AsSpan(sg.Row * qd + it.Group * group * hd), qd, group, sg.Count, start, keys, values, hd,
             it.T0, it.T1, _blockO.AsSpan(index * mMax * hd, m * hd), _blockMax.AsSpan(index * mMax, m), _blockSum.AsSpan(index * mMax, m), scores);
     }
 
@@ -248,10 +275,10 @@ public sealed partial class Transformer
         foreach (var sg in _segments)
         {
             var cache = _caches[sg.Seq];
-            var K = cache.Keys[layer]; var V = cache.Values[layer]; int cap = cache.Capacity;
+            var K = cache.Keys[layer]; var V = cache.Values[layer]; int cap = cache.Stride, r0 = cache.Referenced.Length;
             for (int i = 0; i < sg.Count; i++)
             {
-                int r = sg.Row + i, slot = sg.Start + i;
+                int r = sg.Row + i, slot = sg.Start + i - r0;
                 for (int g = 0; g < _c.KvHeads; g++)
                 {
                     k.AsSpan(r * kvd + g * hd, hd).CopyTo(K.AsSpan((g * cap + slot) * hd, hd));
@@ -262,27 +289,68 @@ public sealed partial class Transformer
     }
 
     /// <summary>
-    /// Prefill-sized attention for one sequence: heads run one after another, each as two SGEMMs that BLAS spreads
-    /// over the cores. q, o: [n, heads*head_dim] row stride qStride; scores: scratch of at least n*L floats.
+    /// Prefill-sized attention for one sequence: heads run one after another, each as SGEMMs that BLAS spreads over the
+    /// cores — one per referenced part (<see cref="PrefixScores"/>, <see cref="PrefixValues"/>) and one over the own
+    /// cache. Score row layout: [referenced parts in order (R columns) | own slots], L = start + n columns.
+    /// q, o: [n, heads*head_dim] row stride qStride; scores: scratch of at least n*L floats.
     /// </summary>
     static void CacheAttentionGemm(ReadOnlySpan<float> q, int qStride, KvCache cache, int layer, int start, int n,
         Span<float> o, Span<float> scores)
     {
         var c = cache.Config;
-        int hd = c.HeadDim, group = c.Heads / c.KvHeads, L = start + n, cap = cache.Capacity;
+        var prefix = cache.Referenced;
+        int hd = c.HeadDim, group = c.Heads / c.KvHeads, L = start + n, R = prefix.Length, own = L - R, stride = cache.Stride;
         float scale = 1f / MathF.Sqrt(hd);
         var sc = scores.Slice(0, n * L);
         for (int h = 0; h < c.Heads; h++)
         {
             int g = h / group;
-            var kg = cache.Keys[layer].AsSpan(g * cap * hd, L * hd);
-            var vg = cache.Values[layer].AsSpan(g * cap * hd, L * hd);
-            // S[n, L] = scale * Q_h[n, hd] · K_g[L, hd]ᵀ
-            Blas.Sgemm(false, true, n, L, hd, scale, q.Slice(h * hd), qStride, kg, hd, 0f, sc, L);
+            var kg = cache.Keys[layer].AsSpan(g * stride * hd, own * hd);
+            var vg = cache.Values[layer].AsSpan(g * stride * hd, own * hd);
+            // S[n, L] = scale * Q_h[n, hd] · [K_parts; K_own]ᵀ
+            PrefixScores(prefix, layer, g, hd, n, q.Slice(h * hd), qStride, scale, sc, L);
+            Blas.Sgemm(false, true, n, own, hd, scale, q.Slice(h * hd), qStride, kg, hd, 0f, sc.Slice(R), L);
             for (int i = 0; i < n; i++) Ops.MaskedSoftmax(sc.Slice(i * L, L), start + i + 1);
-            // O_h[n, hd] = P[n, L] · V_g[L, hd]
-            Blas.Sgemm(false, false, n, hd, L, 1f, sc, L, vg, hd, 0f, o.Slice(h * hd), qStride);
+            // O_h[n, hd] = P[n, L] · [V_parts; V_own]
+            bool any = PrefixValues(prefix, layer, g, hd, n, sc, L, o.Slice(h * hd), qStride);
+            Blas.Sgemm(false, false, n, hd, own, 1f, sc.Slice(R), L, vg, hd, any ? 1f : 0f, o.Slice(h * hd), qStride);
         }
+    }
+
+    // ------------------------------------------------------------------------------------------------
+    // The composed prefix's part of the products, shared by training and inference (parts read in place)
+
+    /// <summary>
+    /// S[:, 0..P) = scale·Q·[K_part0; K_part1; …]ᵀ for KV group g of layer l: one SGEMM per part, its columns after the
+    /// previous part's. q: m rows of head_dim at row stride ldq; s: row stride lds.
+    /// </summary>
+    static void PrefixScores(ComposedPrefix prefix, int l, int g, int hd, int m, ReadOnlySpan<float> q, int ldq, float scale, Span<float> s, int lds)
+    {
+        int col = 0;
+        foreach (var part in prefix.Parts)
+        {
+            int p = part.Length;
+            if (p == 0) continue;
+            Blas.Sgemm(false, true, m, p, hd, scale, q, ldq, part.Keys[l].AsSpan(g * p * hd, p * hd), hd, 0f, s.Slice(col), lds);
+            col += p;
+        }
+    }
+
+    /// <summary>
+    /// O = P[:, 0..P)·[V_part0; V_part1; …] for KV group g of layer l (O overwritten). False when the prefix has no slot
+    /// (O untouched): the caller's next product then overwrites instead of adding.
+    /// </summary>
+    static bool PrefixValues(ComposedPrefix prefix, int l, int g, int hd, int m, ReadOnlySpan<float> probabilities, int ldp, Span<float> o, int ldo)
+    {
+        int col = 0; bool first = true;
+        foreach (var part in prefix.Parts)
+        {
+            int p = part.Length;
+            if (p == 0) continue;
+            Blas.Sgemm(false, false, m, hd, p, 1f, probabilities.Slice(col), ldp, part.Values[l].AsSpan(g * p * hd, p * hd), hd, first ? 0f : 1f, o, ldo);
+            col += p; first = false;
+        }
+        return !first;
     }
 
     // ------------------------------------------------------------------------------------------------
@@ -304,15 +372,7 @@ public sealed partial class Transformer
                 for (int ri = ch.FirstRun; ri < ch.FirstRun + ch.Runs; ri++)
                 {
                     var run = _runs[ri];
-                    int col = 0; bool first = true;
-                    foreach (var part in run.Prefix.Parts)
-                    {
-                        int p = part.Length;
-                        if (p == 0) continue;
-                        Blas.Sgemm(false, false, run.M, hd, p, 1f, S.Slice((run.Rho - ch.Rho) * ld + col), ld,
-                            part.Values[l].AsSpan(g * p * hd, p * hd), hd, first ? 0f : 1f, _op.AsSpan(run.Rho * hd, run.M * hd), hd);
-                        col += p; first = false;
-                    }
+                    PrefixValues(run.Prefix, l, g, hd, run.M, S.Slice((run.Rho - ch.Rho) * ld), ld, _op.AsSpan(run.Rho * hd, run.M * hd), hd);
                 }
                 for (int u = ch.FirstUnit; u < ch.FirstUnit + ch.Units; u++)
                 {
@@ -333,15 +393,7 @@ public sealed partial class Transformer
         for (int ri = ch.FirstRun; ri < ch.FirstRun + ch.Runs; ri++)
         {
             var run = _runs[ri];
-            int col = 0;
-            foreach (var part in run.Prefix.Parts)
-            {
-                int p = part.Length;
-                if (p == 0) continue;
-                Blas.Sgemm(false, true, run.M, p, hd, scale, _qp.AsSpan(run.Rho * hd, run.M * hd), hd,
-                    part.Keys[l].AsSpan(g * p * hd, p * hd), hd, 0f, S.Slice((run.Rho - ch.Rho) * ld + col), ld);
-                col += p;
-            }
+            PrefixScores(run.Prefix, l, g, hd, run.M, _qp.AsSpan(run.Rho * hd, run.M * hd), hd, scale, S.Slice((run.Rho - ch.Rho) * ld), ld);
         }
         for (int u = ch.FirstUnit; u < ch.FirstUnit + ch.Units; u++)
         {

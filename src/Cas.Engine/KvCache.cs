@@ -72,41 +72,70 @@ public sealed class KvPrefix
 }
 
 /// <summary>
-/// The KV cache of one sequence: per layer K and V of shape [kv_heads, capacity, head_dim].
-/// Slots 0..PrefixLength-1 hold a <see cref="KvPrefix"/> (a cartridge), the rest token KV;
-/// a new token's position is its slot index, so positions continue after the prefix.
-/// Capacity is decided once, at construction.
+/// The KV cache of one sequence: positions 0..Length-1 are, in order, an optional <see cref="ComposedPrefix"/> held by
+/// reference (<see cref="Referenced"/>: resident cartridges' K/V, read in place and never copied), then this cache's
+/// own slots — per layer K and V of shape [kv_heads, <see cref="Stride"/>, head_dim] — which start with an optional
+/// copied <see cref="KvPrefix"/> and continue with token KV. Own slot s holds position Referenced.Length + s, so
+/// positions continue after the prefix. <see cref="Capacity"/> counts positions (referenced + own); the own arrays hold
+/// only Capacity − Referenced.Length slots. Capacity is decided once, at construction.
 /// </summary>
 public sealed class KvCache
 {
-    public KvCache(ModelConfig config, int capacity, KvPrefix? prefix = null)
+    public KvCache(ModelConfig config, int capacity, KvPrefix? prefix = null) : this(config, capacity, ComposedPrefix.Empty, prefix) { }
+
+    /// <summary>
+    /// A cache that attends to <paramref name="referenced"/> (kept by reference: the caller keeps its parts alive and
+    /// unchanged while the cache is used) and holds only the sequence's own token KV: <paramref name="capacity"/>
+    /// positions in all, capacity − referenced.Length of them allocated here.
+    /// </summary>
+    public KvCache(ModelConfig config, int capacity, ComposedPrefix referenced) : this(config, capacity, referenced, null) { }
+
+    KvCache(ModelConfig config, int capacity, ComposedPrefix referenced, KvPrefix? prefix)
     {
-        int p = prefix?.Length ?? 0;
+        ArgumentNullException.ThrowIfNull(referenced);
+        int r = referenced.Length, p = r + (prefix?.Length ?? 0);
         if (capacity <= 0) throw new InvalidRequestException($"KV cache capacity must be positive, got {capacity}.");
         if (capacity > config.MaxSeqLen)
             throw new InvalidRequestException($"prefix + tokens need {capacity} positions but the model's context is {config.MaxSeqLen}; shorten the prompt, lower --max-tokens or use a smaller cartridge.");
         if (p > capacity) throw new InvalidRequestException($"prefix of {p} slots does not fit a cache of {capacity} positions.");
-        if (prefix != null && (prefix.Layers != config.Layers || prefix.KvHeads != config.KvHeads || prefix.HeadDim != config.HeadDim))
-            throw new InvalidRequestException($"prefix shape (layers {prefix.Layers}, kv_heads {prefix.KvHeads}, head_dim {prefix.HeadDim}) does not match the model (layers {config.Layers}, kv_heads {config.KvHeads}, head_dim {config.HeadDim}).");
+        if (r == capacity) throw new InvalidRequestException($"a cache of {capacity} positions after a {r}-slot composed prefix has no room for a token.");
+        if (prefix != null) CheckShape(config, prefix);
+        foreach (var part in referenced.Parts) CheckShape(config, part);
         Config = config; Capacity = capacity; KvHeads = config.KvHeads; HeadDim = config.HeadDim;
+        Referenced = referenced; Stride = capacity - r;
         Keys = new float[config.Layers][]; Values = new float[config.Layers][];
         for (int l = 0; l < config.Layers; l++)
         {
-            Keys[l] = GC.AllocateUninitializedArray<float>(KvHeads * capacity * HeadDim);
-            Values[l] = GC.AllocateUninitializedArray<float>(KvHeads * capacity * HeadDim);
+            Keys[l] = GC.AllocateUninitializedArray<float>(KvHeads * Stride * HeadDim);
+            Values[l] = GC.AllocateUninitializedArray<float>(KvHeads * Stride * HeadDim);
         }
+        PrefixLength = Length = r;
         if (prefix != null) SetPrefix(prefix);
     }
 
+    static void CheckShape(ModelConfig config, KvPrefix prefix)
+    {
+        if (prefix.Layers != config.Layers || prefix.KvHeads != config.KvHeads || prefix.HeadDim != config.HeadDim)
+            throw new InvalidRequestException($"prefix shape (layers {prefix.Layers}, kv_heads {prefix.KvHeads}, head_dim {prefix.HeadDim}) does not match the model (layers {config.Layers}, kv_heads {config.KvHeads}, head_dim {config.HeadDim}).");
+    }
+
     public ModelConfig Config { get; }
+    /// <summary>Positions the sequence may use: referenced prefix + own slots.</summary>
     public int Capacity { get; }
     public int KvHeads { get; }
     public int HeadDim { get; }
-    /// <summary>Slots in use (prefix + tokens); the next token's position.</summary>
+    /// <summary>Positions in use (prefix + tokens); the next token's position.</summary>
     public int Length { get; private set; }
+    /// <summary>Prefix positions (referenced and copied).</summary>
     public int PrefixLength { get; private set; }
-    public float[][] Keys { get; }   // [layer][kv_heads, capacity, head_dim]
-    public float[][] Values { get; } // [layer][kv_heads, capacity, head_dim]
+    /// <summary>The cartridges attended to in place (positions 0..Referenced.Length-1); empty when none.</summary>
+    public ComposedPrefix Referenced { get; }
+    /// <summary>Own slots per KV head in <see cref="Keys"/>/<see cref="Values"/>: Capacity − Referenced.Length.</summary>
+    public int Stride { get; }
+    /// <summary>Bytes of this cache's own K/V arrays (what the sequence costs beyond the cartridges it references).</summary>
+    public long Bytes => 2L * Config.Layers * KvHeads * Stride * HeadDim * sizeof(float);
+    public float[][] Keys { get; }   // [layer][kv_heads, Stride, head_dim]: own slots only
+    public float[][] Values { get; } // [layer][kv_heads, Stride, head_dim]
 
     /// <summary>Drops all token KV, keeping the prefix.</summary>
     public void Reset() => Length = PrefixLength;
@@ -124,22 +153,27 @@ public sealed class KvCache
         for (int l = 0; l < Config.Layers; l++)
             for (int h = 0; h < KvHeads; h++)
             {
-                Array.Copy(prefix.Keys[l], h * p * hd, Keys[l], h * Capacity * hd, p * hd);
-                Array.Copy(prefix.Values[l], h * p * hd, Values[l], h * Capacity * hd, p * hd);
+                Array.Copy(prefix.Keys[l], h * p * hd, Keys[l], h * Stride * hd, p * hd);
+                Array.Copy(prefix.Values[l], h * p * hd, Values[l], h * Stride * hd, p * hd);
             }
-        PrefixLength = Length = p;
+        PrefixLength = Length = Referenced.Length + p;
     }
 
-    /// <summary>Copies another cache's contents (prefix and tokens) into this one, e.g. to fork a shared prompt.</summary>
+    /// <summary>
+    /// Copies another cache's contents (prefix and tokens) into this one, e.g. to fork a shared prompt. Both must
+    /// reference the same composed prefix (the same parts), which is shared, not copied.
+    /// </summary>
     public void CopyFrom(KvCache other)
     {
         if (other.Length > Capacity) throw new InvalidRequestException($"cannot fork a cache of {other.Length} slots into one of capacity {Capacity}.");
-        int hd = HeadDim;
+        if (!Referenced.SameParts(other.Referenced))
+            throw new InvalidRequestException("cannot fork a cache that references other cartridges than this one; make the fork with the same composed prefix.");
+        int hd = HeadDim, own = other.Length - other.Referenced.Length;
         for (int l = 0; l < Config.Layers; l++)
             for (int h = 0; h < KvHeads; h++)
             {
-                Array.Copy(other.Keys[l], h * other.Capacity * hd, Keys[l], h * Capacity * hd, other.Length * hd);
-                Array.Copy(other.Values[l], h * other.Capacity * hd, Values[l], h * Capacity * hd, other.Length * hd);
+                Array.Copy(other.Keys[l], h * other.Stride * hd, Keys[l], h * Stride * hd, own * hd);
+                Array.Copy(other.Values[l], h * other.Stride * hd, Values[l], h * Stride * hd, own * hd);
             }
         PrefixLength = other.PrefixLength; Length = other.Length;
     }

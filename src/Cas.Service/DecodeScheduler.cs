@@ -12,18 +12,25 @@ public sealed record DecodeRequest(IReadOnlyList<KvPrefix> Cartridges, int[] Pro
     public IReadOnlyList<int> StopTokens { get; init; } = [];
 }
 
-/// <summary>How a sequence ended, its tokens, and where its time went.</summary>
-public sealed record DecodeResult(int[] Tokens, FinishReason Finish, int PromptTokens, int PrefixSlots, double QueuedMs, double PrefillMs, double DecodeMs);
+/// <summary>
+/// How a sequence ended, its tokens, and where its time went. <paramref name="CacheBytes"/>: the K/V bytes the sequence's own
+/// cache held (its prompt and answer slots; the cartridges it attended to are referenced, not counted).
+/// </summary>
+public sealed record DecodeResult(int[] Tokens, FinishReason Finish, int PromptTokens, int PrefixSlots, double QueuedMs, double PrefillMs, double DecodeMs)
+{
+    public long CacheBytes { get; init; }
+}
 
 /// <summary>
 /// Continuous batching for one model: a single thread runs, at every step, one batched forward pass over every active
-/// sequence (each with its own KV cache: its composed cartridges, then its own tokens). A new request is prefilled and
+/// sequence (each attending to its composed cartridges, then its own tokens). A new request is prefilled and
 /// joins at the next step; a sequence leaves as soon as it is done or its caller cancels (its task then ends
 /// cancelled and nothing of it is touched again). The per-sequence rules (stop tokens not emitted, max tokens, a full
 /// context) are those of <see cref="Generator"/>, so a greedy sequence decodes the same tokens here as alone.
-/// <para>The cartridges are copied into the sequence's cache when it is admitted (the engine's inference forward reads
-/// one contiguous cache per sequence); the callers' leases must stay held until the task ends, which is what the
-/// service does.</para>
+/// <para>The cartridges are not copied: a sequence's <see cref="KvCache"/> references them as a
+/// <see cref="ComposedPrefix"/> (the resident K/V, shared by every sequence that uses the same cartridge) and holds only
+/// its prompt and answer slots. So the cartridges must stay resident and unchanged until the task ends: the callers'
+/// leases stay held until then, which is what the service does.</para>
 /// </summary>
 public sealed class DecodeScheduler : IDisposable
 {
@@ -33,10 +40,16 @@ public sealed class DecodeScheduler : IDisposable
     readonly CancellationTokenSource _stop = new();
     long _steps, _stepRows, _maxBatch;
 
-    public DecodeScheduler(Transformer transformer, int maxBatch = 64)
+    /// <param name="maxCacheBytes">
+    /// KV budget of the sequences' own caches together (<see cref="CacheBytes"/>): a waiting sequence is admitted, first
+    /// come first served, only when its cache fits beside the active ones' (one alone always runs). The cartridges the
+    /// sequences reference are not counted here; they are the budget manager's.
+    /// </param>
+    public DecodeScheduler(Transformer transformer, int maxBatch = 64, long maxCacheBytes = long.MaxValue)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatch, 1);
-        _t = transformer; MaxBatch = maxBatch;
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxCacheBytes, 1);
+        _t = transformer; MaxBatch = maxBatch; MaxCacheBytes = maxCacheBytes;
         _thread = new Thread(Run) { IsBackground = true, Name = "cas-decode" };
         _thread.Start();
     }
@@ -44,12 +57,31 @@ public sealed class DecodeScheduler : IDisposable
     /// <summary>Most sequences in one step; more wait for a place.</summary>
     public int MaxBatch { get; }
 
+    /// <summary>Most bytes of the admitted sequences' own K/V caches together; more wait for room.</summary>
+    public long MaxCacheBytes { get; }
+
+    /// <summary>
+    /// Bytes of the own KV cache a request gets: its prompt and answer slots (capped by the context), without the
+    /// cartridge slots it references.
+    /// </summary>
+    public static long CacheBytesOf(Cas.Engine.Models.ModelConfig c, DecodeRequest r)
+    {
+        long slots = 0;
+        foreach (var p in r.Cartridges) slots += p.Length;
+        long positions = Math.Min(slots + r.Prompt.Length + (long)r.MaxTokens, c.MaxSeqLen) - slots;
+        return 2L * c.Layers * c.KvHeads * c.HeadDim * sizeof(float) * positions;
+    }
+
     /// <summary>Decode steps run, rows (sequences) summed over them, and the largest batch seen.</summary>
     public (long Steps, long Rows, long MaxBatch) Stats => (Interlocked.Read(ref _steps), Interlocked.Read(ref _stepRows), Interlocked.Read(ref _maxBatch));
 
     /// <summary>Number of sequences being decoded or waiting.</summary>
     public int Active => Volatile.Read(ref _active);
     int _active;
+
+    /// <summary>K/V bytes of the admitted sequences' own caches now (cartridges excluded: they are referenced), and the most seen.</summary>
+    public (long Now, long Peak) CacheBytes => (Interlocked.Read(ref _cacheBytes), Interlocked.Read(ref _peakCacheBytes));
+    long _cacheBytes, _peakCacheBytes;
 
     /// <summary>
     /// Queues a sequence. <paramref name="onToken"/> is called on the scheduler's thread for each emitted token (keep it
@@ -81,6 +113,9 @@ public sealed class DecodeScheduler : IDisposable
         }
         if (slots + r.Prompt.Length > c.MaxSeqLen)
             throw new InvalidRequestException($"{slots} cartridge slots + a prompt of {r.Prompt.Length} tokens exceed the model's context of {c.MaxSeqLen} positions; use fewer or smaller cartridges or a shorter prompt.");
+        long bytes = CacheBytesOf(c, r);
+        if (bytes > MaxCacheBytes)
+            throw new InvalidRequestException($"the sequence's KV cache needs {bytes:N0} bytes but the decode KV budget is {MaxCacheBytes:N0}; shorten the prompt or lower max tokens.");
     }
 
     sealed class Sequence(DecodeRequest request, Action<int>? onToken, CancellationToken cancel)
@@ -96,6 +131,7 @@ public sealed class DecodeScheduler : IDisposable
         public readonly int[] Next = new int[1];
         public readonly List<int> Output = [];
         public int Slots;
+        public long CacheBytes;
         public double QueuedMs, PrefillMs;
         public long DecodeStart;
     }
@@ -111,11 +147,21 @@ public sealed class DecodeScheduler : IDisposable
         {
             while (true)
             {
+                // Disposed: stop now, even with sequences active (the finally block cancels them), so Dispose never
+                // waits for answers to run to their max tokens.
+                if (_stop.IsCancellationRequested) return;
                 // Wait for work when idle; otherwise take whatever arrived since the last step.
                 if (active.Count == 0 && !_incoming.Reader.TryPeek(out _))
                     if (!_incoming.Reader.WaitToReadAsync(_stop.Token).AsTask().GetAwaiter().GetResult()) return;
-                while (active.Count < MaxBatch && _incoming.Reader.TryRead(out var s))
+                while (active.Count < MaxBatch && _incoming.Reader.TryPeek(out var next))
+                {
+                    // KV budget: the next sequence waits (first come, first served) until its cache fits beside the
+                    // active ones'; a cancelled one is let through at once (Admit drops it).
+                    if (active.Count > 0 && !next.Cancel.IsCancellationRequested
+                        && Interlocked.Read(ref _cacheBytes) + CacheBytesOf(_t.Config, next.Request) > MaxCacheBytes) break;
+                    if (!_incoming.Reader.TryRead(out var s)) break;
                     if (Admit(s)) active.Add(s);
+                }
 
                 // Sample from each sequence's latest logits; finished or cancelled ones leave.
                 for (int a = active.Count - 1; a >= 0; a--)
@@ -162,10 +208,13 @@ public sealed class DecodeScheduler : IDisposable
             var r = s.Request;
             long start = Stopwatch.GetTimestamp();
             s.QueuedMs = Stopwatch.GetElapsedTime(s.Queued, start).TotalMilliseconds;
-            KvPrefix? prefix = r.Cartridges.Count switch { 0 => null, 1 => r.Cartridges[0], _ => KvPrefix.Concat(r.Cartridges) };
-            s.Slots = prefix?.Length ?? 0;
+            var prefix = new ComposedPrefix(r.Cartridges);
+            s.Slots = prefix.Length;
             int capacity = (int)Math.Min((long)s.Slots + r.Prompt.Length + r.MaxTokens, c.MaxSeqLen);
-            s.Cache = new KvCache(c, capacity, prefix);
+            s.Cache = new KvCache(c, capacity, prefix);   // own slots only: the cartridges are read in place
+            s.CacheBytes = s.Cache.Bytes;
+            long now = Interlocked.Add(ref _cacheBytes, s.CacheBytes);
+            if (now > Interlocked.Read(ref _peakCacheBytes)) Interlocked.Exchange(ref _peakCacheBytes, now);
             s.Sampler = new Sampler(r.Sampling, c.VocabSize);
             s.Logits = new float[c.VocabSize];
             _t.Forward([s.Cache], [r.Prompt], s.Logits);
@@ -196,18 +245,24 @@ public sealed class DecodeScheduler : IDisposable
     void Finish(Sequence s, FinishReason finish)
     {
         double decodeMs = Stopwatch.GetElapsedTime(s.DecodeStart).TotalMilliseconds;
+        long bytes = s.CacheBytes;
         Leave(s);
-        s.Done.TrySetResult(new DecodeResult(s.Output.ToArray(), finish, s.Request.Prompt.Length, s.Slots, s.QueuedMs, s.PrefillMs, decodeMs));
+        s.Done.TrySetResult(new DecodeResult(s.Output.ToArray(), finish, s.Request.Prompt.Length, s.Slots, s.QueuedMs, s.PrefillMs, decodeMs) { CacheBytes = bytes });
     }
 
     void Leave(Sequence s)
     {
+        if (s.CacheBytes > 0) { Interlocked.Add(ref _cacheBytes, -s.CacheBytes); s.CacheBytes = 0; }
         s.Cache = null; s.Logits = null;
         Interlocked.Decrement(ref _active);
     }
 
+    int _disposed;
+
+    /// <summary>Stops the decode thread: sequences still active or waiting end cancelled. Safe to call twice.</summary>
     public void Dispose()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _incoming.Writer.TryComplete();
         _stop.Cancel();
         _thread.Join();

@@ -75,7 +75,8 @@ public sealed class QueryEngine(ServiceState state)
         IReadOnlyList<ChunkHit> hits = [];
         if (request.DocumentIds.Count > 0)
         {
-            var known = state.Catalog.Documents(collection.Name).Select(d => d.DocumentId).ToHashSet(StringComparer.Ordinal);
+            // Only the named documents are read (one row each), not the whole collection.
+            var known = state.Catalog.Status(collection.Name, state.Store, request.DocumentIds).Select(s => s.Document.DocumentId).ToHashSet(StringComparer.Ordinal);
             foreach (var id in request.DocumentIds)
             {
                 if (!known.Contains(id)) throw new NotFoundException($"collection '{collection.Name}' has no document '{id}'.");
@@ -103,7 +104,9 @@ public sealed class QueryEngine(ServiceState state)
             {
                 prompt = Build(host, request, questionText, afterCartridge: true);
                 int budget = request.MaxCartridgeSlots > 0 ? request.MaxCartridgeSlots : Math.Max(0, config.MaxSeqLen - prompt.Ids.Length - maxTokens);
-                var status = state.Catalog.Status(collection.Name, state.Store).ToDictionary(s => s.Document.DocumentId, StringComparer.Ordinal);
+                // The cartridge state of the retrieved documents only: an unretrieved document may be untrained (or the
+                // collection huge) without this question paying for it.
+                var status = state.Catalog.Status(collection.Name, state.Store, docs.Select(d => d.Id)).ToDictionary(s => s.Document.DocumentId, StringComparer.Ordinal);
                 var chosen = new List<(string Doc, double Score, StoredCartridgeInfo Info)>();
                 int slots = 0;
                 foreach (var (id, score) in docs)

@@ -123,6 +123,38 @@ public sealed class ServiceTests(ServerFixture fx) : IClassFixture<ServerFixture
         await fx.WaitIdle();
     }
 
+    /// <summary>
+    /// "moon" has no cartridge: a question that does not retrieve it is answered (only the retrieved documents' state is
+    /// looked at), one that retrieves it with a trained document skips it with the reason, and naming both cartridges
+    /// decodes over the two composed by reference with the Generator's answer over their concatenated copy.
+    /// </summary>
+    [Fact]
+    public async Task Ask_checks_only_the_retrieved_documents_and_composes_several_cartridges()
+    {
+        fx.Require();
+        var (_, r) = await ServerFixture.Collect(fx.Query.Ask(Q("Lily cat Tom red ball garden frog")));
+        Assert.DoesNotContain(r.Chunks, ch => ch.DocumentId == "moon");
+        Assert.NotEmpty(r.Answer);
+        Assert.DoesNotContain(r.Skipped, x => x.StartsWith("moon"));
+
+        var (_, both) = await ServerFixture.Collect(fx.Query.Ask(Q("the cat and the moon")));
+        Assert.Contains(both.Chunks, ch => ch.DocumentId == "moon");
+        Assert.Contains("moon: cartridge missing", both.Skipped);
+        Assert.Contains(both.Documents, d => d.DocumentId == "cat");
+
+        var named = Q("What did they see?", 30);
+        named.DocumentIds.AddRange(["ship", "cat"]);
+        var (_, two) = await ServerFixture.Collect(fx.Query.Ask(named));
+        Assert.Equal(["ship", "cat"], two.Documents.Select(d => d.DocumentId));
+        var parts = two.Documents.Select(d => fx.Server!.State.Store.Get(d.CartridgeId).Prefix).ToList();
+        var prompt = Prompting.Build(fx.Tokenizer!, new CompletionRequest("\nQuestion: What did they see?\nAnswer:") { Prefix = parts[0] });
+        var alone = new Generator(new Transformer(fx.Model!)).Generate(
+            [new GenerationRequest(prompt.Ids, KvPrefix.Concat(parts)) { MaxTokens = 30, StopTokens = prompt.StopTokens }])[0];
+        Assert.Equal(fx.Tokenizer!.Decode(prompt.Ids.Concat(alone.Tokens).ToArray())[fx.Tokenizer.Decode(prompt.Ids).Length..], two.Answer);
+        Assert.Equal(2 * ServerFixture.CartridgeTokens, two.Tokens.CartridgeSlots);
+        await fx.WaitIdle();
+    }
+
     [Fact]
     public async Task Concurrent_questions_decode_together_and_answer_as_when_alone()
     {

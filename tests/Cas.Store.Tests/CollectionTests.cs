@@ -86,6 +86,48 @@ public class CollectionTests
         Assert.Equal(versionsBefore, store.List().ToDictionary(i => i.Id, i => i.Version)); // no cartridge touched
     }
 
+    /// <summary>Counts the lookups of a store (and passes everything through).</summary>
+    sealed class CountingStore(ICartridgeStore inner) : ICartridgeStore
+    {
+        public readonly List<string> Found = [];
+        public StoredCartridgeInfo Put(string id, Cas.Engine.Cartridges.Cartridge cartridge, IReadOnlyDictionary<string, string>? labels = null, StoredDType dtype = StoredDType.BF16, CancellationToken cancellation = default) => inner.Put(id, cartridge, labels, dtype, cancellation);
+        public StoredCartridgeInfo? Find(string id) { Found.Add(id); return inner.Find(id); }
+        public IReadOnlyList<StoredCartridgeInfo> List(string? idPrefix = null) => throw new InvalidOperationException("listed the whole store");
+        public StoredCartridge Get(string id, CancellationToken cancellation = default) => inner.Get(id, cancellation);
+        public StoredFile ReadFile(string id, CancellationToken cancellation = default) => inner.ReadFile(id, cancellation);
+        public bool Delete(string id) => inner.Delete(id);
+        public VerifyReport Verify(CancellationToken cancellation = default) => inner.Verify(cancellation);
+        public CompactReport Compact() => inner.Compact();
+        public void Dispose() { }
+    }
+
+    /// <summary>
+    /// Status of named documents (what a question retrieved) reads only those: one store lookup each, in the order
+    /// given, unknown and repeated ids left out — an untrained document that was not named does not show up.
+    /// </summary>
+    [Fact]
+    public void StatusOfNamedDocuments_LooksUpOnlyThose()
+    {
+        using var cat = NewCatalog(out var dir);
+        using var inner = new FasterCartridgeStore(dir, new FasterStoreOptions { ChunkBytes = 4096, PageBits = 16, MemoryBytes = 1 << 20 });
+        var tok = new CharTokenizer();
+        cat.AddDocuments("books", Enumerable.Range(0, 20).Select(i => Doc($"d{i:00}.txt", $"text number {i}")), tok);
+        var docs = cat.Documents("books");
+        inner.Put(docs[3].CartridgeId, Make(1), CollectionCatalog.CartridgeLabels(docs[3]));
+        inner.Put(docs[7].CartridgeId, Make(2), new Dictionary<string, string> { [CollectionCatalog.LabelContentHash] = "old" });
+        var store = new CountingStore(inner);
+
+        var s = cat.Status("books", store, ["d07.txt", "d03.txt", "nope", "d03.txt"]);
+        Assert.Equal(["d07.txt", "d03.txt"], s.Select(x => x.Document.DocumentId));
+        Assert.Equal([CartridgeState.Stale, CartridgeState.Fresh], s.Select(x => x.State));
+        Assert.Equal(["books/d07.txt", "books/d03.txt"], store.Found);
+        Assert.Empty(cat.Status("books", store, []));
+        // The whole-collection form still looks at every document.
+        store.Found.Clear();
+        Assert.Equal(20, cat.Status("books", store).Count);
+        Assert.Equal(20, store.Found.Count);
+    }
+
     [Fact]
     public void Jobs_RecordProgressPerDocument()
     {

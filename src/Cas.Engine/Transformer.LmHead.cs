@@ -5,7 +5,7 @@ namespace Cas.Engine;
 
 /// <summary>
 /// The LM head, logits = W_head · RMSNorm(x), forward and backward: logits of chosen rows for generation and
-/// evaluation, and for training the sparse distillation loss (<see cref="DistillationLoss"/>) with its gradient.
+/// evaluation, the pooled RMSNorm(x) for dense retrieval, and for training the sparse distillation loss (<see cref="DistillationLoss"/>) with its gradient.
 /// </summary>
 public sealed partial class Transformer
 {
@@ -18,6 +18,15 @@ public sealed partial class Transformer
     {
         NormRows(x, _w.FinalNorm, rows, _inference.Xn, null);
         Ops.Linear(_inference.Xn.AsSpan(0, rows * _c.Dim), rows, _w.LmHead, _c.VocabSize, _c.Dim, dst);
+    }
+
+    /// <summary>sum += Σ_r RMSNorm_final(x[r]) over the rows: what the LM head would read, pooled (the inference buffers' Xn is scratch).</summary>
+    void SumFinalNormed(float[] x, int rows, Span<float> sum)
+    {
+        int dim = _c.Dim;
+        NormRows(x, _w.FinalNorm, rows, _inference.Xn, null);
+        for (int r = 0; r < rows; r++)
+            TensorPrimitives.Add(sum, _inference.Xn.AsSpan(r * dim, dim), sum);
     }
 
     /// <summary>

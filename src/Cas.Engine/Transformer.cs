@@ -115,7 +115,30 @@ public sealed partial class Transformer
         Run([cache], [tokens], default, allLogits);
     }
 
-    void Run(IReadOnlyList<KvCache> caches, IReadOnlyList<int[]> tokens, Span<float> lastLogits, Span<float> allLogits)
+    /// <summary>
+    /// The mean over positions of the final-normed hidden state RMSNorm_final(x_t) — the vector the LM head reads — of
+    /// <paramref name="tokens"/> as a sequence of its own (positions from 0, no prefix), into mean [dim]: a text
+    /// embedding from the model itself (dense retrieval). Runs the one forward pass over a KV cache of its own that is
+    /// dropped afterwards, so no caller's cache changes; the LM head itself is not applied.
+    /// </summary>
+    public void MeanHiddenState(int[] tokens, Span<float> mean)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Length == 0) throw new InvalidRequestException("a mean hidden state needs at least one token.");
+        if (tokens.Length > _c.MaxSeqLen)
+            throw new InvalidRequestException($"{tokens.Length} tokens exceed the model's context of {_c.MaxSeqLen}; embed a shorter text.");
+        if (mean.Length != _c.Dim) throw new ArgumentException($"mean needs exactly {_c.Dim} floats (the model's dim).");
+        mean.Clear();
+        Run([new KvCache(_c, tokens.Length)], [tokens], default, default, mean);
+        System.Numerics.Tensors.TensorPrimitives.Multiply(mean, 1f / tokens.Length, mean);
+    }
+
+    /// <summary>
+    /// The inference loop over chunks of at most <see cref="MaxChunkTokens"/> rows. After the layers, the LM-head stage
+    /// fills one of: allLogits (every row), lastLogits (each sequence's last row), or hiddenSum (Σ over rows of the
+    /// final-normed hidden state, [dim], accumulated; no logits).
+    /// </summary>
+    void Run(IReadOnlyList<KvCache> caches, IReadOnlyList<int[]> tokens, Span<float> lastLogits, Span<float> allLogits, Span<float> hiddenSum = default)
     {
         // Validate everything before touching any cache, so a bad request changes nothing.
         for (int s = 0; s < caches.Count; s++)
@@ -168,6 +191,8 @@ public sealed partial class Transformer
             }
             else if (!lastLogits.IsEmpty)
                 LastTokenLogits(lastLogits);
+            else if (!hiddenSum.IsEmpty)
+                SumFinalNormed(x, rows, hiddenSum);
             Mark(DecoderPhase.LmHead);
         }
         _caches = [];

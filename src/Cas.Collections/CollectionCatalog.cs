@@ -1,4 +1,6 @@
 using System.Globalization;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
 using Cas.Engine;
@@ -30,8 +32,14 @@ public sealed record DocumentStatus(DocumentRow Document, CartridgeState State, 
 /// <summary>What <see cref="CollectionCatalog.AddDocuments"/> did: new documents, documents whose text changed, and repeats.</summary>
 public sealed record AddReport(int Added, int Changed, int Unchanged, long Chunks);
 
-/// <summary>A chunk found by full-text search; <see cref="Score"/> is SQLite's bm25 (lower is better).</summary>
+/// <summary>
+/// A retrieved chunk. <see cref="Score"/>: SQLite's bm25 for <see cref="CollectionCatalog.Search"/> (lower is better),
+/// cosine similarity for <see cref="CollectionCatalog.SearchDense"/> (higher is better).
+/// </summary>
 public sealed record ChunkHit(string DocumentId, int Ordinal, int CharStart, int CharEnd, string Text, double Score);
+
+/// <summary>A chunk's text, where it is, and the content hash of its document's text (what <see cref="CollectionCatalog.PutChunkVectors"/> checks).</summary>
+public sealed record ChunkText(string DocumentId, int Ordinal, string Text, string ContentHash);
 
 public enum JobState { Queued, Running, Done, Failed, Cancelled }
 
@@ -43,8 +51,8 @@ public sealed record JobDocumentRow(long JobId, string DocumentId, JobState Stat
 
 /// <summary>
 /// The collections' metadata in SQLite (DATA_DIR/catalog.db): collections, documents (with their text and content
-/// hash), chunks with an FTS5 index for BM25 retrieval, and training jobs with per-document progress. Cartridges are
-/// not here: they live in the <see cref="ICartridgeStore"/> under <see cref="CartridgeId"/>, labelled with the
+/// hash), chunks with an FTS5 index for BM25 retrieval and with their dense vectors (float32, one model's, dropped
+/// with their document's old text), and training jobs with per-document progress. Cartridges are not here: they live in the <see cref="ICartridgeStore"/> under <see cref="CartridgeId"/>, labelled with the
 /// content hash they were trained on, which is how a changed document's cartridge becomes stale (and only that one).
 /// Thread-safe (one connection, serialized).
 /// </summary>
@@ -80,6 +88,10 @@ public sealed class CollectionCatalog : IDisposable
               INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END;
             CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
               INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;
+            CREATE TABLE IF NOT EXISTS chunk_vectors(
+              collection TEXT NOT NULL, doc_id TEXT NOT NULL, ord INTEGER NOT NULL, fingerprint TEXT NOT NULL, vec BLOB NOT NULL,
+              PRIMARY KEY(collection, doc_id, ord),
+              FOREIGN KEY(collection, doc_id) REFERENCES documents(collection, doc_id) ON DELETE CASCADE);
             CREATE TABLE IF NOT EXISTS jobs(
               id INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
               kind TEXT NOT NULL, state TEXT NOT NULL, settings TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL, error TEXT);
@@ -155,6 +167,7 @@ public sealed class CollectionCatalog : IDisposable
             foreach (var sql in new[]
             {
                 "DELETE FROM chunks WHERE collection=$n", // row by row, so the FTS index follows (its delete trigger)
+                "DELETE FROM chunk_vectors WHERE collection=$n",
                 "DELETE FROM job_documents WHERE job_id IN (SELECT id FROM jobs WHERE collection=$n)",
                 "DELETE FROM jobs WHERE collection=$n",
                 "DELETE FROM documents WHERE collection=$n",
@@ -198,6 +211,7 @@ public sealed class CollectionCatalog : IDisposable
                 using var tx = db.BeginTransaction();
                 SqliteCommand T(SqliteCommand c) { c.Transaction = tx; return c; }
                 using (var c = T(Cmd("DELETE FROM chunks WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", doc.Id)))) c.ExecuteNonQuery();
+                using (var c = T(Cmd("DELETE FROM chunk_vectors WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", doc.Id)))) c.ExecuteNonQuery();
                 using (var c = T(Cmd("""
                     INSERT OR REPLACE INTO documents(collection, doc_id, kind, source, content_hash, text, chars, tokens, chunks, updated)
                     VALUES($c, $d, $k, $s, $h, $t, $n, $tok, $ch, $u)
@@ -333,6 +347,103 @@ public sealed class CollectionCatalog : IDisposable
             using var r = c.ExecuteReader();
             var hits = new List<ChunkHit>();
             while (r.Read()) hits.Add(new ChunkHit(r.GetString(0), r.GetInt32(1), r.GetInt32(2), r.GetInt32(3), r.GetString(4), r.GetDouble(5)));
+            return hits;
+        }
+    }
+
+    // ---- dense vectors of chunks ----
+
+    /// <summary>
+    /// The collection's chunks that have no vector of the model <paramref name="fingerprint"/> (new or changed
+    /// documents, or vectors of another model), in document and chunk order, with their document's content hash (pass
+    /// it back to <see cref="PutChunkVectors"/>).
+    /// </summary>
+    public IReadOnlyList<ChunkText> ChunksWithoutVector(string collection, string fingerprint)
+    {
+        Get(collection);
+        lock (gate)
+        {
+            using var c = Cmd("""
+                SELECT c.doc_id, c.ord, c.text, d.content_hash FROM chunks c
+                JOIN documents d ON d.collection = c.collection AND d.doc_id = c.doc_id
+                LEFT JOIN chunk_vectors v ON v.collection = c.collection AND v.doc_id = c.doc_id AND v.ord = c.ord AND v.fingerprint = $f
+                WHERE c.collection = $c AND v.ord IS NULL ORDER BY c.doc_id, c.ord
+                """, ("$c", collection), ("$f", fingerprint));
+            using var r = c.ExecuteReader();
+            var list = new List<ChunkText>();
+            while (r.Read()) list.Add(new ChunkText(r.GetString(0), r.GetInt32(1), r.GetString(2), r.GetString(3)));
+            return list;
+        }
+    }
+
+    /// <summary>
+    /// Stores chunk vectors (float32) of the model <paramref name="fingerprint"/>, replacing older ones. A vector whose
+    /// document no longer has the content hash it was computed from (the text changed meanwhile) is dropped; returns
+    /// how many were stored.
+    /// </summary>
+    public int PutChunkVectors(string collection, string fingerprint, IEnumerable<(ChunkText Chunk, float[] Vector)> vectors)
+    {
+        ArgumentNullException.ThrowIfNull(vectors);
+        lock (gate)
+        {
+            using var tx = db.BeginTransaction();
+            using var c = Cmd("""
+                INSERT OR REPLACE INTO chunk_vectors(collection, doc_id, ord, fingerprint, vec)
+                SELECT $c, $d, $o, $f, $v WHERE EXISTS (SELECT 1 FROM documents WHERE collection=$c AND doc_id=$d AND content_hash=$h)
+                """);
+            c.Transaction = tx;
+            c.Parameters.AddWithValue("$c", collection); c.Parameters.AddWithValue("$f", fingerprint);
+            var pd = c.Parameters.Add("$d", SqliteType.Text); var po = c.Parameters.Add("$o", SqliteType.Integer);
+            var ph = c.Parameters.Add("$h", SqliteType.Text); var pv = c.Parameters.Add("$v", SqliteType.Blob);
+            int stored = 0;
+            foreach (var (chunk, vector) in vectors)
+            {
+                pd.Value = chunk.DocumentId; po.Value = chunk.Ordinal; ph.Value = chunk.ContentHash;
+                pv.Value = MemoryMarshal.AsBytes(vector.AsSpan()).ToArray();
+                stored += c.ExecuteNonQuery();
+            }
+            tx.Commit();
+            return stored;
+        }
+    }
+
+    /// <summary>
+    /// Dense search: the <paramref name="k"/> chunks whose vectors (of the model <paramref name="fingerprint"/>) are
+    /// most cosine-similar to <paramref name="query"/>, best first (ties: document id, then chunk order);
+    /// <see cref="ChunkHit.Score"/> is the cosine similarity (higher is better). Chunks without a vector of that model
+    /// are not searched (see <see cref="ChunksWithoutVector"/>). An exhaustive scan: one dot product per chunk.
+    /// </summary>
+    public IReadOnlyList<ChunkHit> SearchDense(string collection, string fingerprint, ReadOnlySpan<float> query, int k = 10)
+    {
+        if (k <= 0) return [];
+        float qn = TensorPrimitives.Norm(query);
+        if (!float.IsFinite(qn) || qn == 0) throw new InvalidRequestException("the dense query vector is zero or not finite; nothing can be similar to it.");
+        var best = new List<(double Score, string Doc, int Ord)>(k + 1);
+        var vec = new float[query.Length];
+        lock (gate)
+        {
+            using var c = Cmd("SELECT doc_id, ord, vec FROM chunk_vectors WHERE collection=$c AND fingerprint=$f ORDER BY doc_id, ord", ("$c", collection), ("$f", fingerprint));
+            using var r = c.ExecuteReader();
+            while (r.Read())
+            {
+                var blob = (byte[])r.GetValue(2);
+                if (blob.Length != query.Length * sizeof(float))
+                    throw new InvalidRequestException($"the stored vectors of collection '{collection}' have {blob.Length / sizeof(float)} dimensions, the query {query.Length}.");
+                MemoryMarshal.Cast<byte, float>(blob).CopyTo(vec);
+                float vn = TensorPrimitives.Norm(vec);
+                double score = vn > 0 ? TensorPrimitives.Dot(query, vec) / ((double)qn * vn) : 0;
+                if (best.Count == k && score <= best[^1].Score) continue; // rows come in (doc, ord) order: an equal score later loses the tie
+                int at = best.FindIndex(b => score > b.Score);
+                best.Insert(at < 0 ? best.Count : at, (score, r.GetString(0), r.GetInt32(1)));
+                if (best.Count > k) best.RemoveAt(k);
+            }
+            var hits = new List<ChunkHit>(best.Count);
+            foreach (var (score, doc, ord) in best)
+            {
+                using var t = Cmd("SELECT char_start, char_end, text FROM chunks WHERE collection=$c AND doc_id=$d AND ord=$o", ("$c", collection), ("$d", doc), ("$o", ord));
+                using var tr = t.ExecuteReader();
+                if (tr.Read()) hits.Add(new ChunkHit(doc, ord, tr.GetInt32(0), tr.GetInt32(1), tr.GetString(2), score));
+            }
             return hits;
         }
     }

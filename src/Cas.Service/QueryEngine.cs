@@ -13,7 +13,7 @@ namespace Cas.Service;
 public enum AskMode { Cartridges, Rag, Icl, NoContext }
 
 /// <summary>
-/// Answers questions over a collection: retrieve (BM25 over chunks) → documents, deduplicated in retrieval order →
+/// Answers questions over a collection: retrieve (BM25 over chunks, or dense: <see cref="DenseIndex"/>) → documents, deduplicated in retrieval order →
 /// (Ask) up to D fresh cartridges within a KV-slot budget, acquired from the budget manager and held until the
 /// sequence has left the decode batch → decode on the model's <see cref="DecodeScheduler"/>, text streamed as it comes.
 /// The gRPC QueryService is a thin caller; so is anything in-process.
@@ -62,6 +62,7 @@ public sealed class QueryEngine(ServiceState state)
             throw new InvalidRequestException("max_tokens, retrieve_chunks, max_cartridges and max_cartridge_slots must not be negative (0 takes the default).");
         if (request.RetrieveChunks > MaxRetrieveChunks) throw new InvalidRequestException($"retrieve_chunks is at most {MaxRetrieveChunks}, got {request.RetrieveChunks}.");
         Turns(request);
+        bool dense = DenseRetrieval(request);
         var sampling = Sampling(request);
         var collection = state.Collection(request.Collection);
         var host = state.ModelOf(collection);
@@ -86,7 +87,10 @@ public sealed class QueryEngine(ServiceState state)
         else if (mode != AskMode.NoContext)
         {
             if (collection.Documents == 0) throw new FailedPreconditionException($"collection '{collection.Name}' has no documents; add some (AddDocuments) first.");
-            hits = state.Catalog.Search(collection.Name, request.Question, request.RetrieveChunks == 0 ? DefaultRetrieveChunks : request.RetrieveChunks);
+            int k = request.RetrieveChunks == 0 ? DefaultRetrieveChunks : request.RetrieveChunks;
+            hits = dense
+                ? await Task.Run(() => state.Dense.Search(collection, host, request.Question, k, cancel), cancel)
+                : state.Catalog.Search(collection.Name, request.Question, k);
             foreach (var h in hits)
             {
                 result.Chunks.Add(new RetrievedChunk { DocumentId = h.DocumentId, Ordinal = h.Ordinal, Score = h.Score, CharStart = h.CharStart, CharEnd = h.CharEnd });
@@ -216,6 +220,14 @@ public sealed class QueryEngine(ServiceState state)
             try { await task; } catch { /* its outcome was already reported, or the call is failing for another reason */ }
         }
     }
+
+    /// <summary>Whether the request asks for dense retrieval: "dense"; "bm25" or empty: BM25; anything else INVALID_ARGUMENT.</summary>
+    public static bool DenseRetrieval(AskRequest request) => request.Retrieval switch
+    {
+        "" or "bm25" => false,
+        "dense" => true,
+        var r => throw new InvalidRequestException($"unknown retrieval '{r}'; use \"bm25\" (the default) or \"dense\"."),
+    };
 
     /// <summary>The request's history as chat messages for <see cref="Prompting"/>; INVALID_ARGUMENT for a role other than
     /// user or assistant (or system as the first turn).</summary>

@@ -91,6 +91,7 @@ public sealed class ServiceState : IDisposable
         }
         catch { Store?.Dispose(); Catalog.Dispose(); throw; }
         Training = new TrainingRuns(this);
+        Dense = new DenseIndex(Catalog);
     }
 
     public CasServerOptions Options { get; }
@@ -99,6 +100,8 @@ public sealed class ServiceState : IDisposable
     public BudgetManager Budget { get; }
     /// <summary>The training jobs running in this process.</summary>
     public TrainingRuns Training { get; }
+    /// <summary>Dense retrieval: chunk vectors from the collections' own models.</summary>
+    public DenseIndex Dense { get; }
 
     /// <summary>The model (loaded once, shared by every collection of it).</summary>
     public ModelHost Model(string modelPath, string tokenizerPath)

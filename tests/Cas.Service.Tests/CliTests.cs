@@ -45,6 +45,14 @@ public sealed class CliTests
             Assert.Contains("document=moon", stderr);
             Assert.Contains("cartridge_slots=0", stderr);
 
+            // Dense retrieval: a verbatim sentence of "moon" retrieves it first.
+            (rc, _, stderr) = CasCli.Run("ask", "The moon was round and bright.", "--collection", "cli", "--server", url, "--rag", "--retrieval", "dense", "--max-tokens", "2");
+            Assert.True(rc == 0, stderr);
+            Assert.StartsWith("document=moon ", stderr.Split('\n').First(l => l.StartsWith("document=")));
+            (rc, _, stderr) = CasCli.Run("ask", "the moon", "--collection", "cli", "--server", url, "--retrieval", "nonsense");
+            Assert.NotEqual(0, rc);
+            Assert.Contains("nonsense", stderr);
+
             (rc, _, stderr) = CasCli.Run("ask", "moon rocket", "--collection", "cli", "--server", url); // only "moon" matches: no cartridge
             Assert.Equal(2, rc);
             Assert.Contains("error: FailedPrecondition:", stderr);

@@ -22,7 +22,13 @@ static class AskCommand
         var maxTokens = Options.MaxTokens(128);
         var temperature = Options.Temperature();
         var apiKey = ServeCommand.ApiKeyOption();
-        var cmd = new Command("ask", "Ask a collection a question through a running `cas serve`.") { question, collection, rag, icl, server, maxTokens, temperature, apiKey };
+        var retrieval = new Option<string>("--retrieval")
+        {
+            Description = "How chunks are retrieved: bm25 (full text) or dense (cosine of the model's own mean-pooled hidden states; the server embeds chunks on first use).",
+            DefaultValueFactory = _ => "bm25",
+        };
+        retrieval.AcceptOnlyFromAmong("bm25", "dense");
+        var cmd = new Command("ask", "Ask a collection a question through a running `cas serve`.") { question, collection, rag, icl, server, maxTokens, temperature, apiKey, retrieval };
         cmd.SetAction(pr => Cli.Run(() =>
         {
             var mode = Mode(pr.GetValue(rag), pr.GetValue(icl));
@@ -30,6 +36,7 @@ static class AskCommand
             var request = new AskRequest
             {
                 Collection = pr.GetValue(collection)!, Question = pr.GetValue(question)!, MaxTokens = pr.GetValue(maxTokens), Temperature = pr.GetValue(temperature),
+                Retrieval = pr.GetValue(retrieval)!,
             };
             var result = client.AskAsync(mode, request, text => { Console.Write(text); Console.Out.Flush(); return Task.CompletedTask; }).GetAwaiter().GetResult();
             Console.WriteLine();

@@ -154,4 +154,53 @@ public class CollectionTests
         var e = Assert.Throws<Cas.Engine.InvalidRequestException>(() => cat.Get("nope"));
         Assert.Contains("cas collection create", e.Message);
     }
+    /// <summary>
+    /// Chunk vectors by construction: a=(1,0,0), b=(0,1,0), c=(1,1,0) against q=(1,0.2,0) have cosines 1/√1.04,
+    /// 0.2/√1.04 and 1.2/(√2·√1.04), so SearchDense must give a, c, b with exactly those scores (1e-6: float32 inputs,
+    /// double sums). Vectors are per model, go with a changed document's old text, and a stale one is not stored.
+    /// </summary>
+    [Fact]
+    public void ChunkVectors_SearchDenseByCosine_PerModel_DroppedWithOldText()
+    {
+        using var cat = NewCatalog(out _);
+        cat.Create("other", "/models/m", Fingerprint, "/t", 40);
+        var tok = new CharTokenizer();
+        cat.AddDocuments("books", [Doc("a", "alpha text"), Doc("b", "beta text"), Doc("c", "gamma text")], tok);
+        cat.AddDocuments("other", [Doc("z", "zeta text")], tok);
+        var missing = cat.ChunksWithoutVector("books", "m1");
+        Assert.Equal(["a", "b", "c"], missing.Select(m => m.DocumentId));
+        float[] V(string doc) => doc switch { "a" => [1, 0, 0], "b" => [0, 1, 0], "c" => [1, 1, 0], _ => [1, 0.2f, 0] };
+        Assert.Equal(3, cat.PutChunkVectors("books", "m1", missing.Select(m => (m, V(m.DocumentId)))));
+        Assert.Equal(1, cat.PutChunkVectors("other", "m1", cat.ChunksWithoutVector("other", "m1").Select(m => (m, V("q")))));
+        Assert.Empty(cat.ChunksWithoutVector("books", "m1"));
+        Assert.Equal(3, cat.ChunksWithoutVector("books", "m2").Count); // another model's vectors are not these
+
+        float[] q = [1, 0.2f, 0];
+        var hits = cat.SearchDense("books", "m1", q, k: 3);
+        Assert.Equal(["a", "c", "b"], hits.Select(h => h.DocumentId)); // not "z" of the other collection, though it equals q
+        double n = Math.Sqrt(1.04);
+        Assert.Equal(1 / n, hits[0].Score, 1e-6); Assert.Equal(1.2 / (Math.Sqrt(2) * n), hits[1].Score, 1e-6); Assert.Equal(0.2 / n, hits[2].Score, 1e-6);
+        Assert.Equal(("beta text", 0, 0, 9), (hits[2].Text, hits[2].Ordinal, hits[2].CharStart, hits[2].CharEnd));
+        Assert.Equal(["a", "c"], cat.SearchDense("books", "m1", q, k: 2).Select(h => h.DocumentId));
+        Assert.Empty(cat.SearchDense("books", "m2", q));
+
+        // A changed document: its vector goes with its old chunks; one computed from the old text is refused.
+        var oldB = missing.Single(m => m.DocumentId == "b");
+        cat.AddDocuments("books", [Doc("b", "beta, rewritten")], tok);
+        Assert.Equal(["b"], cat.ChunksWithoutVector("books", "m1").Select(m => m.DocumentId));
+        Assert.Equal(["a", "c"], cat.SearchDense("books", "m1", q).Select(h => h.DocumentId));
+        Assert.Equal(0, cat.PutChunkVectors("books", "m1", [(oldB, V("b"))]));
+        Assert.Single(cat.ChunksWithoutVector("books", "m1"));
+
+        Assert.Throws<Cas.Engine.InvalidRequestException>(() => cat.SearchDense("books", "m1", new float[3]));      // zero query
+        Assert.Throws<Cas.Engine.InvalidRequestException>(() => cat.SearchDense("books", "m1", new float[] { 1, 0 })); // wrong dimension
+
+        // A deleted collection's vectors go with it.
+        Assert.True(cat.Delete("books"));
+        cat.Create("books", "/models/m", Fingerprint, "/t", 40);
+        cat.AddDocuments("books", [Doc("a", "alpha text")], tok);
+        Assert.Single(cat.ChunksWithoutVector("books", "m1"));
+        Assert.Single(cat.ChunksWithoutVector("other", "m2"));
+        Assert.Empty(cat.ChunksWithoutVector("other", "m1"));
+    }
 }

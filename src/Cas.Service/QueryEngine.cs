@@ -15,8 +15,8 @@ public enum AskMode { Cartridges, Rag, Icl, NoContext }
 /// <summary>
 /// Answers questions over a collection: retrieve (BM25 over chunks, or dense: <see cref="DenseIndex"/>) → documents,
 /// deduplicated in retrieval order → (Ask) up to D fresh cartridges within a KV-slot budget, acquired from the budget
-/// manager and held until the sequence has left the decode batch → decode on the model's <see cref="DecodeScheduler"/>, text streamed as it comes.
-/// The gRPC QueryService is a thin caller; so is anything in-process.
+/// manager and held until the sequence has left the decode batch → decode on the model's <see cref="DecodeScheduler"/>,
+/// text streamed as it comes. The gRPC QueryService is a thin caller; so is anything in-process.
 /// </summary>
 public sealed class QueryEngine(ServiceState state)
 {

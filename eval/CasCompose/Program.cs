@@ -1,5 +1,6 @@
 // eval/CAS_COMPOSE.md: do CAS cartridges compose? One command, from the repository root:
 //   dotnet run --project eval/CasCompose -c Release -- [--documents 21] [--probes 64] [--epochs 4] [--out eval]
+// With --scale N: eval/CAS_SCALE.md instead, one job over N documents with B resident (Scale.cs).
 // Documents: stories stories260K samples itself from BOS (it can read them, it has not seen them). Cartridges are
 // trained by Cas.Jobs' CasTrainer exactly as `cas collection train` does, once per variant (isolated: P_iso = 1;
 // distractors with and without distractor gradients), then each document's held-out probes are scored with its
@@ -27,7 +28,8 @@ int nDocs = Arg("--documents", 21), probes = Arg("--probes", 64), heldOutPerChun
 double epochs = Arg2("--epochs", 4.0);
 string outDir = Path.GetFullPath(ArgS("--out", "eval"));
 int[] composeWith = [0, 5, 10, 20];
-if (nDocs < composeWith[^1] + 1) throw new ArgumentException($"--documents must be ≥ {composeWith[^1] + 1} to compose with {composeWith[^1]} others.");
+bool scale = args.Contains("--scale"); // eval/CAS_SCALE.md instead (Scale.cs)
+if (!scale && nDocs < composeWith[^1] + 1) throw new ArgumentException($"--documents must be ≥ {composeWith[^1] + 1} to compose with {composeWith[^1]} others.");
 Blas.TryUse(BlasBackend.Managed); // stories260K's tiny shapes: native BLAS threads only add overhead
 
 string shared = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "..", "shared", "models", "stories260K"));
@@ -37,16 +39,10 @@ var model = ModelLoader.Load(mp);
 var tok = TokenizerLoader.Load(tp);
 var cfg = model.Config;
 var total = Stopwatch.StartNew();
+if (scale) { Cas.Eval.Scale.Run(model, tok, mp, tp, outDir, args, Log); return; }
 
 // ---- documents
-var docs = new List<(string Id, string Text)>();
-for (ulong seed = 1; docs.Count < nDocs; seed++)
-{
-    var r = new Generator(new Transformer(model)).Generate([new GenerationRequest([tok.BosId!.Value])
-        { MaxTokens = 400, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = seed } }]);
-    if (r[0].Tokens.Length < 200) continue; // keep 200–400-token documents
-    docs.Add(($"story{seed:D3}.txt", tok.Decode(r[0].Tokens)));
-}
+var docs = Cas.Eval.Stories.Sample(model, tok, nDocs);
 Log($"{docs.Count} documents, {docs.Average(d => tok.Encode(d.Text).Length):F0} tokens on average");
 
 // ---- held-out sets, no-context and ICL baselines (shared by every variant)

@@ -54,7 +54,13 @@ static class Scale
         int sample = Arg(args, "--eval-sample", 20), roomFor = Arg(args, "--distractor-room", 20);
         double epochs = double.Parse(ArgS(args, "--epochs", "2"), CultureInfo.InvariantCulture);
         var total = Stopwatch.StartNew();
-        var docs = Stories.Sample(model, tok, n, batch: 16);
+        // --stories FILE: the sampled stories are kept there (JSON) and reused by a rerun (sampling 300 takes minutes here).
+        string? cache = ArgS(args, "--stories", "") is { Length: > 0 } c ? c : null;
+        var docs = cache != null && File.Exists(cache)
+            ? System.Text.Json.JsonSerializer.Deserialize<List<string[]>>(File.ReadAllText(cache))!.Select(a => (Id: a[0], Text: a[1])).Take(n).ToList()
+            : Stories.Sample(model, tok, n, batch: 16);
+        if (docs.Count < n) docs = Stories.Sample(model, tok, n, batch: 16);
+        if (cache != null) File.WriteAllText(cache, System.Text.Json.JsonSerializer.Serialize(docs.Select(d => new[] { d.Id, d.Text })));
         var tokens = docs.Select(d => tok.Encode(d.Text).Length).ToArray();
         log($"{docs.Count} documents sampled in {total.Elapsed.TotalSeconds:F0} s, {tokens.Average():F0} tokens on average");
 

@@ -160,6 +160,7 @@ public sealed class CasTrainer
         readonly List<Resident> resident = new();
         readonly List<double> swapIns = new();
         long distractorUses, storeUses, storeDrops;
+        readonly HashSet<string> unusable = new();   // store distractors that could not be read (reported once, then skipped)
         readonly HashSet<int> dirty = new();   // documents whose progress row is behind since the last snapshot
         readonly CartridgeBackprop backprop;
         JobFile state = new();
@@ -445,6 +446,7 @@ public sealed class CasTrainer
         {
             if (leases.TryGetValue(c, out var l)) return l;
             var (id, p) = storeCandidates[c - resident.Count];
+            if (unusable.Contains(id)) return leases[c] = null;
             try
             {
                 l = t.budget.TryAcquire(id, cancel);
@@ -456,6 +458,7 @@ public sealed class CasTrainer
             catch (StoreException e) when (e is CartridgeNotFoundException or CartridgeCorruptException)
             {
                 progress?.Report(new CasJobNote($"store distractor {id} cannot be used: {e.Message}"));
+                unusable.Add(id);
                 l = null;
             }
             leases[c] = l;

@@ -63,7 +63,8 @@ Log($"baselines: ppl none {none.Average():F3}, icl {icl.Average():F3}");
 
 // ---- variants
 // The first three are the report's original variants (distractors from the resident set only, as when it was written);
-// "store" and "paper" draw distractors from the store too, "paper" mixes as the CAS paper did (P_iso 0.5, K = 20).
+// "store" and "paper" draw distractors from the store too; "paper" draws up to K = 20 = N − 1 (as the paper's
+// reproduction does, and as many as the evaluation composes) and mixes more often than the paper (P_iso 0.5, not 0.75).
 var known = new Dictionary<string, (string Name, CasTrainingOptions Options, string What)>
 {
     ["isolated"] = ("isolated", new CasTrainingOptions { PIso = 1.0, StoreDistractors = false }, "P_iso = 1: every example sees its own cartridge alone"),

@@ -271,6 +271,49 @@ public sealed class CasTrainerTests : IDisposable
         Assert.Equal(2 * perCartridge, rt.PeakResidentBytes);
     }
 
+    /// <summary>
+    /// With store distractors in play, a job cancelled mid-window and resumed in a fresh process state (store, budget
+    /// manager and its cache reopened) ends with the same cartridges, bit for bit, as an uninterrupted job: which store
+    /// draws fit depends only on the job's own pinned bytes, not on what the budget manager happened to have cached.
+    /// </summary>
+    [Fact]
+    public void With_store_distractors_a_resumed_job_equals_an_uninterrupted_one()
+    {
+        var (m, tok, mp, tp) = Load();
+        long perCartridge = CasTrainer.ResidentBytesFor(m.Config, 16);
+        long budgetBytes = 2 * perCartridge + 2 * (perCartridge / 4);
+        var first = Enumerable.Range(0, 3).Select(i => Doc($"old{i}.txt", Story(m, tok, 500 + (ulong)i))).ToList();
+        var second = Enumerable.Range(0, 3).Select(i => Doc($"new{i}.txt", Story(m, tok, 600 + (ulong)i))).ToList();
+        var options = Small() with { PIso = 0.25, MaxDistractors = 4 };
+
+        Dictionary<string, KvPrefix> straight;
+        using (var w = Open("sd-straight", m, tok, mp, tp, first, budgetBytes))
+        {
+            w.Trainer.Run("stories", options);
+            w.Catalog.AddDocuments("stories", second, tok);
+            var r = w.Trainer.Run("stories", options);
+            Assert.True(r.StoreDistractorUses > 0 && r.StoreDistractorsDropped > 0, $"{r.StoreDistractorUses} used, {r.StoreDistractorsDropped} dropped");
+            straight = Cartridges(w);
+        }
+        using (var w = Open("sd-resumed", m, tok, mp, tp, first, budgetBytes))
+        {
+            w.Trainer.Run("stories", options);
+            w.Catalog.AddDocuments("stories", second, tok);
+            using var cts = new CancellationTokenSource();
+            var progress = new SyncProgress(e => { if (e is CasJobStep { Step: 3 }) cts.Cancel(); });
+            Assert.ThrowsAny<OperationCanceledException>(() => w.Trainer.Run("stories", options, progress, cts.Token));
+        }
+        using (var w = Open("sd-resumed", m, tok, mp, tp, null, budgetBytes))
+        {
+            var r = w.Trainer.Run("stories", options);
+            Assert.True(r.Resumed);
+            Assert.Equal(3, r.ResumedFromStep);
+            var resumed = Cartridges(w);
+            Assert.Equal(straight.Keys.Order(), resumed.Keys.Order());
+            foreach (var (id, prefix) in straight) AssertSame(prefix, resumed[id], id);
+        }
+    }
+
     sealed class SyncProgress(Action<CasJobEvent> handler) : IProgress<CasJobEvent>
     {
         public void Report(CasJobEvent value) => handler(value);

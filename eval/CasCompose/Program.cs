@@ -1,5 +1,6 @@
 // eval/reports/CAS_COMPOSE.md: do CAS cartridges compose? One command, from the repository root:
 //   dotnet run --project eval/CasCompose -c Release -- [--documents 21] [--probes 64] [--epochs 4] [--out eval/reports]
+// With --scale N: eval/reports/CAS_SCALE.md instead, one job over N documents with B resident (Scale.cs).
 // Documents: stories stories260K samples itself from BOS (it can read them, it has not seen them). Cartridges are
 // trained by Cas.Jobs' CasTrainer exactly as `cas collection train` does, once per variant (isolated: P_iso = 1;
 // distractors with and without distractor gradients), then each document's held-out probes are scored with its
@@ -27,7 +28,8 @@ int nDocs = Arg("--documents", 21), probes = Arg("--probes", 64), heldOutPerChun
 double epochs = Arg2("--epochs", 4.0);
 string outDir = Path.GetFullPath(ArgS("--out", "eval/reports"));
 int[] composeWith = [0, 5, 10, 20];
-if (nDocs < composeWith[^1] + 1) throw new ArgumentException($"--documents must be ≥ {composeWith[^1] + 1} to compose with {composeWith[^1]} others.");
+bool scale = args.Contains("--scale"); // eval/reports/CAS_SCALE.md instead (Scale.cs)
+if (!scale && nDocs < composeWith[^1] + 1) throw new ArgumentException($"--documents must be ≥ {composeWith[^1] + 1} to compose with {composeWith[^1]} others.");
 Blas.TryUse(BlasBackend.Managed); // stories260K's tiny shapes: native BLAS threads only add overhead
 
 string shared = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "..", "..", "..", "shared", "models", "stories260K"));
@@ -37,16 +39,10 @@ var model = ModelLoader.Load(mp);
 var tok = TokenizerLoader.Load(tp);
 var cfg = model.Config;
 var total = Stopwatch.StartNew();
+if (scale) { Cas.Eval.Scale.Run(model, tok, mp, tp, outDir, args, Log); return; }
 
 // ---- documents
-var docs = new List<(string Id, string Text)>();
-for (ulong seed = 1; docs.Count < nDocs; seed++)
-{
-    var r = new Generator(new Transformer(model)).Generate([new GenerationRequest([tok.BosId!.Value])
-        { MaxTokens = 400, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = seed } }]);
-    if (r[0].Tokens.Length < 200) continue; // keep 200–400-token documents
-    docs.Add(($"story{seed:D3}.txt", tok.Decode(r[0].Tokens)));
-}
+var docs = Cas.Eval.Stories.Sample(model, tok, nDocs);
 Log($"{docs.Count} documents, {docs.Average(d => tok.Encode(d.Text).Length):F0} tokens on average");
 
 // ---- held-out sets, no-context and ICL baselines (shared by every variant)
@@ -66,37 +62,51 @@ for (int i = 0; i < docs.Count; i++)
 Log($"baselines: ppl none {none.Average():F3}, icl {icl.Average():F3}");
 
 // ---- variants
-var variants = new (string Name, CasTrainingOptions Options)[]
+// The first three are the report's original variants (distractors from the resident set only, as when it was written);
+// "store" and "paper" draw distractors from the store too; "paper" draws up to K = 20 = N − 1 (as the paper's
+// reproduction does, and as many as the evaluation composes) and mixes more often than the paper (P_iso 0.5, not 0.75).
+var known = new Dictionary<string, (string Name, CasTrainingOptions Options, string What)>
 {
-    ("isolated", new CasTrainingOptions { PIso = 1.0 }),
-    ("distractors", new CasTrainingOptions()),
-    ("distractors, frozen", new CasTrainingOptions { DistractorGradients = false }),
+    ["isolated"] = ("isolated", new CasTrainingOptions { PIso = 1.0, StoreDistractors = false }, "P_iso = 1: every example sees its own cartridge alone"),
+    ["distractors"] = ("distractors", new CasTrainingOptions { StoreDistractors = false }, "P_iso = 0.75, k ~ U(1, 10) other resident cartridges, shuffled; distractors trained too"),
+    ["frozen"] = ("distractors, frozen", new CasTrainingOptions { DistractorGradients = false, StoreDistractors = false }, "the same mixing, distractors get no gradient"),
+    ["store"] = ("distractors + store", new CasTrainingOptions(), "P_iso = 0.75, k ~ U(1, 10) drawn from the resident cartridges and the finished ones in the store (frozen); resident distractors trained"),
+    ["paper"] = ("paper mixing", new CasTrainingOptions { PIso = 0.5, MaxDistractors = 20 }, "P_iso = 0.5, k ~ U(1, 20) drawn from the resident cartridges and the finished ones in the store (frozen); resident distractors trained"),
 };
+var variants = ArgS("--variants", "isolated,distractors,frozen").Split(',').Select(v => known.TryGetValue(v.Trim(), out var k) ? k
+    : throw new ArgumentException($"unknown variant '{v}'; known: {string.Join(", ", known.Keys)}")).ToArray();
+int residentB = Arg("--resident", 12);
+bool monolithic = !args.Contains("--no-monolithic");
+string report = ArgS("--report", "CAS_COMPOSE");
 var rows = new List<(string Variant, int With, double Ppl, double Gap, double GapMedian)>();
-var timing = new List<(string Variant, double Seconds, long Steps, long Peak, long Budget, double P50, double P95)>();
+var timing = new List<(string Variant, double Seconds, long Steps, long Peak, long Budget, double P50, double P95, long Distractors, long Store, long Dropped)>();
 var compRng = new Random(12345);
 var others = Enumerable.Range(0, docs.Count).Select(i => composeWith.ToDictionary(n => n, n =>
 {
     var pool = Enumerable.Range(0, docs.Count).Where(j => j != i).OrderBy(_ => compRng.Next()).Take(n).Append(i).OrderBy(_ => compRng.Next()).ToArray();
     return pool; // document indices in prefix order, the gold among them
 })).ToArray();
-KvPrefix[] distractorCartridges = [];
-foreach (var (name, baseOptions) in variants)
+KvPrefix[] distractorCartridges = [], anyCartridges = [];
+foreach (var (name, baseOptions, _) in variants)
 {
     string dir = Path.Combine(Path.GetTempPath(), "cas-compose-" + Guid.NewGuid().ToString("N"));
     try
     {
-        var options = baseOptions with { Resident = 12, Epochs = epochs, Probes = probeBase };
+        var options = baseOptions with { Resident = residentB, Epochs = epochs, Probes = probeBase };
         using var catalog = new CollectionCatalog(dir);
         catalog.Create("stories", mp, Cartridge.Fingerprint(model), tp, 512);
         catalog.AddDocuments("stories", docs.Select(d => (new Document(d.Id, d.Text, d.Id, Document.NoMetadata, Document.NoQuestions), "text")), tok);
         using var store = new FasterCartridgeStore(dir);
-        using var budget = new BudgetManager(store, new BudgetOptions { ResidentBytes = options.Resident * CasTrainer.ResidentBytesFor(cfg, 32) });
+        // Training: B cartridges (K/V + grad + 2 moments); store distractors: room for a batch's worth of frozen K/V.
+        long storeRoom = options.StoreDistractors ? (long)options.BatchSize * options.MaxDistractors * CasTrainer.ResidentBytesFor(cfg, 32) / 4 : 0;
+        using var budget = new BudgetManager(store, new BudgetOptions { ResidentBytes = options.Resident * CasTrainer.ResidentBytesFor(cfg, 32) + storeRoom });
         var clock = Stopwatch.StartNew();
         var result = new CasTrainer(model, tok, catalog, store, budget, dir).Run("stories", options);
-        timing.Add((name, clock.Elapsed.TotalSeconds, result.Steps, result.PeakResidentBytes, result.ResidentBudget, result.SwapInPercentile(0.5), result.SwapInPercentile(0.95)));
+        timing.Add((name, clock.Elapsed.TotalSeconds, result.Steps, result.PeakResidentBytes, result.ResidentBudget, result.SwapInPercentile(0.5), result.SwapInPercentile(0.95),
+            result.DistractorUses, result.StoreDistractorUses, result.StoreDistractorsDropped));
         var carts = docs.Select(d => store.Get(CollectionCatalog.CartridgeId("stories", d.Id)).Prefix).ToArray();
-        if (name == "distractors") distractorCartridges = carts;
+        anyCartridges = carts;
+        if (name != "isolated") distractorCartridges = carts; // the monolithic comparison uses the last distractor-trained set
         foreach (int n in composeWith)
         {
             var gaps = new double[docs.Count]; double ppl = 0;
@@ -115,58 +125,65 @@ foreach (var (name, baseOptions) in variants)
 }
 
 // ---- monolithic: one cartridge with Σp slots, trained on every document's probes for as many examples in all
+if (distractorCartridges.Length == 0) monolithic = false;
+double monoSeconds = 0, monoPpl = 0, allPpl = 0; int monoSteps = 0;
+var monoGaps = new double[docs.Count]; var allComposed = new double[docs.Count];
 int sumP = distractorCartridges.Sum(c => c.Length);
-var perDoc = docs.Select(d => DocumentProbes.Build(model, tok, d.Text, d.Id, probeBase with { ChunkTokens = chunkTokens, Seed = 7 })).ToList();
-var all = new TrainingExamples(perDoc.SelectMany(e => Enumerable.Range(0, e.Count).Select(k => e[k])), docs.Select(d => d.Id).ToList(), "all documents' probes");
-int monoSteps = TrainingOptions.StepsForEpochs(epochs, all.Count, 8, 1);
-var concat = docs.SelectMany(d => tok.Encode(d.Text)).Prepend(tok.BosId!.Value).ToArray();
-var mono = Cartridge.ForModel(model, CartridgeInit.FirstK(model, concat, sumP), CartridgeInitKind.FirstK);
-var monoClock = Stopwatch.StartNew();
-var monoState = TrainingState.Start(mono, new TrainingOptions { Steps = monoSteps, BatchSize = 8, LearningRate = 0.05f }, all);
-new CartridgeTrainer(model).Run(monoState, all);
-double monoSeconds = monoClock.Elapsed.TotalSeconds;
-var monoGaps = new double[docs.Count]; double monoPpl = 0;
-for (int i = 0; i < docs.Count; i++)
+if (monolithic)
 {
-    double p = eval.WithPrefix(sets[i], mono.Prefix).Perplexity;
-    monoPpl += p / docs.Count; monoGaps[i] = HeldOutEvaluator.GapClosed(none[i], icl[i], p);
+    var perDoc = docs.Select(d => DocumentProbes.Build(model, tok, d.Text, d.Id, probeBase with { ChunkTokens = chunkTokens, Seed = 7 })).ToList();
+    var all = new TrainingExamples(perDoc.SelectMany(e => Enumerable.Range(0, e.Count).Select(k => e[k])), docs.Select(d => d.Id).ToList(), "all documents' probes");
+    monoSteps = TrainingOptions.StepsForEpochs(epochs, all.Count, 8, 1);
+    var concat = docs.SelectMany(d => tok.Encode(d.Text)).Prepend(tok.BosId!.Value).ToArray();
+    var mono = Cartridge.ForModel(model, CartridgeInit.FirstK(model, concat, sumP), CartridgeInitKind.FirstK);
+    var monoClock = Stopwatch.StartNew();
+    var monoState = TrainingState.Start(mono, new TrainingOptions { Steps = monoSteps, BatchSize = 8, LearningRate = 0.05f }, all);
+    new CartridgeTrainer(model).Run(monoState, all);
+    monoSeconds = monoClock.Elapsed.TotalSeconds;
+    for (int i = 0; i < docs.Count; i++)
+    {
+        double p = eval.WithPrefix(sets[i], mono.Prefix).Perplexity;
+        monoPpl += p / docs.Count; monoGaps[i] = HeldOutEvaluator.GapClosed(none[i], icl[i], p);
+    }
+    for (int i = 0; i < docs.Count; i++)
+    {
+        double p = eval.WithPrefix(sets[i], KvPrefix.Concat(distractorCartridges)).Perplexity;
+        allPpl += p / docs.Count; allComposed[i] = HeldOutEvaluator.GapClosed(none[i], icl[i], p);
+    }
+    Log($"monolithic p={sumP}: ppl {monoPpl:F3}, gap {monoGaps.Average():P1}; all {docs.Count} per-document cartridges composed: ppl {allPpl:F3}, gap {allComposed.Average():P1}");
 }
-var allComposed = new double[docs.Count]; double allPpl = 0;
-for (int i = 0; i < docs.Count; i++)
-{
-    double p = eval.WithPrefix(sets[i], KvPrefix.Concat(distractorCartridges)).Perplexity;
-    allPpl += p / docs.Count; allComposed[i] = HeldOutEvaluator.GapClosed(none[i], icl[i], p);
-}
-Log($"monolithic p={sumP}: ppl {monoPpl:F3}, gap {monoGaps.Average():P1}; all {docs.Count} per-document cartridges composed: ppl {allPpl:F3}, gap {allComposed.Average():P1}");
 
 // ---- plot and report
 var plt = new ScottPlot.Plot();
-foreach (var (name, _) in variants)
+foreach (var (name, _, _) in variants)
 {
     var r = rows.Where(x => x.Variant == name).ToList();
     var sc = plt.Add.Scatter(r.Select(x => (double)x.With).ToArray(), r.Select(x => 100 * x.Gap).ToArray());
     sc.LegendText = name;
 }
-var mline = plt.Add.HorizontalLine(100 * monoGaps.Average());
-mline.LegendText = $"monolithic (p = {sumP}), alone";
-mline.LinePattern = ScottPlot.LinePattern.Dashed;
+if (monolithic)
+{
+    var mline = plt.Add.HorizontalLine(100 * monoGaps.Average());
+    mline.LegendText = $"monolithic (p = {sumP}), alone";
+    mline.LinePattern = ScottPlot.LinePattern.Dashed;
+}
 plt.Title($"stories260K, {docs.Count} documents: gap closed vs cartridges composed");
 plt.XLabel("other documents' cartridges composed with the gold one");
 plt.YLabel("no-context → ICL perplexity gap closed (%)");
 plt.ShowLegend(ScottPlot.Alignment.UpperRight);
 Directory.CreateDirectory(outDir);
-plt.SavePng(Path.Combine(outDir, "cas_compose.png"), 900, 550);
+string png = report.ToLowerInvariant() + ".png";
+plt.SavePng(Path.Combine(outDir, png), 900, 550);
 
 var md = new StringBuilder();
 md.AppendLine("# CAS: do per-document cartridges compose? (stories260K)");
 md.AppendLine();
-md.AppendLine($"Generated by `dotnet run --project eval/CasCompose -c Release -- --documents {nDocs} --probes {probes} --epochs {epochs} --held-out {heldOutPerChunk}` ({total.Elapsed.TotalMinutes:F1} min on the 2-core machine).");
+md.AppendLine($"Generated by `dotnet run --project eval/CasCompose -c Release -- {string.Join(" ", args)}` ({total.Elapsed.TotalMinutes:F1} min on the 2-core machine).");
 md.AppendLine();
 md.AppendLine($"{docs.Count} documents the model sampled from BOS (temperature 0.8, 200–400 tokens; {docs.Average(d => tok.Encode(d.Text).Length):F0} on average). " +
-    $"Per document one cartridge, p = max(16, tokens/20) = {distractorCartridges.Min(c => c.Length)}–{distractorCartridges.Max(c => c.Length)}, trained by `CasTrainer` " +
-    $"(what `cas collection train` runs) on {probes} document probes per chunk for {epochs} epochs, lr 0.05, B = 12 resident, rotation 0.5 every 10 steps. " +
-    "Variants: *isolated* (P_iso = 1: every example sees its own cartridge alone), *distractors* (P_iso = 0.75, k ~ U(1, 10) other resident cartridges, shuffled; distractors trained too), " +
-    "*distractors, frozen* (the same mixing, distractors get no gradient). Evaluation: each document's held-out probes " +
+    $"Per document one cartridge, p = max(16, tokens/20) = {anyCartridges.Min(c => c.Length)}–{anyCartridges.Max(c => c.Length)}, trained by `CasTrainer` " +
+    $"(what `cas collection train` runs) on {probes} document probes per chunk for {epochs} epochs, lr 0.05, B = {residentB} resident, rotation 0.5 every 10 steps. " +
+    "Variants: " + string.Join(", ", variants.Select(v => $"*{v.Name}* ({v.What})")) + ". Evaluation: each document's held-out probes " +
     $"({heldOutPerChunk} per chunk, sentence starts and openers training never used), perplexity of the actual continuation; gap closed = (ppl_none − ppl) / (ppl_none − ppl_icl) per document, then averaged. " +
     "Composed: the gold cartridge and n random other documents' cartridges (same others for every variant), in a random order, keys not re-rotated.");
 md.AppendLine();
@@ -176,22 +193,25 @@ md.AppendLine("| variant | composed with | held-out ppl | gap closed (mean) | ga
 md.AppendLine("| --- | ---: | ---: | ---: | ---: |");
 foreach (var r in rows) md.AppendLine($"| {r.Variant} | {r.With} | {r.Ppl:F3} | {100 * r.Gap:F1}% | {100 * r.GapMedian:F1}% |");
 md.AppendLine();
-md.AppendLine("![gap closed vs cartridges composed](cas_compose.png)");
+md.AppendLine($"![gap closed vs cartridges composed]({png})");
 md.AppendLine();
-md.AppendLine("**Per-document vs monolithic, same total size.**");
-md.AppendLine();
-md.AppendLine("| cartridge(s) | slots | held-out ppl | gap closed (mean) |");
-md.AppendLine("| --- | ---: | ---: | ---: |");
-md.AppendLine($"| all {docs.Count} per-document cartridges (distractor-trained) composed | {sumP} | {allPpl:F3} | {100 * allComposed.Average():F1}% |");
-md.AppendLine($"| one monolithic cartridge, first-k of the concatenated documents, trained on all their probes ({monoSteps} steps of 8, {monoSeconds:F0} s) | {sumP} | {monoPpl:F3} | {100 * monoGaps.Average():F1}% |");
-md.AppendLine();
+if (monolithic)
+{
+    md.AppendLine("**Per-document vs monolithic, same total size.**");
+    md.AppendLine();
+    md.AppendLine("| cartridge(s) | slots | held-out ppl | gap closed (mean) |");
+    md.AppendLine("| --- | ---: | ---: | ---: |");
+    md.AppendLine($"| all {docs.Count} per-document cartridges (distractor-trained) composed | {sumP} | {allPpl:F3} | {100 * allComposed.Average():F1}% |");
+    md.AppendLine($"| one monolithic cartridge, first-k of the concatenated documents, trained on all their probes ({monoSteps} steps of 8, {monoSeconds:F0} s) | {sumP} | {monoPpl:F3} | {100 * monoGaps.Average():F1}% |");
+    md.AppendLine();
+}
 md.AppendLine("**Training runs** (each variant one job of all documents):");
 md.AppendLine();
-md.AppendLine("| variant | wall time | global steps | peak resident bytes / budget | swap-in p50 / p95 |");
-md.AppendLine("| --- | ---: | ---: | ---: | ---: |");
-foreach (var t in timing) md.AppendLine($"| {t.Variant} | {t.Seconds:F0} s | {t.Steps} | {t.Peak:N0} / {t.Budget:N0} | {t.P50:F1} / {t.P95:F1} ms |");
-File.WriteAllText(Path.Combine(outDir, "CAS_COMPOSE.md"), md.ToString());
-Log($"wrote {Path.Combine(outDir, "CAS_COMPOSE.md")} in {total.Elapsed.TotalMinutes:F1} min");
+md.AppendLine("| variant | wall time | global steps | peak resident bytes / budget | swap-in p50 / p95 | distractor places / from the store / store draws dropped |");
+md.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: |");
+foreach (var t in timing) md.AppendLine($"| {t.Variant} | {t.Seconds:F0} s | {t.Steps} | {t.Peak:N0} / {t.Budget:N0} | {t.P50:F1} / {t.P95:F1} ms | {t.Distractors:N0} / {t.Store:N0} / {t.Dropped:N0} |");
+File.WriteAllText(Path.Combine(outDir, report + ".md"), md.ToString());
+Log($"wrote {Path.Combine(outDir, report + ".md")} in {total.Elapsed.TotalMinutes:F1} min");
 
 static double Median(double[] a) { var s = a.Order().ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
 void Log(string s) => Console.Error.WriteLine($"[{total.Elapsed.TotalSeconds,6:F0}s] {s}");

@@ -32,6 +32,13 @@ public sealed record CasJobDocumentDone(string DocumentId, string CartridgeId, l
 public sealed record CasJobResult(long? JobId, bool Resumed, int Documents, int Trained, long Steps, long ResumedFromStep, TimeSpan Elapsed,
     int PeakResidentCartridges, long PeakResidentBytes, long ResidentBudget, IReadOnlyList<double> SwapInMs)
 {
+    /// <summary>Distractor places filled in this run's examples (one per distractor per sequence), resident or from the store.</summary>
+    public long DistractorUses { get; init; }
+    /// <summary>Of <see cref="DistractorUses"/>: frozen cartridges leased from the store (<see cref="CasTrainingOptions.StoreDistractors"/>).</summary>
+    public long StoreDistractorUses { get; init; }
+    /// <summary>Store distractors drawn but dropped because the resident budget had no room for them (or they could not be read).</summary>
+    public long StoreDistractorsDropped { get; init; }
+
     public double SwapInPercentile(double q)
     {
         if (SwapInMs.Count == 0) return 0;
@@ -102,6 +109,14 @@ public sealed class CasTrainer
         public long RoundRobin { get; set; }
         public List<int> Resident { get; set; } = new();
         public List<DocFile> Documents { get; set; } = new();
+        /// <summary>Fresh cartridges of the collection outside this job when it was planned: store distractors besides the job's finished ones.</summary>
+        public List<PoolFile> StorePool { get; set; } = new();
+    }
+
+    internal sealed class PoolFile
+    {
+        public string Id { get; set; } = "";
+        public int P { get; set; }
     }
 
     internal sealed class DocFile
@@ -144,6 +159,8 @@ public sealed class CasTrainer
         readonly Dictionary<int, TrainingExamples> data = new();
         readonly List<Resident> resident = new();
         readonly List<double> swapIns = new();
+        long distractorUses, storeUses, storeDrops;
+        readonly HashSet<string> unusable = new();   // store distractors that could not be read (reported once, then skipped)
         readonly HashSet<int> dirty = new();   // documents whose progress row is behind since the last snapshot
         readonly CartridgeBackprop backprop;
         JobFile state = new();
@@ -203,7 +220,8 @@ public sealed class CasTrainer
             }
             var m = t.budget.Metrics();
             return new CasJobResult(state.JobId, resumed, state.Documents.Count, state.Documents.Count(d => d.Done) - before, state.Step, resumedFrom,
-                clock.Elapsed, peakResident, m.PeakResidentBytes, m.ResidentBudget, swapIns);
+                clock.Elapsed, peakResident, m.PeakResidentBytes, m.ResidentBudget, swapIns)
+            { DistractorUses = distractorUses, StoreDistractorUses = storeUses, StoreDistractorsDropped = storeDrops };
         }
 
         // ---- planning and resuming
@@ -273,7 +291,12 @@ public sealed class CasTrainer
                 throw new BudgetExceededException(
                     $"{Math.Min(o.Resident, files.Count)} resident cartridges of up to p = {files.Max(f => f.P)} need {need} bytes (K/V, gradient, 2 AdamW moments) but the resident budget is {budgetNow}; lower --resident or raise the budget.");
             long id = t.catalog.CreateJob(info.Name, JobKind, settings, files.Select(f => f.Id), o.Steps ?? 0);
-            state = new JobFile { JobId = id, Settings = settings, Documents = files };
+            var inJob = files.Select(f => f.Id).ToHashSet();
+            var pool = o.StoreDistractors
+                ? t.catalog.Status(info.Name, t.store).Where(s => s.State == CartridgeState.Fresh && s.Cartridge != null && !inJob.Contains(s.Document.DocumentId))
+                    .Select(s => new PoolFile { Id = s.Cartridge!.Id, P = s.Cartridge.Length }).OrderBy(f => f.Id, StringComparer.Ordinal).ToList()
+                : new List<PoolFile>();
+            state = new JobFile { JobId = id, Settings = settings, Documents = files, StorePool = pool };
             dir = t.JobDirectory(id);
             Directory.CreateDirectory(dir);
             Snapshot();
@@ -396,7 +419,53 @@ public sealed class CasTrainer
 
         // ---- one global step
 
+        /// <summary>
+        /// Frozen distractor candidates from the store, in a fixed order (a function of the job's state, so a resumed job
+        /// draws what the uninterrupted one drew): this job's finished documents, then the pool of earlier cartridges.
+        /// </summary>
+        List<(string Id, int P)> StoreCandidates()
+        {
+            var list = new List<(string, int)>();
+            if (!o.StoreDistractors) return list;
+            foreach (var d in state.Documents) if (d.Done && d.Version != null) list.Add((CollectionCatalog.CartridgeId(info.Name, d.Id), d.P));
+            foreach (var f in state.StorePool) list.Add((f.Id, f.P));
+            return list;
+        }
+
         void StepOnce(Stopwatch clock)
+        {
+            // Candidate indices: 0..R-1 the resident cartridges, R.. the store candidates (leased for this step only).
+            var storeCandidates = StoreCandidates();
+            var leases = new Dictionary<int, CartridgeLease?>();
+            try { StepOnce(clock, storeCandidates, leases); }
+            finally { foreach (var l in leases.Values) l?.Dispose(); }
+        }
+
+        /// <summary>The lease of store candidate <paramref name="c"/> (≥ R) for this step; null when the budget has no room for it or it cannot be read.</summary>
+        CartridgeLease? Lease(int c, List<(string Id, int P)> storeCandidates, Dictionary<int, CartridgeLease?> leases)
+        {
+            if (leases.TryGetValue(c, out var l)) return l;
+            var (id, p) = storeCandidates[c - resident.Count];
+            if (unusable.Contains(id)) return leases[c] = null;
+            try
+            {
+                l = t.budget.TryAcquire(id, cancel);
+                if (l != null && (l.Prefix.Length != p || l.Prefix.Layers != cfg.Layers))
+                {
+                    l.Dispose(); l = null; // replaced by a cartridge of another shape since the job was planned
+                }
+            }
+            catch (StoreException e) when (e is CartridgeNotFoundException or CartridgeCorruptException)
+            {
+                progress?.Report(new CasJobNote($"store distractor {id} cannot be used: {e.Message}"));
+                unusable.Add(id);
+                l = null;
+            }
+            leases[c] = l;
+            return l;
+        }
+
+        void StepOnce(Stopwatch clock, List<(string Id, int P)> storeCandidates, Dictionary<int, CartridgeLease?> leases)
         {
             // Golds round-robin over the resident cartridges that still need examples.
             var batch = new List<TrainingSequence>(o.BatchSize);
@@ -420,11 +489,21 @@ public sealed class CasTrainer
                 var cursor = new DataCursor(gd.CursorEpoch, gd.CursorPosition);
                 var ex = g.Examples[g.Order.Next(ref cursor)];
                 gd.CursorEpoch = cursor.Epoch; gd.CursorPosition = cursor.Position;
-                var candidates = Enumerable.Range(0, resident.Count).Where(c => c != pick).ToList();
-                var order = DistractorMixing.Plan(pick, candidates, c => resident[c].Prefix.Length, cfg.MaxSeqLen - ex.Tokens.Length,
+                int rc = resident.Count;
+                var candidates = Enumerable.Range(0, rc + storeCandidates.Count).Where(c => c != pick).ToList();
+                var order = DistractorMixing.Plan(pick, candidates, c => c < rc ? resident[c].Prefix.Length : storeCandidates[c - rc].P, cfg.MaxSeqLen - ex.Tokens.Length,
                     o.PIso, o.MaxDistractors, o.Seed, state.Step, slot);
+                if (order.Any(c => c >= rc))
+                {
+                    // Store distractors come only if the budget has room for them now; the others are dropped.
+                    int before = order.Length;
+                    order = order.Where(c => c < rc || Lease(c, storeCandidates, leases) != null).ToArray();
+                    storeDrops += before - order.Length;
+                    storeUses += order.Count(c => c >= rc);
+                }
+                distractorUses += order.Length - 1;
                 batch.Add(ex); golds.Add(pick); orders.Add(order);
-                prefixes.Add(new ComposedPrefix(order.Select(c => resident[c].Prefix).ToArray()));
+                prefixes.Add(new ComposedPrefix(order.Select(c => c < rc ? resident[c].Prefix : leases[c]!.Prefix).ToArray()));
             }
             if (batch.Count == 0) throw new InvalidOperationException("no resident cartridge needs examples; the job loop should have ended.");
 
@@ -434,7 +513,7 @@ public sealed class CasTrainer
             double lossSum = 0;
             if (o.DistractorGradients)
             {
-                foreach (var ord in orders) foreach (int c in ord) updated.Add(c);
+                foreach (var ord in orders) foreach (int c in ord) if (c < resident.Count) updated.Add(c); // store distractors stay frozen
                 backprop.LossAndGradient(prefixes, batch, updated.Select(c => resident[c].Gradient).ToList(), accumulate: true, divisor: divisor);
                 lossSum = backprop.LastLossSum;
             }

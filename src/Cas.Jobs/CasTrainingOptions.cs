@@ -27,6 +27,14 @@ public sealed record CasTrainingOptions
     public int MaxDistractors { get; init; } = 10;
     /// <summary>Whether distractors receive gradients (and AdamW updates) from the examples they appear in.</summary>
     public bool DistractorGradients { get; init; } = true;
+    /// <summary>
+    /// Whether distractors are also drawn from the collection's finished cartridges in the store (this job's finished
+    /// documents and fresh cartridges of earlier jobs), not only from the other resident ones: k is drawn over both
+    /// alike. A store distractor is leased read-only through the budget manager for one step, frozen (no gradient, no
+    /// optimizer state) and counted in the resident budget; a draw that does not fit the room the budget has left is
+    /// dropped (never waited for).
+    /// </summary>
+    public bool StoreDistractors { get; init; } = true;
     /// <summary>Per document: training steps, each one <see cref="BatchSize"/> of its gold examples. Null: from <see cref="Epochs"/>.</summary>
     public int? Steps { get; init; }
     /// <summary>Per document: passes over its examples (default <see cref="TrainingRunOptions.DefaultEpochs"/>).</summary>

@@ -109,7 +109,16 @@ public sealed class BudgetManager : IDisposable
     /// The current version of <paramref name="id"/>, resident and pinned until the lease is disposed. Blocks while the
     /// budget is full of pinned entries; throws <see cref="BudgetExceededException"/> if it cannot fit.
     /// </summary>
-    public CartridgeLease Acquire(string id, CancellationToken cancellation = default)
+    public CartridgeLease Acquire(string id, CancellationToken cancellation = default) => AcquireCore(id, wait: true, cancellation)!;
+
+    /// <summary>
+    /// Like <see cref="Acquire"/>, but never waits for room: null when <paramref name="id"/> is not resident and cannot
+    /// be made so now (after evicting unpinned entries) without passing the budget. For optional readers, e.g. a training
+    /// job's frozen distractors, which use whatever room the budget has left and go without otherwise.
+    /// </summary>
+    public CartridgeLease? TryAcquire(string id, CancellationToken cancellation = default) => AcquireCore(id, wait: false, cancellation);
+
+    CartridgeLease? AcquireCore(string id, bool wait, CancellationToken cancellation)
     {
         for (int attempt = 0; ; attempt++)
         {
@@ -128,7 +137,7 @@ public sealed class BudgetManager : IDisposable
                     residentHits++;
                     return new CartridgeLease(this, entry);
                 }
-                MakeRoom(info.ComputeBytes, $"cartridge '{id}'", cancellation);
+                if (!MakeRoom(info.ComputeBytes, $"cartridge '{id}'", cancellation, wait)) return null;
                 if (resident.ContainsKey((id, info.Version))) continue; // another caller started loading it while we waited
                 entry = new Entry(info) { Pins = 1 };
                 resident[(id, info.Version)] = entry;
@@ -253,14 +262,26 @@ public sealed class BudgetManager : IDisposable
         if (used > peak) peak = used;
     }
 
-    void MakeRoom(long bytes, string what, CancellationToken ct)
+    /// <summary>Evicts unpinned entries, then waits for releases (when <paramref name="wait"/>), until <paramref name="bytes"/> fit. False: no room and no waiting.</summary>
+    bool MakeRoom(long bytes, string what, CancellationToken ct, bool wait = true)
     {
         if (bytes > options.ResidentBytes)
+        {
+            if (!wait) return false;
             throw new BudgetExceededException($"{what} needs {bytes:N0} resident bytes but the whole budget is {options.ResidentBytes:N0}; raise the budget.");
+        }
+        if (!wait && used + bytes > options.ResidentBytes)
+        {
+            // Evict nothing unless evicting every unpinned entry would make room.
+            long evictable = 0;
+            for (var n = lru.First; n != null; n = n.Next) evictable += n.Value.Bytes;
+            if (used - evictable + bytes > options.ResidentBytes) return false;
+        }
         var deadline = Stopwatch.StartNew();
         while (used + bytes > options.ResidentBytes)
         {
             if (lru.First is { } oldest) { Evict(oldest.Value); evictions++; continue; }
+            if (!wait) return false;
             ct.ThrowIfCancellationRequested();
             var left = options.WaitForRoom - deadline.Elapsed;
             if (left <= TimeSpan.Zero)
@@ -268,6 +289,7 @@ public sealed class BudgetManager : IDisposable
                     $"({resident.Count} cartridges, {reserved:N0} bytes reserved) and none was released within {options.WaitForRoom.TotalSeconds:F0} s; raise the budget or use fewer cartridges at once.");
             Monitor.Wait(gate, left < TimeSpan.FromMilliseconds(100) ? left : TimeSpan.FromMilliseconds(100));
         }
+        return true;
     }
 
     void Evict(Entry e)

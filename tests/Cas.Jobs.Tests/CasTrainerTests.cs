@@ -225,6 +225,95 @@ public sealed class CasTrainerTests : IDisposable
         Assert.Contains(grouped[1].Keys[0], v => v != 0f);
     }
 
+    /// <summary>
+    /// Store distractors: with B = 2 and finished cartridges in the store, examples see distractors that are not resident
+    /// for training (leased read-only through the budget manager, counted in its budget, which is never exceeded), and
+    /// those cartridges are unchanged byte for byte after the job — in the store and in the shared resident copy.
+    /// </summary>
+    [Fact]
+    public void Store_distractors_are_drawn_from_finished_cartridges_frozen_and_within_the_budget()
+    {
+        var (m, tok, mp, tp) = Load();
+        long perCartridge = CasTrainer.ResidentBytesFor(m.Config, 16), kv = perCartridge / 4;
+        long budgetBytes = 2 * perCartridge + 3 * kv; // B = 2 training plus room for 3 frozen distractors
+        var first = Enumerable.Range(0, 3).Select(i => Doc($"old{i}.txt", Story(m, tok, 300 + (ulong)i))).ToList();
+        var second = Enumerable.Range(0, 4).Select(i => Doc($"new{i}.txt", Story(m, tok, 400 + (ulong)i))).ToList();
+        var options = Small() with { PIso = 0.25, MaxDistractors = 4 };
+        using var w = Open("store-distractors", m, tok, mp, tp, first, budgetBytes);
+        w.Trainer.Run("stories", options);
+        var before = w.Store.List("stories/").ToDictionary(i => i.Id, i => (i.Version, Bytes: w.Store.ReadFile(i.Id).Bytes));
+        Assert.Equal(3, before.Count);
+
+        w.Catalog.AddDocuments("stories", second, tok);
+        var r = w.Trainer.Run("stories", options);
+        Assert.Equal(4, r.Trained);
+        Assert.True(r.StoreDistractorUses > 0, $"no store distractor was used ({r.DistractorUses} distractors, {r.StoreDistractorsDropped} dropped)");
+        Assert.True(r.StoreDistractorsDropped > 0, "the budget's room (3 cartridges) should have turned some draws away");
+        Assert.True(r.PeakResidentBytes <= budgetBytes, $"peak {r.PeakResidentBytes} > budget {budgetBytes}");
+        Assert.True(r.PeakResidentBytes > 2 * perCartridge, "store distractors must be counted in the resident budget");
+        Assert.Equal(2, r.PeakResidentCartridges);
+
+        foreach (var (id, (version, bytes)) in before)
+        {
+            var now = w.Store.Find(id)!;
+            Assert.Equal(version, now.Version);
+            Assert.True(w.Store.ReadFile(id).Bytes.AsSpan().SequenceEqual(bytes), $"{id}: stored bytes changed");
+            using var lease = w.Budget.Acquire(id);   // the resident copy the job read, if still cached
+            AssertSame(w.Store.Get(id).Prefix, lease.Prefix, id);
+        }
+
+        // With no room beyond the B training cartridges, store draws are dropped while B are resident (only the tail of
+        // the job, with fewer than B left to train, has room for some) and the peak is exactly the budget.
+        using var tight = Open("store-distractors-tight", m, tok, mp, tp, first.Concat(second), 2 * perCartridge);
+        var rt = tight.Trainer.Run("stories", options);
+        Assert.True(rt.StoreDistractorsDropped > 0);
+        Assert.True(rt.StoreDistractorUses < rt.StoreDistractorsDropped, $"{rt.StoreDistractorUses} used, {rt.StoreDistractorsDropped} dropped");
+        Assert.Equal(2 * perCartridge, rt.PeakResidentBytes);
+    }
+
+    /// <summary>
+    /// With store distractors in play, a job cancelled mid-window and resumed in a fresh process state (store, budget
+    /// manager and its cache reopened) ends with the same cartridges, bit for bit, as an uninterrupted job: which store
+    /// draws fit depends only on the job's own pinned bytes, not on what the budget manager happened to have cached.
+    /// </summary>
+    [Fact]
+    public void With_store_distractors_a_resumed_job_equals_an_uninterrupted_one()
+    {
+        var (m, tok, mp, tp) = Load();
+        long perCartridge = CasTrainer.ResidentBytesFor(m.Config, 16);
+        long budgetBytes = 2 * perCartridge + 2 * (perCartridge / 4);
+        var first = Enumerable.Range(0, 3).Select(i => Doc($"old{i}.txt", Story(m, tok, 500 + (ulong)i))).ToList();
+        var second = Enumerable.Range(0, 3).Select(i => Doc($"new{i}.txt", Story(m, tok, 600 + (ulong)i))).ToList();
+        var options = Small() with { PIso = 0.25, MaxDistractors = 4 };
+
+        Dictionary<string, KvPrefix> straight;
+        using (var w = Open("sd-straight", m, tok, mp, tp, first, budgetBytes))
+        {
+            w.Trainer.Run("stories", options);
+            w.Catalog.AddDocuments("stories", second, tok);
+            var r = w.Trainer.Run("stories", options);
+            Assert.True(r.StoreDistractorUses > 0 && r.StoreDistractorsDropped > 0, $"{r.StoreDistractorUses} used, {r.StoreDistractorsDropped} dropped");
+            straight = Cartridges(w);
+        }
+        using (var w = Open("sd-resumed", m, tok, mp, tp, first, budgetBytes))
+        {
+            w.Trainer.Run("stories", options);
+            w.Catalog.AddDocuments("stories", second, tok);
+            using var cts = new CancellationTokenSource();
+            var progress = new SyncProgress(e => { if (e is CasJobStep { Step: 3 }) cts.Cancel(); });
+            Assert.ThrowsAny<OperationCanceledException>(() => w.Trainer.Run("stories", options, progress, cts.Token));
+        }
+        using (var w = Open("sd-resumed", m, tok, mp, tp, null, budgetBytes))
+        {
+            var r = w.Trainer.Run("stories", options);
+            Assert.True(r.Resumed);
+            Assert.Equal(3, r.ResumedFromStep);
+            var resumed = Cartridges(w);
+            Assert.Equal(straight.Keys.Order(), resumed.Keys.Order());
+            foreach (var (id, prefix) in straight) AssertSame(prefix, resumed[id], id);
+        }
+    }
+
     sealed class SyncProgress(Action<CasJobEvent> handler) : IProgress<CasJobEvent>
     {
         public void Report(CasJobEvent value) => handler(value);

@@ -60,6 +60,33 @@ public class BudgetTests
     }
 
     [Fact]
+    public void TryAcquire_NeverWaits_EvictsOnlyWhenThatMakesRoom_AndNeverExceeds()
+    {
+        using var store = Filled(TempDir(), 4);
+        // WaitForRoom is long: a TryAcquire that waited would take seconds.
+        using var budget = new BudgetManager(store, new BudgetOptions { ResidentBytes = 3 * One, WaitForRoom = TimeSpan.FromSeconds(30) });
+        using var work = budget.Reserve("train", One);
+        using (var a = budget.TryAcquire("c0")) { Assert.NotNull(a); AssertSamePrefix(Make(0, p: 32).Prefix, a!.Prefix); }   // c0 stays cached, unpinned
+        var pinned = budget.TryAcquire("c1");
+        Assert.NotNull(pinned);
+        // Full: 1 reserved + c1 pinned + c0 cached. c2 fits only by evicting c0.
+        using (var c2 = budget.TryAcquire("c2")) Assert.NotNull(c2);
+        Assert.Equal(1L, budget.Metrics().Evictions);
+        using var c2b = budget.TryAcquire("c2");   // pin c2: now nothing is evictable
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Assert.Null(budget.TryAcquire("c3"));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"TryAcquire waited {clock.Elapsed}");
+        Assert.Throws<CartridgeNotFoundException>(() => budget.TryAcquire("missing"));
+        var m = budget.Metrics();
+        Assert.Equal((1L, 3 * One, 3 * One), (m.Evictions, m.ResidentBytes, m.PeakResidentBytes));
+        // A resident (pinned) cartridge is always available to TryAcquire: it is shared, not loaded again.
+        using (var again = budget.TryAcquire("c1")) Assert.Same(pinned!.Prefix, again!.Prefix);
+        pinned.Dispose();
+        using (var c3 = budget.TryAcquire("c3")) Assert.NotNull(c3);   // c1 unpinned: evicted for c3
+        Assert.Equal(3 * One, budget.Metrics().PeakResidentBytes);
+    }
+
+    [Fact]
     public async Task Waiter_GetsRoom_WhenALeaseIsReleased()
     {
         using var store = Filled(TempDir(), 2);

@@ -26,6 +26,7 @@ static class CollectionTrain
         var pIso = new Option<double>("--p-iso") { Description = "Probability that a training example sees its own cartridge alone (else with k ~ U(1, K) distractors).", DefaultValueFactory = _ => d.PIso };
         var maxDistractors = new Option<int>("--max-distractors") { Description = "K: most distractor cartridges composed with an example's own.", DefaultValueFactory = _ => d.MaxDistractors };
         var distractorGrads = new Option<string>("--distractor-grads") { Description = "on | off: whether distractor cartridges are trained by the examples they appear in.", DefaultValueFactory = _ => "on" };
+        var storeDistractors = new Option<string>("--store-distractors") { Description = "on | off: whether distractors are also drawn from the collection's finished cartridges in the store (frozen, leased within --resident-mb).", DefaultValueFactory = _ => "on" };
         var steps = Options.Steps();
         var epochs = new Option<double?>("--epochs") { Description = $"Passes over the training examples (instead of --steps). Default: {Cas.Training.TrainingRunOptions.DefaultEpochs.ToString(CultureInfo.InvariantCulture)}." };
         var lr = new Option<float>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => d.LearningRate };
@@ -35,7 +36,7 @@ static class CollectionTrain
         var budgetMb = Options.ResidentMb(1024);
         var cmd = new Command("train", "Train one cartridge per document (CAS: distractor mixing, rotation through a resident budget); rerun to resume or to retrain stale documents.")
         {
-            dataDir, name, compression, residentCount, rotateEvery, rotateFraction, pIso, maxDistractors, distractorGrads, steps, epochs, lr, batch, seed, probesPerChunk, budgetMb,
+            dataDir, name, compression, residentCount, rotateEvery, rotateFraction, pIso, maxDistractors, distractorGrads, storeDistractors, steps, epochs, lr, batch, seed, probesPerChunk, budgetMb,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -43,11 +44,8 @@ static class CollectionTrain
             {
                 Compression = pr.GetValue(compression), Resident = pr.GetValue(residentCount), RotateEvery = pr.GetValue(rotateEvery),
                 RotateFraction = pr.GetValue(rotateFraction), PIso = pr.GetValue(pIso), MaxDistractors = pr.GetValue(maxDistractors),
-                DistractorGradients = pr.GetValue(distractorGrads)!.ToLowerInvariant() switch
-                {
-                    "on" => true, "off" => false,
-                    var v => throw new InvalidRequestException($"--distractor-grads takes on or off, not '{v}'."),
-                },
+                DistractorGradients = OnOff(pr.GetValue(distractorGrads)!, "--distractor-grads"),
+                StoreDistractors = OnOff(pr.GetValue(storeDistractors)!, "--store-distractors"),
                 Steps = pr.GetValue(steps), Epochs = pr.GetValue(epochs), LearningRate = pr.GetValue(lr), BatchSize = pr.GetValue(batch), Seed = pr.GetValue(seed),
                 Probes = d.Probes with { ExamplesPerChunk = pr.GetValue(probesPerChunk) },
                 ResidentBudgetBytes = checked(pr.GetValue(budgetMb) * (1L << 20)),
@@ -92,11 +90,18 @@ static class CollectionTrain
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"collection={info.Name} job={(r.JobId?.ToString(CultureInfo.InvariantCulture) ?? "none")} resumed={(r.Resumed ? "yes" : "no")} documents={r.Documents} trained={r.Trained} fresh={fresh} " +
                 $"steps={r.Steps} resumed_from_step={r.ResumedFromStep} peak_resident_cartridges={r.PeakResidentCartridges} peak_resident_bytes={r.PeakResidentBytes} resident_budget={r.ResidentBudget} " +
+                $"distractors={r.DistractorUses} store_distractors={r.StoreDistractorUses} store_distractors_dropped={r.StoreDistractorsDropped} " +
                 $"swap_ins={r.SwapInMs.Count} swap_in_p50_ms={r.SwapInPercentile(0.5):F2} swap_in_p95_ms={r.SwapInPercentile(0.95):F2} swap_in_p99_ms={r.SwapInPercentile(0.99):F2} wall_s={r.Elapsed.TotalSeconds:F1}"));
             return 0;
         }));
         return cmd;
     }
+
+    static bool OnOff(string value, string option) => value.ToLowerInvariant() switch
+    {
+        "on" => true, "off" => false,
+        _ => throw new InvalidRequestException($"{option} takes on or off, not '{value}'."),
+    };
 
     static string Bar(double f)
     {

@@ -16,6 +16,7 @@ using Cas.Engine.Cartridges;
 using Cas.Engine.Compute;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
+using Cas.Eval;
 using Cas.Jobs;
 using Cas.Resources;
 using Cas.Store;
@@ -154,26 +155,13 @@ if (monolithic)
 }
 
 // ---- plot and report
-var plt = new ScottPlot.Plot();
-foreach (var (name, _, _) in variants)
-{
-    var r = rows.Where(x => x.Variant == name).ToList();
-    var sc = plt.Add.Scatter(r.Select(x => (double)x.With).ToArray(), r.Select(x => 100 * x.Gap).ToArray());
-    sc.LegendText = name;
-}
-if (monolithic)
-{
-    var mline = plt.Add.HorizontalLine(100 * monoGaps.Average());
-    mline.LegendText = $"monolithic (p = {sumP}), alone";
-    mline.LinePattern = ScottPlot.LinePattern.Dashed;
-}
-plt.Title($"stories260K, {docs.Count} documents: gap closed vs cartridges composed");
-plt.XLabel("other documents' cartridges composed with the gold one");
-plt.YLabel("no-context → ICL perplexity gap closed (%)");
-plt.ShowLegend(ScottPlot.Alignment.UpperRight);
-Directory.CreateDirectory(outDir);
 string png = report.ToLowerInvariant() + ".png";
-plt.SavePng(Path.Combine(outDir, png), 900, 550);
+Plots.Lines(Path.Combine(outDir, png), $"stories260K, {docs.Count} documents: gap closed vs cartridges composed",
+    "other documents' cartridges composed with the gold one", "no-context → ICL perplexity gap closed (%)",
+    variants.Select(v => (Name: v.Item1, Rows: rows.Where(x => x.Variant == v.Item1).ToList()))
+            .Select(v => new PlotSeries(v.Name, v.Rows.Select(x => (double)x.With).ToArray(), v.Rows.Select(x => 100 * x.Gap).ToArray())),
+    monolithic ? [($"monolithic (p = {sumP}), alone", 100 * monoGaps.Average())] : null,
+    legend: ScottPlot.Alignment.UpperRight);
 
 var md = new StringBuilder();
 md.AppendLine("# CAS: do per-document cartridges compose? (stories260K)");

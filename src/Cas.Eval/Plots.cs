@@ -12,7 +12,7 @@ public sealed record PlotSeries(string Label, double[] X, double[] Y, string[]? 
 public static class Plots
 {
     public static void Lines(string path, string title, string xLabel, string yLabel, IEnumerable<PlotSeries> series,
-        IEnumerable<(string Label, double Y)>? references = null, int width = 900, int height = 550)
+        IEnumerable<(string Label, double Y)>? references = null, int width = 900, int height = 550, Alignment legend = Alignment.LowerRight)
     {
         var plt = new Plot();
         foreach (var s in series)
@@ -40,7 +40,7 @@ public static class Plots
         plt.Title(title);
         plt.XLabel(xLabel);
         plt.YLabel(yLabel);
-        plt.ShowLegend(Alignment.LowerRight);
+        plt.ShowLegend(legend);
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
         plt.SavePng(path, width, height);
     }

@@ -46,6 +46,11 @@ static class Child
         switch (engine)
         {
             case "ours": return new OursEngine(RandomWeights.Create(cfg, o.Seed), Math.Max(maxPositions, 16));
+            case "ours-bf16": // the same weights held in 16 bits and widened in the kernels: the peer of llama.cpp's F16
+            {
+                var m = RandomWeights.Create(cfg, o.Seed);
+                return new OursEngine(new Model(cfg, m.Weights.ToPrecision(WeightPrecision.BFloat16), m.Source), Math.Max(maxPositions, 16));
+            }
             case "libtorch":
             {
                 var e = new TorchEngine(RandomWeights.Create(cfg, o.Seed), maxPositions, o.Threads);
@@ -54,7 +59,7 @@ static class Child
             }
             case "llamacpp-f32": return new LlamaCppEngine(GgufPath(o, "f32"), o.Threads, maxPositions);
             case "llamacpp-f16": return new LlamaCppEngine(GgufPath(o, "f16"), o.Threads, maxPositions);
-            default: throw new ArgumentException($"unknown engine '{engine}' (ours, libtorch, llamacpp-f32, llamacpp-f16).");
+            default: throw new ArgumentException($"unknown engine '{engine}' (ours, ours-bf16, libtorch, llamacpp-f32, llamacpp-f16).");
         }
     }
 

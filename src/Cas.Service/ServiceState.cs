@@ -38,6 +38,12 @@ public sealed record CasServerOptions
     public Cas.Jobs.CasTrainingOptions Training { get; init; } = new();
     /// <summary>Most sequences decoded in one batched step per model.</summary>
     public int MaxBatch { get; init; } = 64;
+    /// <summary>
+    /// Most bytes the decoding sequences' own KV caches hold together (prompt + answer slots; the cartridges they attend to
+    /// are resident once and counted in <see cref="ResidentBytes"/>). A question waits for room; one that can never fit
+    /// is refused (INVALID_ARGUMENT, saying so).
+    /// </summary>
+    public long SequenceKvBytes { get; init; } = 2L << 30;
     /// <summary>How loaded models hold their weight matrices: fp32, or the checkpoint's own bf16/fp16 (half the memory and bytes per token).</summary>
     public Cas.Engine.Models.WeightStorage WeightStorage { get; init; } = Cas.Engine.Models.WeightStorage.Float32;
     /// <summary>Least level logged (Information shows one line per refused call).</summary>
@@ -47,7 +53,7 @@ public sealed record CasServerOptions
 /// <summary>A loaded model with its tokenizer, fingerprint and decode scheduler (one per model path + tokenizer).</summary>
 public sealed class ModelHost : IDisposable
 {
-    internal ModelHost(string modelPath, string tokenizerPath, int maxBatch, WeightStorage storage = WeightStorage.Float32)
+    internal ModelHost(string modelPath, string tokenizerPath, int maxBatch, WeightStorage storage = WeightStorage.Float32, long maxCacheBytes = long.MaxValue)
     {
         ModelPath = modelPath; TokenizerPath = tokenizerPath;
         Model = ModelLoader.Load(modelPath, storage);
@@ -56,7 +62,7 @@ public sealed class ModelHost : IDisposable
             throw new ModelFormatException($"the tokenizer at {tokenizerPath} has {Tokenizer.VocabSize} tokens but the model has a vocabulary of {Model.Config.VocabSize}; they do not belong together.");
         Fingerprint = Cartridge.Fingerprint(Model);
         Transformer = new Transformer(Model);
-        Scheduler = new DecodeScheduler(Transformer, maxBatch);
+        Scheduler = new DecodeScheduler(Transformer, maxBatch, maxCacheBytes);
     }
 
     public string ModelPath { get; }
@@ -111,7 +117,7 @@ public sealed class ServiceState : IDisposable
         {
             var key = (Path.GetFullPath(modelPath), Path.GetFullPath(tokenizerPath));
             if (!_models.TryGetValue(key, out lazy!))
-                _models[key] = lazy = new Lazy<ModelHost>(() => new ModelHost(key.Item1, key.Item2, Options.MaxBatch, Options.WeightStorage));
+                _models[key] = lazy = new Lazy<ModelHost>(() => new ModelHost(key.Item1, key.Item2, Options.MaxBatch, Options.WeightStorage, Options.SequenceKvBytes));
         }
         try { return lazy.Value; }
         catch

@@ -381,4 +381,29 @@ public sealed class BudgetTests
         }
         finally { Directory.Delete(dir, true); }
     }
+
+    [Fact]
+    public async Task A_question_whose_own_KV_cache_exceeds_the_sequence_budget_is_refused_and_the_server_keeps_serving()
+    {
+        var dir = Directory.CreateTempSubdirectory("cas-service-kv-").FullName;
+        try
+        {
+            // stories260K: 5 layers × 4 KV heads × 8 dims × 2 (K, V) × 4 bytes = 1,280 bytes a position, so 128 KiB holds
+            // 102 positions: a short document pasted with 8 answer tokens fits, any question with 200 answer tokens does not.
+            await using var server = await ServerFixture.StartScratch(dir, o => o with { SequenceKvBytes = 128 << 10 });
+            using var channel = GrpcChannel.ForAddress(server.Address);
+            var collections = new CollectionService.CollectionServiceClient(channel);
+            await collections.CreateCollectionAsync(new CreateCollectionRequest { Name = "kv" }, deadline: DateTime.UtcNow.AddSeconds(60));
+            await ServerFixture.AddDocs(collections, "kv", ServerFixture.Docs).WaitAsync(TimeSpan.FromSeconds(60));
+            var query = new QueryService.QueryServiceClient(channel);
+            var big = new AskRequest { Collection = "kv", Question = "moon", MaxTokens = 200, MaxCartridges = 1 };
+            var e = await Assert.ThrowsAsync<RpcException>(() => ServerFixture.Collect(query.AskIcl(big, deadline: DateTime.UtcNow.AddSeconds(60))));
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+            Assert.Contains("decode KV budget", e.Status.Detail);
+            var (_, ok) = await ServerFixture.Collect(query.AskRag(new AskRequest { Collection = "kv", Question = "moon", MaxTokens = 8, RetrieveChunks = 1 },
+                deadline: DateTime.UtcNow.AddSeconds(60)));
+            Assert.True(ok.Tokens.PromptTokens + ok.Tokens.CompletionTokens <= 102);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
 }

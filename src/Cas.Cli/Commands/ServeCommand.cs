@@ -17,8 +17,13 @@ static class ServeCommand
         var tlsCert = new Option<string?>("--tls-cert") { Description = "PKCS#12 certificate file: serve HTTP/2 over TLS instead of cleartext." };
         var residentMb = Options.ResidentMb(2048);
         var weightStorage = Options.WeightStorage();
+        var sequenceKvMb = new Option<long>("--sequence-kv-mb")
+        {
+            Description = "MiB the decoding sequences' own KV caches may hold together (cartridges count once, in --resident-mb); questions wait for room.",
+            DefaultValueFactory = _ => 2048,
+        };
         var cmd = new Command("serve", "Serve collections, cartridges and questions over gRPC (cas.v1; health and reflection included).")
-            { dataDir, host, port, model, tokenizer, apiKey, tlsCert, residentMb, weightStorage };
+            { dataDir, host, port, model, tokenizer, apiKey, tlsCert, residentMb, weightStorage, sequenceKvMb };
         // System.CommandLine turns Ctrl+C / SIGTERM into the action's cancellation token; the server stops on it.
         cmd.SetAction((pr, stop) => Task.FromResult(Cli.Run(() =>
         {
@@ -29,6 +34,7 @@ static class ServeCommand
                 ModelPath = Path.GetFullPath(modelPath), TokenizerPath = Path.GetFullPath(Cli.ResolveTokenizerPath(modelPath, pr.GetValue(tokenizer))),
                 ApiKey = pr.GetValue(apiKey), TlsCertificatePath = pr.GetValue(tlsCert),
                 ResidentBytes = pr.GetValue(residentMb) << 20, WeightStorage = Options.ParseWeightStorage(pr.GetValue(weightStorage)),
+                SequenceKvBytes = Math.Max(1, pr.GetValue(sequenceKvMb)) << 20,
             };
             var server = CasServer.StartAsync(options).GetAwaiter().GetResult();
             try

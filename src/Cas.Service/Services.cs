@@ -147,7 +147,9 @@ public sealed class CollectionServiceImpl(ServiceState state) : CollectionServic
 
 public sealed class CartridgeServiceImpl(ServiceState state) : CartridgeService.CartridgeServiceBase
 {
-    const int PieceBytes = 1 << 20;
+    // Export pieces: 1 MiB, or half the message limit when that is smaller, so a piece (plus the first one's info) is
+    // always a message the server may send.
+    int PieceBytes => Math.Clamp(state.Options.MaxMessageBytes / 2, 4096, 1 << 20);
 
     public override Task<ListCartridgesResponse> ListCartridges(ListCartridgesRequest request, ServerCallContext context)
     {
@@ -170,9 +172,10 @@ public sealed class CartridgeServiceImpl(ServiceState state) : CartridgeService.
         Find(request.Id);
         var file = await Task.Run(() => state.Store.ReadFile(request.Id, context.CancellationToken), context.CancellationToken);
         var bytes = file.Bytes;
-        for (int at = 0; at == 0 || at < bytes.Length; at += PieceBytes)
+        int pieceBytes = PieceBytes;
+        for (int at = 0; at == 0 || at < bytes.Length; at += pieceBytes)
         {
-            var piece = new CartridgeData { Data = ByteString.CopyFrom(bytes, at, Math.Min(PieceBytes, bytes.Length - at)) };
+            var piece = new CartridgeData { Data = ByteString.CopyFrom(bytes, at, Math.Min(pieceBytes, bytes.Length - at)) };
             if (at == 0) piece.Info = Convert.Cartridge(file.Info);
             await responseStream.WriteAsync(piece, context.CancellationToken);
         }

@@ -383,6 +383,47 @@ public sealed class BudgetTests
     }
 
     [Fact]
+    public async Task Export_of_a_cartridge_larger_than_the_message_limit_comes_in_pieces_under_it()
+    {
+        var dir = Directory.CreateTempSubdirectory("cas-service-export-").FullName;
+        try
+        {
+            const int limit = 64 << 10;
+            await using var server = await ServerFixture.StartScratch(dir, o => o with { MaxMessageBytes = limit });
+            using var channel = GrpcChannel.ForAddress(server.Address);
+            var host = server.State.Model(server.State.Options.ModelPath!, server.State.Options.TokenizerPath!);
+            // p = 200 on stories260K: 5 layers × 2 × 4 KV heads × 200 × 8 dims × 2 bytes (bf16) ≈ 128 KB, twice the limit.
+            var text = string.Concat(Enumerable.Repeat(ServerFixture.Docs[0].Text + " ", 8));
+            var prefix = Cas.Engine.Cartridges.CartridgeInit.FirstK(host.Model, Prompting.Encode(host.Tokenizer, text, addStart: true), 200);
+            var file = Path.Combine(dir, "long.safetensors");
+            Cas.Engine.Cartridges.Cartridge.ForModel(host.Model, prefix, Cas.Engine.Cartridges.CartridgeInitKind.FirstK).Save(file);
+            var cartridges = new CartridgeService.CartridgeServiceClient(channel);
+            using (var import = cartridges.ImportCartridge(deadline: DateTime.UtcNow.AddSeconds(60)))
+            {
+                var all = await File.ReadAllBytesAsync(file);
+                for (int at = 0; at < all.Length; at += 16 << 10)
+                {
+                    var m = new ImportCartridgeRequest { Data = ByteString.CopyFrom(all, at, Math.Min(16 << 10, all.Length - at)) };
+                    if (at == 0) m.Id = "big/one";
+                    await import.RequestStream.WriteAsync(m);
+                }
+                await import.RequestStream.CompleteAsync();
+                await import;
+            }
+            var stored = server.State.Store.ReadFile("big/one").Bytes;
+            Assert.True(stored.Length > limit, $"the stored cartridge is {stored.Length} bytes; the test needs more than {limit}");
+
+            using var export = cartridges.ExportCartridge(new GetCartridgeRequest { Id = "big/one" }, deadline: DateTime.UtcNow.AddSeconds(60));
+            var bytes = new List<byte>();
+            int pieces = 0;
+            await foreach (var m in export.ResponseStream.ReadAllAsync()) { pieces++; Assert.True(m.CalculateSize() <= limit); bytes.AddRange(m.Data); }
+            Assert.True(pieces > 2, $"{pieces} pieces");
+            Assert.Equal(stored, bytes.ToArray());
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
     public async Task A_question_whose_own_KV_cache_exceeds_the_sequence_budget_is_refused_and_the_server_keeps_serving()
     {
         var dir = Directory.CreateTempSubdirectory("cas-service-kv-").FullName;

@@ -184,7 +184,7 @@ await using (var server = await CasServer.StartAsync(new CasServerOptions
     foreach (var mode in new[] { "cas", "rag" })
     {
         var l = latency[mode].Order().ToArray();
-        double P(double q) => l.Length == 0 ? double.NaN : l[Math.Clamp((int)Math.Ceiling(q * l.Length) - 1, 0, l.Length - 1)];
+        double P(double q) => Cas.Engine.Statistics.Percentile(l, q);
         Put($"{mode}_gold_retrieved", $"{(asked == 0 ? double.NaN : (double)gold[mode] / asked):F3}");
         Put($"{mode}_prompt_tokens_mean", $"{(asked == 0 ? double.NaN : (double)promptTokens[mode] / asked):F1}");
         Put($"{mode}_latency_p50_ms", $"{P(0.5):F1}");

@@ -86,21 +86,13 @@ public readonly record struct Percentiles(double P50, double P99)
     public static Percentiles Of(IEnumerable<double> values)
     {
         var s = values.Order().ToArray();
-        return s.Length == 0 ? new(double.NaN, double.NaN) : new(Stats.Percentile(s, 0.5), Stats.Percentile(s, 0.99));
+        return s.Length == 0 ? new(double.NaN, double.NaN) : new(Statistics.Percentile(s, 0.5), Statistics.Percentile(s, 0.99));
     }
 }
 
 /// <summary>The small statistics the evaluation needs, each once.</summary>
 public static class Stats
 {
-    /// <summary>Nearest-rank percentile of sorted values (q in [0, 1]).</summary>
-    public static double Percentile(IReadOnlyList<double> sorted, double q)
-    {
-        if (sorted.Count == 0) return double.NaN;
-        int rank = (int)Math.Ceiling(q * sorted.Count);
-        return sorted[Math.Clamp(rank - 1, 0, sorted.Count - 1)];
-    }
-
     /// <summary>
     /// Gold-document recall: the share of questions for which at least one gold document is among the documents used
     /// (cartridges composed, chunks' documents pasted, the document in context). NaN for no questions.

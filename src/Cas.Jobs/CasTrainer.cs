@@ -39,12 +39,7 @@ public sealed record CasJobResult(long? JobId, bool Resumed, int Documents, int 
     /// <summary>Store distractors drawn but dropped because the resident budget had no room for them (or they could not be read).</summary>
     public long StoreDistractorsDropped { get; init; }
 
-    public double SwapInPercentile(double q)
-    {
-        if (SwapInMs.Count == 0) return 0;
-        var s = SwapInMs.Order().ToArray();
-        return s[Math.Clamp((int)Math.Ceiling(q * s.Length) - 1, 0, s.Length - 1)];
-    }
+    public double SwapInPercentile(double q) => SwapInMs.Count == 0 ? 0 : Statistics.Percentile(SwapInMs.Order().ToArray(), q);
 }
 
 /// <summary>

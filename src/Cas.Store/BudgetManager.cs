@@ -319,7 +319,7 @@ public sealed class BudgetManager : IDisposable
         {
             var sorted = swapInMs.ToArray();
             Array.Sort(sorted);
-            double P(double q) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
+            double P(double q) => sorted.Length == 0 ? 0 : Statistics.Percentile(sorted, q);
             int pinned = resident.Values.Count(e => e.Pins > 0);
             return new BudgetMetrics(residentHits, hostHits, misses, evictions, hostEvictions, used, peak, options.ResidentBytes, reserved, hostUsed,
                 resident.Count, pinned, P(0.50), P(0.95), P(0.99), sorted.Length);

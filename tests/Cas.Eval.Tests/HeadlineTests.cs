@@ -1,3 +1,4 @@
+using Cas.Engine;
 using Cas.Service;
 
 namespace Cas.Eval.Tests;
@@ -76,8 +77,8 @@ public sealed class HeadlineTests
         ];
         Assert.Equal(0.5, Stats.Recall(qs), 12);
         Assert.True(double.IsNaN(Stats.Recall([])));
-        Assert.Equal(2.0, Stats.Percentile([1.0, 2, 3, 4], 0.5)); // nearest rank: ceil(0.5·4) = 2nd
-        Assert.Equal(4.0, Stats.Percentile([1.0, 2, 3, 4], 0.99));
+        Assert.Equal(2.0, Statistics.Percentile([1.0, 2, 3, 4], 0.5)); // nearest rank: ceil(0.5·4) = 2nd
+        Assert.Equal(4.0, Statistics.Percentile([1.0, 2, 3, 4], 0.99));
     }
 
     [Fact]

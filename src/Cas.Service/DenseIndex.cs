@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Runtime.CompilerServices;
 using Cas.Collections;
 using Cas.Engine;
 
@@ -11,14 +10,14 @@ namespace Cas.Service;
 /// are kept in the catalog (<see cref="CollectionCatalog.PutChunkVectors"/>) and computed lazily, on the first dense
 /// question after a document is added or changed, for exactly the chunks that lack one; a changed document's old
 /// vectors were dropped with its old chunks. Texts are embedded without BOS and cut to the model's context.
-/// Thread-safe: one encoder per model (serialized), one update at a time per collection.
+/// Thread-safe: embeddings run on the model's off-decode-thread Transformer (<see cref="ModelHost.OffDecodeThread"/>), one
+/// update at a time per collection.
 /// </summary>
 public sealed class DenseIndex(CollectionCatalog catalog)
 {
     /// <summary>Chunks embedded per catalog write (work done before a cancellation or crash is kept).</summary>
     const int WriteBatch = 64;
 
-    readonly ConditionalWeakTable<ModelHost, Transformer> _encoders = new();
     readonly ConcurrentDictionary<string, object> _updating = new(StringComparer.Ordinal);
     long _computed;
 
@@ -35,11 +34,9 @@ public sealed class DenseIndex(CollectionCatalog catalog)
 
     float[] EmbedTokens(ModelHost host, int[] tokens)
     {
-        var encoder = _encoders.GetValue(host, h => new Transformer(h.Model));
         if (tokens.Length > host.Config.MaxSeqLen) tokens = tokens[..host.Config.MaxSeqLen];
         var v = new float[host.Config.Dim];
-        lock (encoder) encoder.MeanHiddenState(tokens, v);
-        return v;
+        return host.OffDecodeThread(t => { t.MeanHiddenState(tokens, v); return v; });
     }
 
     /// <summary>Computes and stores the vectors of the collection's chunks that have none of this model; returns how many.</summary>

@@ -277,34 +277,30 @@ public sealed class QueryEngine(ServiceState state)
     static string QuestionText(AskRequest request) =>
         IsChat(request) ? request.Question.Trim() : $"Question: {request.Question.Trim()}\nAnswer:";
 
-    // The model a Score runs on: its own Transformer (the host's belongs to the decode scheduler's thread), one
-    // scoring forward at a time per model.
-    readonly System.Runtime.CompilerServices.ConditionalWeakTable<ModelHost, Transformer> _scorers = new();
-
     ScoreResult Score(ModelHost host, IReadOnlyList<KvPrefix> cartridges, int[] prompt, int[] answer, AskResult result, double retrieveMs, double loadMs, long t0)
     {
         var config = host.Config;
-        var transformer = _scorers.GetValue(host, h => new Transformer(h.Model));
         int[] tokens = [.. prompt, .. answer];
         var prefix = cartridges.Count == 0 ? null : cartridges.Count == 1 ? cartridges[0] : KvPrefix.Concat(cartridges);
         int slots = prefix?.Length ?? 0;
         if (slots + tokens.Length > config.MaxSeqLen)
             throw new InvalidRequestException($"{slots} cartridge slots + {prompt.Length} prompt tokens + the {answer.Length}-token answer exceed the model's context of {config.MaxSeqLen}.");
-        var nll = new double[answer.Length];
         long p0 = Stopwatch.GetTimestamp();
-        lock (transformer)
+        var nll = host.OffDecodeThread(transformer =>
         {
             var cache = new KvCache(config, slots + tokens.Length, prefix);
             var logits = new float[tokens.Length * config.VocabSize];
             transformer.ForwardAll(cache, tokens, logits);
             var logProbs = new float[config.VocabSize];
+            var nll = new double[answer.Length];
             for (int i = 0; i < answer.Length; i++)
             {
                 // The logits at the position before answer token i predict it.
                 Cas.Engine.Compute.Ops.LogSoftmax(logits.AsSpan((prompt.Length - 1 + i) * config.VocabSize, config.VocabSize), logProbs);
                 nll[i] = -logProbs[answer[i]];
             }
-        }
+            return nll;
+        });
         double forwardMs = Stopwatch.GetElapsedTime(p0).TotalMilliseconds;
         result.Tokens = Accounting(config, prompt.Length, slots, answer.Length);
         result.Latency = new LatencyBreakdown { RetrieveMs = retrieveMs, LoadMs = loadMs, PrefillMs = forwardMs, TotalMs = Stopwatch.GetElapsedTime(t0).TotalMilliseconds };

@@ -74,6 +74,19 @@ public sealed class ModelHost : IDisposable
     public DecodeScheduler Scheduler { get; }
     public ModelConfig Config => Model.Config;
 
+    // A second Transformer over the same weights (Transformer belongs to the decode scheduler's thread), made on first use.
+    readonly object _sideGate = new();
+    Transformer? _side;
+
+    /// <summary>
+    /// Runs <paramref name="work"/> on this model's one Transformer for work off the decode thread (scoring an answer,
+    /// embedding a text for dense retrieval), one caller at a time.
+    /// </summary>
+    public T OffDecodeThread<T>(Func<Transformer, T> work)
+    {
+        lock (_sideGate) return work(_side ??= new Transformer(Model));
+    }
+
     public void Dispose() => Scheduler.Dispose();
 }
 

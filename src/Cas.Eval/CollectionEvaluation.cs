@@ -119,13 +119,14 @@ public sealed record CollectionEvalResult(
     Headline Headline, long PeakWorkingSetBytes, long PeakResidentBytes, long ResidentBudget, double WallSeconds);
 
 /// <summary>
-/// Runs every question through the service's query path (<see cref="QueryEngine"/>, the code the gRPC QueryService
-/// calls) in every setting: <see cref="QueryEngine.ScoreAsync"/> for the quality (−log q of the reference answer with
+/// Runs every question through the service's query path (<see cref="IQueryPath"/>: <see cref="QueryEngine"/>, the code
+/// the gRPC QueryService calls, in process or behind a server) in every setting: <see cref="QueryEngine.ScoreAsync"/> for the quality (−log q of the reference answer with
 /// exactly the context Ask would use), and <see cref="QueryEngine.AskAsync"/> for an answer and the latency split.
 /// </summary>
-public sealed class CollectionEvaluator(ServiceState state)
+public sealed class CollectionEvaluator(IQueryPath path)
 {
-    readonly QueryEngine _engine = new(state);
+    /// <summary>Questions through the service's query path in this process.</summary>
+    public CollectionEvaluator(ServiceState state) : this(new InProcessQueryPath(state)) { }
 
     public async Task<CollectionEvalResult> RunAsync(string collection, IReadOnlyList<EvalQuestion> questions, CollectionEvalOptions options,
         IProgress<string>? progress = null, CancellationToken cancel = default)
@@ -138,11 +139,9 @@ public sealed class CollectionEvaluator(ServiceState state)
         string? monoDocument = null;
         if (settings.Any(x => x.Mode == "mono"))
         {
-            var mono = state.Catalog.Status(state.Collection(options.MonoCollection!).Name, state.Store);
-            if (mono.Count != 1 || mono[0].State != Cas.Collections.CartridgeState.Fresh)
-                throw new InvalidRequestException($"the mono collection '{options.MonoCollection}' must hold exactly one document with a fresh cartridge (it has {mono.Count}; train it with `cas collection train {options.MonoCollection}`).");
-            monoDocument = mono[0].Document.DocumentId;
-            settings = [.. settings.Select(x => x.Mode == "mono" ? x with { Size = mono[0].Cartridge!.Length } : x)];
+            var (document, slots) = await path.MonoCartridgeAsync(options.MonoCollection!, cancel);
+            monoDocument = document;
+            settings = [.. settings.Select(x => x.Mode == "mono" ? x with { Size = slots } : x)];
         }
         var clock = Stopwatch.StartNew();
         var outcomes = new List<QuestionOutcome>();
@@ -156,13 +155,13 @@ public sealed class CollectionEvaluator(ServiceState state)
                 var request = Request(collection, q, setting, options, monoDocument);
                 try
                 {
-                    var s = await _engine.ScoreAsync(setting.AskMode, request, q.Answer, q.Framing, cancel);
+                    var s = await path.ScoreAsync(setting.AskMode, request, q.Answer, q.Framing, cancel);
                     LatencyBreakdown? askLatency = null; string? answer = null;
                     if (options.Answer)
                     {
                         // Ask with the same framing as the scored prompt is not possible (Ask always frames a question);
                         // its latency split is the service's, which is what is reported.
-                        var a = await _engine.AskAsync(setting.AskMode, request, _ => Task.CompletedTask, cancel);
+                        var a = await path.AskAsync(setting.AskMode, request, cancel);
                         askLatency = a.Latency; answer = a.Answer;
                     }
                     var used = s.Ask.Documents.Select(d => d.DocumentId).ToList();
@@ -180,9 +179,9 @@ public sealed class CollectionEvaluator(ServiceState state)
         }
 
         var summaries = Summarize(settings, outcomes, questions, failures);
-        var budget = state.Budget.Metrics();
+        var (peakResident, residentBudget) = await path.ResidentAsync(cancel);
         return new CollectionEvalResult(collection, questions.Count, summaries, outcomes, Headline.Compare(summaries),
-            Process.GetCurrentProcess().PeakWorkingSet64, budget.PeakResidentBytes, budget.ResidentBudget, clock.Elapsed.TotalSeconds);
+            Process.GetCurrentProcess().PeakWorkingSet64, peakResident, residentBudget, clock.Elapsed.TotalSeconds);
     }
 
     static AskRequest Request(string collection, EvalQuestion q, EvalSetting setting, CollectionEvalOptions o, string? monoDocument)

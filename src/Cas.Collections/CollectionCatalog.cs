@@ -51,7 +51,7 @@ public sealed record JobDocumentRow(long JobId, string DocumentId, JobState Stat
 
 /// <summary>
 /// The collections' metadata in SQLite (DATA_DIR/catalog.db): collections, documents (with their text and content
-/// hash), chunks with an FTS5 index for BM25 retrieval and with their dense vectors (float32, one model's, dropped
+/// hash), chunks with an FTS5 index per collection for BM25 retrieval and with their dense vectors (float32, one model's, dropped
 /// with their document's old text), and training jobs with per-document progress. Cartridges are not here: they live in the <see cref="ICartridgeStore"/> under <see cref="CartridgeId"/>, labelled with the
 /// content hash they were trained on, which is how a changed document's cartridge becomes stale (and only that one).
 /// Thread-safe (one connection, serialized).
@@ -83,11 +83,7 @@ public sealed class CollectionCatalog : IDisposable
               char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, token_start INTEGER NOT NULL, token_end INTEGER NOT NULL, text TEXT NOT NULL,
               FOREIGN KEY(collection, doc_id) REFERENCES documents(collection, doc_id) ON DELETE CASCADE);
             CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(collection, doc_id, ord);
-            CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(text, content='chunks', content_rowid='id');
-            CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
-              INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END;
-            CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
-              INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;
+            CREATE TABLE IF NOT EXISTS collection_fts(name TEXT PRIMARY KEY, n INTEGER NOT NULL UNIQUE);
             CREATE TABLE IF NOT EXISTS chunk_vectors(
               collection TEXT NOT NULL, doc_id TEXT NOT NULL, ord INTEGER NOT NULL, fingerprint TEXT NOT NULL, vec BLOB NOT NULL,
               PRIMARY KEY(collection, doc_id, ord),
@@ -100,6 +96,65 @@ public sealed class CollectionCatalog : IDisposable
               steps_done INTEGER NOT NULL, steps_total INTEGER NOT NULL, loss REAL, cartridge_version INTEGER,
               PRIMARY KEY(job_id, doc_id));
             """);
+        MigrateSharedFts();
+    }
+
+    // ---- BM25 index: one FTS5 table per collection ----
+    // FTS5's bm25() takes its statistics (row count, average length, each term's document frequency) from the whole
+    // table, so with one table for every collection, adding documents to one collection changed another's ranking.
+    // Each collection has its own table, fts_N (N from collection_fts, never reused while the table exists), whose
+    // external content is the view fts_N_src over that collection's chunks; the code keeps it in step with the
+    // chunks it inserts and deletes (triggers cannot choose a table per row).
+
+    /// <summary>The collection's FTS5 table, created (and filled from its chunks) if it has none. Call under the gate.</summary>
+    string Fts(string collection)
+    {
+        using (var q = Cmd("SELECT n FROM collection_fts WHERE name=$n", ("$n", collection)))
+            if (q.ExecuteScalar() is long n) return $"fts_{n}";
+        ValidateName(collection); // the name goes into the view's SQL as a literal: letters, digits, '-', '_', '.' only
+        using var tx = db.BeginTransaction();
+        long next;
+        using (var q = Cmd("SELECT coalesce(max(n), 0) + 1 FROM collection_fts")) { q.Transaction = tx; next = (long)q.ExecuteScalar()!; }
+        string t = $"fts_{next}";
+        foreach (var sql in new[]
+        {
+            $"CREATE VIEW {t}_src AS SELECT id, text FROM chunks WHERE collection = '{collection}'",
+            $"CREATE VIRTUAL TABLE {t} USING fts5(text, content='{t}_src', content_rowid='id')",
+            $"INSERT INTO {t}({t}) VALUES('rebuild')",
+            $"INSERT INTO collection_fts(name, n) VALUES('{collection}', {next})",
+        })
+            using (var c = Cmd(sql)) { c.Transaction = tx; c.ExecuteNonQuery(); }
+        tx.Commit();
+        return t;
+    }
+
+    /// <summary>Drops the collection's FTS5 table and its view (nothing if it has none). Call under the gate, inside <paramref name="tx"/>.</summary>
+    void DropFts(string collection, SqliteTransaction tx)
+    {
+        long? n;
+        using (var q = Cmd("SELECT n FROM collection_fts WHERE name=$n", ("$n", collection))) { q.Transaction = tx; n = q.ExecuteScalar() as long?; }
+        if (n == null) return;
+        foreach (var sql in new[] { $"DROP TABLE IF EXISTS fts_{n}", $"DROP VIEW IF EXISTS fts_{n}_src", $"DELETE FROM collection_fts WHERE n={n}" })
+            using (var c = Cmd(sql)) { c.Transaction = tx; c.ExecuteNonQuery(); }
+    }
+
+    /// <summary>
+    /// Catalogs written before per-collection indexes had one FTS5 table (chunks_fts, kept by triggers) for all
+    /// collections: drop it and its triggers and index each collection in its own table.
+    /// </summary>
+    void MigrateSharedFts()
+    {
+        lock (gate)
+        {
+            using (var q = Cmd("SELECT count(*) FROM sqlite_master WHERE name='chunks_fts'"))
+                if ((long)q.ExecuteScalar()! == 0) return;
+            db.Exec("DROP TRIGGER IF EXISTS chunks_ai; DROP TRIGGER IF EXISTS chunks_ad; DROP TABLE IF EXISTS chunks_fts;");
+            var names = new List<string>();
+            using (var q = Cmd("SELECT name FROM collections"))
+            using (var r = q.ExecuteReader())
+                while (r.Read()) names.Add(r.GetString(0));
+            foreach (var name in names) Fts(name);
+        }
     }
 
     /// <summary>The catalog's database file.</summary>
@@ -118,6 +173,7 @@ public sealed class CollectionCatalog : IDisposable
             using var c = Cmd("INSERT INTO collections(name, model, fingerprint, tokenizer, chunk_tokens, created) VALUES($n, $m, $f, $t, $c, $at)",
                 ("$n", name), ("$m", modelPath), ("$f", modelFingerprint), ("$t", tokenizerPath), ("$c", chunkTokens), ("$at", Now()));
             c.ExecuteNonQuery();
+            Fts(name);
             return Get(name);
         }
     }
@@ -164,9 +220,10 @@ public sealed class CollectionCatalog : IDisposable
         lock (gate)
         {
             using var tx = db.BeginTransaction();
+            DropFts(name, tx);
             foreach (var sql in new[]
             {
-                "DELETE FROM chunks WHERE collection=$n", // row by row, so the FTS index follows (its delete trigger)
+                "DELETE FROM chunks WHERE collection=$n",
                 "DELETE FROM chunk_vectors WHERE collection=$n",
                 "DELETE FROM job_documents WHERE job_id IN (SELECT id FROM jobs WHERE collection=$n)",
                 "DELETE FROM jobs WHERE collection=$n",
@@ -208,8 +265,11 @@ public sealed class CollectionCatalog : IDisposable
             var chunks = doc.Text.Length == 0 ? [] : chunker.Tiles(0).ToList();
             lock (gate)
             {
+                string fts = Fts(collection);
                 using var tx = db.BeginTransaction();
                 SqliteCommand T(SqliteCommand c) { c.Transaction = tx; return c; }
+                using (var c = T(Cmd($"INSERT INTO {fts}({fts}, rowid, text) SELECT 'delete', id, text FROM chunks WHERE collection=$c AND doc_id=$d",
+                    ("$c", collection), ("$d", doc.Id)))) c.ExecuteNonQuery();
                 using (var c = T(Cmd("DELETE FROM chunks WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", doc.Id)))) c.ExecuteNonQuery();
                 using (var c = T(Cmd("DELETE FROM chunk_vectors WHERE collection=$c AND doc_id=$d", ("$c", collection), ("$d", doc.Id)))) c.ExecuteNonQuery();
                 using (var c = T(Cmd("""
@@ -218,9 +278,10 @@ public sealed class CollectionCatalog : IDisposable
                     """, ("$c", collection), ("$d", doc.Id), ("$k", kind), ("$s", doc.Source), ("$h", hash), ("$t", doc.Text), ("$n", doc.Text.Length),
                     ("$tok", (int)chunker.TotalSize), ("$ch", chunks.Count), ("$u", Now()))))
                     c.ExecuteNonQuery();
-                using (var c = T(Cmd("""
+                using (var c = T(Cmd($"""
                     INSERT INTO chunks(collection, doc_id, ord, char_start, char_end, token_start, token_end, text)
-                    VALUES($c, $d, $o, $cs, $ce, $ts, $te, $t)
+                    VALUES($c, $d, $o, $cs, $ce, $ts, $te, $t);
+                    INSERT INTO {fts}(rowid, text) VALUES(last_insert_rowid(), $t);
                     """)))
                 {
                     var pc = c.Parameters.AddWithValue("$c", collection); var pd = c.Parameters.AddWithValue("$d", doc.Id);
@@ -326,8 +387,8 @@ public sealed class CollectionCatalog : IDisposable
         Status(collection, store).Where(s => s.State != CartridgeState.Fresh).Select(s => s.Document).ToList();
 
     /// <summary>
-    /// BM25 search over the collection's chunks (SQLite FTS5). The query's words are matched with OR; FTS syntax in
-    /// the query is not interpreted.
+    /// BM25 search over the collection's chunks (SQLite FTS5, one index per collection: its ranking depends on its own
+    /// chunks only). The query's words are matched with OR; FTS syntax in the query is not interpreted.
     /// </summary>
     public IReadOnlyList<ChunkHit> Search(string collection, string query, int k = 10)
     {
@@ -339,11 +400,13 @@ public sealed class CollectionCatalog : IDisposable
         if (words.Count == 0) return [];
         lock (gate)
         {
-            using var c = Cmd("""
-                SELECT c.doc_id, c.ord, c.char_start, c.char_end, c.text, bm25(chunks_fts) AS score
-                FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
-                WHERE chunks_fts MATCH $q AND c.collection = $col ORDER BY score LIMIT $k
-                """, ("$q", string.Join(" OR ", words)), ("$col", collection), ("$k", k));
+            Get(collection);
+            string fts = Fts(collection);
+            using var c = Cmd($"""
+                SELECT c.doc_id, c.ord, c.char_start, c.char_end, c.text, bm25({fts}) AS score
+                FROM {fts} JOIN chunks c ON c.id = {fts}.rowid
+                WHERE {fts} MATCH $q ORDER BY score LIMIT $k
+                """, ("$q", string.Join(" OR ", words)), ("$k", k));
             using var r = c.ExecuteReader();
             var hits = new List<ChunkHit>();
             while (r.Read()) hits.Add(new ChunkHit(r.GetString(0), r.GetInt32(1), r.GetInt32(2), r.GetInt32(3), r.GetString(4), r.GetDouble(5)));

@@ -63,6 +63,75 @@ public class CollectionTests
     }
 
     [Fact]
+    public void Search_RankingOfOneCollection_DoesNotDependOnAnother()
+    {
+        // BM25's statistics (chunk count, average length, document frequency) come from the collection's own index, so
+        // the scores in "books" must stay exactly the same while "other" grows and shrinks.
+        using var cat = NewCatalog(out _);
+        var tok = new CharTokenizer();
+        cat.Create("other", "/models/m", Fingerprint, "/models/m/tokenizer.json", 40);
+        cat.AddDocuments("books", [Doc("whale.txt", "The white whale swam past the ship."), Doc("cat.txt", "A cat watched the whale and the ship.")], tok);
+        var before = cat.Search("books", "whale ship cat");
+        Assert.Equal(2, before.Count);
+        cat.AddDocuments("other", Enumerable.Range(0, 50).Select(i => Doc($"o{i}.txt", $"whale whale ship number {i} and more words here")), tok);
+        var after = cat.Search("books", "whale ship cat");
+        Assert.Equal(before.Select(h => (h.DocumentId, h.Ordinal, h.Score)), after.Select(h => (h.DocumentId, h.Ordinal, h.Score)));
+        Assert.True(cat.Delete("other"));
+        Assert.Equal(before.Select(h => h.Score), cat.Search("books", "whale ship cat").Select(h => h.Score));
+    }
+
+    [Fact]
+    public void Search_FollowsChangedAndDeletedDocuments()
+    {
+        using var cat = NewCatalog(out _);
+        var tok = new CharTokenizer();
+        cat.AddDocuments("books", [Doc("a.txt", "the harpoon was sharp"), Doc("b.txt", "a quiet harbour")], tok);
+        Assert.Equal("a.txt", Assert.Single(cat.Search("books", "harpoon")).DocumentId);
+        cat.AddDocuments("books", [Doc("a.txt", "the lantern was bright")], tok); // a.txt changed: its old words leave the index
+        Assert.Empty(cat.Search("books", "harpoon"));
+        Assert.Equal("a.txt", Assert.Single(cat.Search("books", "lantern")).DocumentId);
+        Assert.True(cat.Delete("books"));
+        cat.Create("books", "/models/m", Fingerprint, "/models/m/tokenizer.json", 40);
+        Assert.Empty(cat.Search("books", "lantern harbour")); // a new collection of the same name starts empty
+        cat.AddDocuments("books", [Doc("c.txt", "a lantern in the harbour")], tok);
+        Assert.Equal("c.txt", Assert.Single(cat.Search("books", "lantern harbour")).DocumentId);
+    }
+
+    [Fact]
+    public void OldCatalogWithOneSharedIndex_IsMigratedOnOpen()
+    {
+        // Catalogs written before per-collection indexes kept one FTS5 table for all collections (chunks_fts, filled by
+        // triggers). Rebuild that layout from a current catalog, reopen it, and expect the same hits as before.
+        string dir;
+        IReadOnlyList<ChunkHit> expected;
+        var tok = new CharTokenizer();
+        using (var cat = NewCatalog(out dir))
+        {
+            cat.AddDocuments("books", [Doc("whale.txt", "The white whale swam past the ship."), Doc("cat.txt", "A cat watched the whale.")], tok);
+            expected = cat.Search("books", "whale cat");
+        }
+        using (var db = Sqlite.Open(Path.Combine(dir, "catalog.db")))
+        {
+            db.Exec("""
+                DROP TABLE fts_1; DROP VIEW fts_1_src; DELETE FROM collection_fts;
+                CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', content_rowid='id');
+                INSERT INTO chunks_fts(chunks_fts) VALUES('rebuild');
+                CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END;
+                CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;
+                """);
+        }
+        using (var cat = new CollectionCatalog(dir))
+        {
+            Assert.Equal(expected.Select(h => (h.DocumentId, h.Score)), cat.Search("books", "whale cat").Select(h => (h.DocumentId, h.Score)));
+            cat.AddDocuments("books", [Doc("dog.txt", "A dog and a whale.")], tok); // kept in step without the old triggers
+            Assert.Contains(cat.Search("books", "dog"), h => h.DocumentId == "dog.txt");
+        }
+        using (var db = Sqlite.Open(Path.Combine(dir, "catalog.db")))
+        using (var c = db.Cmd("SELECT count(*) FROM sqlite_master WHERE name IN ('chunks_fts', 'chunks_ai', 'chunks_ad')"))
+            Assert.Equal(0L, (long)c.ExecuteScalar()!);
+    }
+
+    [Fact]
     public void ChangingOneDocument_MakesOnlyItsCartridgeStale()
     {
         using var cat = NewCatalog(out var dir);

@@ -45,8 +45,21 @@ public static class DatasetCollection
     /// <summary>Tokens kept free beside a part, the question and the answer for the query path's framing (BOS, "\n\n").</summary>
     public const int FramingMargin = 8;
 
-    /// <summary>Default part size: half the model's context (256 tokens on stories260K), leaving the other half to the question and the answer.</summary>
-    public static int DefaultPartTokens(ModelConfig config) => config.MaxSeqLen / 2;
+    /// <summary>
+    /// Default part size: what the model's context leaves after the answer room, the framing margin and the 90th
+    /// percentile of the questions' prompts ("Question: …\nAnswer:"), so that nine questions in ten fit with a whole
+    /// part in front (ICL); at most half the context, at least 32 tokens. On stories260K (context 512, 64 answer tokens):
+    /// 256 for SQuALITY's short questions, about 140 for QuALITY's questions with their four options.
+    /// </summary>
+    public static int DefaultPartTokens(IReadOnlyList<EvalDataset> datasets, ITokenizer tokenizer, ModelConfig config, int maxTokens)
+    {
+        var lengths = datasets.SelectMany(d => d.Documents).SelectMany(d => d.Questions).Select(q => PromptTokens(tokenizer, q.Text)).Order().ToArray();
+        int p90 = lengths.Length == 0 ? 0 : (int)Statistics.Percentile(lengths.Select(x => (double)x).ToArray(), 0.9);
+        return Math.Clamp(config.MaxSeqLen - maxTokens - FramingMargin - p90, 32, config.MaxSeqLen / 2);
+    }
+
+    /// <summary>Tokens of the service's question framing, "Question: …\nAnswer:".</summary>
+    public static int PromptTokens(ITokenizer tokenizer, string question) => tokenizer.Encode($"Question: {question.Trim()}\nAnswer:").Length;
 
     /// <summary>
     /// Splits every document into parts of at most <paramref name="partTokens"/> tokens (a document that fits is one
@@ -95,8 +108,7 @@ public static class DatasetCollection
                 var gold = docParts.Select(p => p.Id).ToList();
                 foreach (var q in doc.Questions)
                 {
-                    int promptTokens = tokenizer.Encode($"Question: {q.Text}\nAnswer:").Length;
-                    if (promptTokens + partTokens + maxTokens + FramingMargin > config.MaxSeqLen) { tooLong++; continue; }
+                    if (PromptTokens(tokenizer, q.Text) + partTokens + maxTokens + FramingMargin > config.MaxSeqLen) { tooLong++; continue; }
                     string reference = q.IsMultipleChoice ? q.Options.First(o => o.Letter == q.GoldLetters[0]).Text : q.References[0];
                     var (answer, truncated) = Encode(tokenizer, reference, maxTokens);
                     if (answer.Length == 0) continue;

@@ -21,7 +21,7 @@ public sealed record DatasetRunOptions
     public const int DefaultMaxDocuments = 2;
     /// <summary>Questions evaluated, spread over the documents; 0: all.</summary>
     public int MaxQuestions { get; init; }
-    /// <summary>Largest part in tokens; 0: half the model's context.</summary>
+    /// <summary>Largest part in tokens; 0: <see cref="DatasetCollection.DefaultPartTokens"/>.</summary>
     public int PartTokens { get; init; }
     /// <summary>Retrieval chunk size of a new collection, in tokens.</summary>
     public int RetrievalChunkTokens { get; init; } = 128;
@@ -57,7 +57,7 @@ public static class DatasetRun
 
         using var state = new ServiceState(new CasServerOptions { DataDir = o.DataDir, ResidentBytes = o.ResidentBytes });
         var host = state.Model(o.ModelPath, o.TokenizerPath);
-        int partTokens = o.PartTokens > 0 ? o.PartTokens : DatasetCollection.DefaultPartTokens(host.Config);
+        int partTokens = o.PartTokens > 0 ? o.PartTokens : DatasetCollection.DefaultPartTokens(datasets, host.Tokenizer, host.Config, o.Eval.MaxTokens);
         var set = DatasetCollection.Build(datasets, host.Tokenizer, host.Config, partTokens, o.Eval.MaxTokens, o.MaxQuestions);
         progress?.Report($"{set.Parts.Count} parts of ≤ {partTokens} tokens from {datasets.Sum(d => d.Documents.Count)} documents; {set.Items.Count} questions" +
             (set.SkippedTooLong > 0 ? $" ({set.SkippedTooLong} left out: too long to ask with a part in the model's context of {host.Config.MaxSeqLen})" : ""));

@@ -20,7 +20,7 @@ sealed class EvalDatasetCommand
         Arity = ArgumentArity.OneOrMore, AllowMultipleArgumentsPerToken = false,
     };
     readonly Option<int> _maxDocuments = new("--max-documents") { Description = "--dataset: documents read from each file (the first ones); 0: all.", DefaultValueFactory = _ => DatasetRunOptions.DefaultMaxDocuments };
-    readonly Option<int> _partTokens = new("--part-tokens") { Description = "--dataset: largest part a document is split into, in tokens; 0: half the model's context.", DefaultValueFactory = _ => 0 };
+    readonly Option<int> _partTokens = new("--part-tokens") { Description = "--dataset: largest part a document is split into, in tokens; 0: what the context leaves after the answer and 90% of the questions (at most half the context).", DefaultValueFactory = _ => 0 };
     readonly Option<int> _chunk = Options.RetrievalChunkTokens(128);
     readonly Option<int> _trainProbes = new("--train-probes") { Description = "--dataset: probes per chunk when training missing cartridges (cas collection train's --probes-per-chunk).", DefaultValueFactory = _ => new CasTrainingOptions().Probes.ExamplesPerChunk };
     readonly Option<double?> _trainEpochs = new("--train-epochs") { Description = $"--dataset: epochs when training missing cartridges (cas collection train's --epochs). Default: {Cas.Training.TrainingRunOptions.DefaultEpochs.ToString(CultureInfo.InvariantCulture)}." };

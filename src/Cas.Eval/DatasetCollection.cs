@@ -48,14 +48,15 @@ public static class DatasetCollection
     /// <summary>
     /// Default part size: what the model's context leaves after the answer room, the framing margin and the 90th
     /// percentile of the questions' prompts ("Question: …\nAnswer:"), so that nine questions in ten fit with a whole
-    /// part in front (ICL); at most half the context, at least 32 tokens. On stories260K (context 512, 64 answer tokens):
-    /// 256 for SQuALITY's short questions, about 140 for QuALITY's questions with their four options.
+    /// part in front (ICL); at most half the context and at least a quarter of it (a question too long for a part of that
+    /// size is left out, counted). On stories260K (context 512, 64 answer tokens): 256 for SQuALITY's short questions,
+    /// 128–140 for QuALITY's questions with their four options.
     /// </summary>
     public static int DefaultPartTokens(IReadOnlyList<EvalDataset> datasets, ITokenizer tokenizer, ModelConfig config, int maxTokens)
     {
         var lengths = datasets.SelectMany(d => d.Documents).SelectMany(d => d.Questions).Select(q => PromptTokens(tokenizer, q.Text)).Order().ToArray();
         int p90 = lengths.Length == 0 ? 0 : (int)Statistics.Percentile(lengths.Select(x => (double)x).ToArray(), 0.9);
-        return Math.Clamp(config.MaxSeqLen - maxTokens - FramingMargin - p90, 32, config.MaxSeqLen / 2);
+        return Math.Clamp(config.MaxSeqLen - maxTokens - FramingMargin - p90, Math.Max(16, config.MaxSeqLen / 4), Math.Max(16, config.MaxSeqLen / 2));
     }
 
     /// <summary>Tokens of the service's question framing, "Question: …\nAnswer:".</summary>

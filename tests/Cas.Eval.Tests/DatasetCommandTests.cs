@@ -16,15 +16,18 @@ public sealed class DatasetCommandTests : IDisposable
 
     public void Dispose() { try { Directory.Delete(_dir, true); } catch (IOException) { } }
 
-    /// <summary>The first record of a real file with its document cut to <paramref name="chars"/> characters and its first <paramref name="questions"/> questions.</summary>
-    string Slice(string relative, string textField, int chars, int questions)
+    /// <summary>The first record of a real file with its document cut to <paramref name="chars"/> characters and <paramref name="questions"/> of its questions from <paramref name="from"/>.</summary>
+    string Slice(string relative, string textField, int chars, int from, int questions)
     {
         string source = TestPaths.RequireShared(relative);
         var record = JsonNode.Parse(File.ReadLines(source).First())!.AsObject();
         record[textField] = record[textField]!.GetValue<string>()[..chars];
         foreach (var list in new[] { "instructions", "outputs", "questions" })
             if (record[list] is JsonArray a)
+            {
+                for (int i = 0; i < from; i++) a.RemoveAt(0);
                 while (a.Count > questions) a.RemoveAt(a.Count - 1);
+            }
         string path = Path.Combine(_dir, Path.GetFileName(Path.GetDirectoryName(relative))! + "-" + Path.GetFileName(relative));
         File.WriteAllText(path, record.ToJsonString() + "\n");
         return path;
@@ -34,8 +37,10 @@ public sealed class DatasetCommandTests : IDisposable
     public void TinyRealSlicesEndToEnd()
     {
         TestPaths.RequireShared("models/stories260K/stories260K.bin");
-        string quality = Slice("datasets/leval/closed/quality.jsonl", "input", 1500, 2);
-        string squality = Slice("datasets/squality/train.jsonl", "document", 1500, 2);
+        // QuALITY's questions 3 and 4 (about 300 tokens each with their options: they fit beside a part in 512 tokens; its
+        // first, 446 tokens, would not).
+        string quality = Slice("datasets/leval/closed/quality.jsonl", "input", 1500, 3, 2);
+        string squality = Slice("datasets/squality/train.jsonl", "document", 1500, 0, 2);
         string data = Path.Combine(_dir, "data"), report = Path.Combine(_dir, "report");
         string[] args = ["eval", "collection", "--dataset", quality + "," + squality, "--data-dir", data, "--modes", "none,icl,cas,rag", "--depths", "1,2", "--ks", "1",
             "--train-probes", "2", "--train-epochs", "1", "--max-tokens", "32", "--report", report];
@@ -43,6 +48,7 @@ public sealed class DatasetCommandTests : IDisposable
         Assert.True(r.Rc == 0, $"exit {r.Rc}: {r.Err}");
         var kv = r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.StartsWith("warning=", StringComparison.Ordinal))
             .SelectMany(l => l.Split(' ')).Where(x => x.Contains('=')).GroupBy(x => x[..x.IndexOf('=')]).ToDictionary(g => g.Key, g => g.First()[(g.First().IndexOf('=') + 1)..]);
+        Assert.Equal("0", kv["questions_too_long"]);
         Assert.Equal("2", kv["choice_questions"]);
         Assert.Equal("2", kv["open_questions"]);
         Assert.Equal("0.2500", kv["choice_chance"]); // QuALITY: one gold of four options

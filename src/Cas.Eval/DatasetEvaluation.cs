@@ -37,6 +37,9 @@ public sealed class DatasetEvaluator(IQueryPath path)
     /// <summary>Below this many parameters the data set measures are expected to sit at chance (multiple choice) or near zero (ROUGE-L).</summary>
     public const long MeaningfulParameters = 1_000_000_000;
 
+    /// <summary>A none → icl perplexity drop below this share of ppl_none makes gap closed a ratio of noise (warned).</summary>
+    public const double SmallGap = 0.05;
+
     public async Task<DatasetEvalResult> RunAsync(string collection, IReadOnlyList<DatasetItem> items, CollectionEvalOptions options, long modelParameters,
         IProgress<string>? progress = null, CancellationToken cancel = default)
     {
@@ -74,7 +77,12 @@ public sealed class DatasetEvaluator(IQueryPath path)
             if (choice.Count > 0) progress?.Report($"{setting.Label}: options of {choice.Count} multiple-choice questions scored, accuracy {acc:P1}" + (failed > 0 ? $", {failed} failed" : ""));
         }
         double chance = choice.Count == 0 ? double.NaN : choice.Average(i => i.Source.GoldLetters.Length / (double)i.Source.Options.Count);
-        return new DatasetEvalResult(run, items, summaries, outcomes, choice.Count, open.Count, chance, Warnings(modelParameters, summaries, chance, options.Answer, open.Count));
+        var warnings = Warnings(modelParameters, summaries, chance, options.Answer, open.Count);
+        double none = run.Settings.FirstOrDefault(s => s.Setting.Mode == "none")?.Perplexity ?? double.NaN, icl = run.Settings.FirstOrDefault(s => s.Setting.Mode == "icl")?.Perplexity ?? double.NaN;
+        if (double.IsFinite(none) && double.IsFinite(icl) && (none - icl) / none < SmallGap)
+            warnings.Add($"the gold part in context lowers the reference answers' perplexity by only {100 * (none - icl) / none:F1}% (none {none:F2} → icl {icl:F2}): " +
+                "gap closed, and the headline ratio built on it, divide by that small difference and are noise here; compare the perplexities themselves.");
+        return new DatasetEvalResult(run, items, summaries, outcomes, choice.Count, open.Count, chance, warnings);
     }
 
     /// <summary>
@@ -175,10 +183,10 @@ public static class DatasetReport
             files.Add(file);
         }
         if (r.ChoiceQuestions > 0)
-            Draw(stem + "_accuracy.png", $"{r.Run.Collection}: option accuracy vs prompt tokens ({r.ChoiceQuestions} multiple-choice questions)", "option log-likelihood accuracy (%)",
+            Draw(stem + "_accuracy.png", $"option accuracy vs prompt tokens ({r.ChoiceQuestions} multiple-choice questions)", "option log-likelihood accuracy (%)",
                 s => 100 * s.Accuracy, [($"chance ({100 * r.Chance:F1}%)", 100 * r.Chance)]);
         if (r.OpenQuestions > 0 && r.Settings.Any(s => double.IsFinite(s.RougeL)))
-            Draw(stem + "_rouge_l.png", $"{r.Run.Collection}: ROUGE-L vs prompt tokens ({r.OpenQuestions} open questions)", "ROUGE-L F, best of the references (%)",
+            Draw(stem + "_rouge_l.png", $"ROUGE-L vs prompt tokens ({r.OpenQuestions} open questions)", "ROUGE-L F, best of the references (%)",
                 s => 100 * s.RougeL, []);
         return files;
     }

@@ -183,6 +183,24 @@ public sealed class DatasetTests : IDisposable
         Assert.Equal(["a#q0", "a#q1"], DatasetCollection.Build([ds], tok, Config, 100, 8, maxQuestions: 2).Items.Select(i => i.Question.Id));
     }
 
+    [Fact]
+    public void DefaultPartSizeLeavesRoomForNineQuestionsInTen()
+    {
+        var tok = Tok();
+        EvalDataset Of(params string[] questions) => new("t", "t.jsonl", "squality",
+            [new DatasetDocument("d", "Text.", questions.Select((q, i) => new DatasetQuestion($"d#q{i}", q, [], "", ["r"])).ToList())]);
+        // Short questions: half the context (512 − 64 − 8 − a few tokens is more than 256).
+        Assert.Equal(256, DatasetCollection.DefaultPartTokens([Of("Who?", "What is the plot of the story?")], tok, Config, 64));
+        // Very long questions: a quarter of the context at least.
+        string huge = string.Join(" ", Enumerable.Repeat("a long question", 150));
+        Assert.Equal(128, DatasetCollection.DefaultPartTokens([Of(huge)], tok, Config, 64));
+        // In between: exactly what the 90th percentile (nearest rank) leaves; 10 questions, the longest one ignored.
+        var mid = Enumerable.Range(0, 9).Select(i => string.Join(" ", Enumerable.Repeat("word", 75 + i))).Append(huge).ToArray();
+        int p90 = DatasetCollection.PromptTokens(tok, mid[8]);
+        Assert.InRange(512 - 64 - DatasetCollection.FramingMargin - p90, 129, 255);
+        Assert.Equal(512 - 64 - DatasetCollection.FramingMargin - p90, DatasetCollection.DefaultPartTokens([Of(mid)], tok, Config, 64));
+    }
+
     /// <summary>A query path that answers RAG requests with chunks of the given documents, in order, and nothing else.</summary>
     sealed class FixedRetrieval(params string[] documents) : IQueryPath
     {

@@ -70,7 +70,6 @@ public sealed record DemoCorpus(string Source, string Path, IReadOnlyList<DemoDo
     }
 
     static readonly Regex Space = new(@"\s+", RegexOptions.Compiled);
-    static readonly Regex SentenceEnd = new(@"(?<=[.!?][""”’')]?)\s+", RegexOptions.Compiled);
     static readonly Regex Word = new(@"\p{L}[\p{L}'’-]{3,}", RegexOptions.Compiled);
 
     /// <summary>Project Gutenberg texts open with a producer line and a transcriber's note; the story starts after them.</summary>
@@ -88,34 +87,9 @@ public sealed record DemoCorpus(string Source, string Path, IReadOnlyList<DemoDo
     /// <summary>The longest run of whole sentences from the start that encodes to at most <paramref name="maxTokens"/> tokens (words when one sentence is too long).</summary>
     public static string Passage(string text, ITokenizer tokenizer, int maxTokens) => Split(text, tokenizer, maxTokens).FirstOrDefault() ?? "";
 
-    /// <summary>
-    /// The whole text as consecutive passages of whole sentences, each encoding to at most <paramref name="maxTokens"/>
-    /// tokens (a sentence longer than that is cut between words; a single word too long is cut between characters).
-    /// Whitespace is collapsed to single spaces; nothing else is dropped.
-    /// </summary>
-    public static IEnumerable<string> Split(string text, ITokenizer tokenizer, int maxTokens)
-    {
-        text = Space.Replace(text, " ").Trim();
-        if (text.Length == 0) yield break;
-        if (tokenizer.Encode(text).Length <= maxTokens) { yield return text; yield break; }
-        var pieces = new Queue<string>(SentenceEnd.Split(text));
-        string current = "";
-        int Tokens(string s) => tokenizer.Encode(s).Length;
-        while (pieces.Count > 0)
-        {
-            string piece = pieces.Dequeue();
-            if (piece.Length == 0) continue;
-            string next = current.Length == 0 ? piece : current + " " + piece;
-            if (Tokens(next) <= maxTokens) { current = next; continue; }
-            if (current.Length > 0) { yield return current; current = ""; pieces = new Queue<string>(pieces.Prepend(piece)); continue; }
-            // One piece alone is too long: split it in halves (between words if it has any, else between characters).
-            int cut = piece.LastIndexOf(' ', piece.Length / 2);
-            if (cut <= 0) cut = piece.IndexOf(' ', piece.Length / 2);
-            if (cut <= 0) cut = Math.Max(1, piece.Length / 2);
-            pieces = new Queue<string>(pieces.Prepend(piece[cut..].TrimStart()).Prepend(piece[..cut].TrimEnd()));
-        }
-        if (current.Length > 0) yield return current;
-    }
+    /// <summary>The whole text as consecutive passages of whole sentences that fit <paramref name="maxTokens"/> tokens (<see cref="Passages.Split"/>).</summary>
+    public static IEnumerable<string> Split(string text, ITokenizer tokenizer, int maxTokens) =>
+        Passages.Split(text, s => tokenizer.Encode(s).Length, maxTokens);
 
     static readonly HashSet<string> Common = new(StringComparer.OrdinalIgnoreCase)
     {

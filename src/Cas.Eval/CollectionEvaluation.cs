@@ -184,7 +184,8 @@ public sealed class CollectionEvaluator(IQueryPath path)
             Process.GetCurrentProcess().PeakWorkingSet64, peakResident, residentBudget, clock.Elapsed.TotalSeconds);
     }
 
-    static AskRequest Request(string collection, EvalQuestion q, EvalSetting setting, CollectionEvalOptions o, string? monoDocument)
+    /// <summary>The request a setting sends for a question (public: the data set evaluation scores options on the very same request).</summary>
+    public static AskRequest Request(string collection, EvalQuestion q, EvalSetting setting, CollectionEvalOptions o, string? monoDocument)
     {
         var r = new AskRequest { Collection = collection, Question = q.Question, MaxTokens = o.MaxTokens };
         switch (setting.Mode)

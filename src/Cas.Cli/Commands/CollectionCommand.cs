@@ -32,7 +32,7 @@ static class CollectionCommand
         var name = NameArgument();
         var model = Options.Model();
         var tokenizer = Options.Tokenizer();
-        var chunk = new Option<int>("--retrieval-chunk-tokens") { Description = "Size of the chunks kept for retrieval and the RAG baseline, in tokens.", DefaultValueFactory = _ => 512 };
+        var chunk = Options.RetrievalChunkTokens(512);
         var cmd = new Command("create", "Create a collection for a model (its fingerprint is recorded; cartridges must match it).") { dataDir, name, model, tokenizer, chunk };
         cmd.SetAction(pr => Cli.Run(() =>
         {

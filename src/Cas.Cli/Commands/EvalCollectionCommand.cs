@@ -34,6 +34,8 @@ static class EvalCollectionCommand
         {
             collection, dataDir, modes, depths, ks, probes, seed, maxTokens, maxQuestions, noAnswers, report, residentMb, mono,
         };
+        var dataset = new EvalDatasetCommand();
+        foreach (var o in dataset.All) cmd.Options.Add(o);
         cmd.SetAction(pr => Cli.Run(() =>
         {
             var options = d with
@@ -43,6 +45,9 @@ static class EvalCollectionCommand
                 MaxTokens = pr.GetValue(maxTokens), Answer = !pr.GetValue(noAnswers), MonoCollection = pr.GetValue(mono),
             };
             if (options.MonoCollection != null && !options.Modes.Contains("mono")) options = options with { Modes = [.. options.Modes, "mono"] };
+            if (dataset.Paths(pr).Count > 0)
+                return dataset.Execute(pr, pr.GetValue(collection), pr.GetValue(dataDir)!, options, pr.GetValue(maxQuestions), pr.GetValue(report), pr.GetValue(residentMb),
+                    Environment.GetCommandLineArgs().Skip(1));
             return Execute(pr.GetValue(collection), pr.GetValue(dataDir)!, options, pr.GetValue(probes), pr.GetValue(seed),
                 pr.GetValue(maxQuestions), pr.GetValue(report), pr.GetValue(residentMb), Environment.GetCommandLineArgs().Skip(1));
         }));
@@ -61,7 +66,7 @@ static class EvalCollectionCommand
     static int Execute(string? name, string dataDir, CollectionEvalOptions options, int probesPerChunk, ulong seed, int maxQuestions,
         string? reportDir, long residentMb, IEnumerable<string> tokens)
     {
-        if (string.IsNullOrWhiteSpace(name)) throw new InvalidRequestException("name the collection to evaluate with --collection (`cas collection ls` lists them).");
+        if (string.IsNullOrWhiteSpace(name)) throw new InvalidRequestException("name the collection to evaluate with --collection (`cas collection ls` lists them), or give data set files with --dataset.");
         if (maxQuestions < 0) throw new InvalidRequestException($"--max-questions must be ≥ 0, got {maxQuestions}.");
         var settings = options.Settings();
         using var state = new ServiceState(new CasServerOptions { DataDir = dataDir, ResidentBytes = checked(residentMb << 20) });
@@ -82,7 +87,7 @@ static class EvalCollectionCommand
         if (maxQuestions > 0 && questions.Count > maxQuestions)
         {
             // An even spread over the list (which is grouped by document), so every document keeps a share.
-            questions = Enumerable.Range(0, maxQuestions).Select(i => questions[(int)((long)i * questions.Count / maxQuestions)]).ToList();
+            questions = DatasetCollection.Spread(questions, maxQuestions);
         }
         Console.Error.WriteLine($"{questions.Count} questions; settings: {string.Join(", ", settings.Select(s => s.Label))}");
         var result = new CollectionEvaluator(state).RunAsync(name, questions, options, new SyncProgress<string>(Console.Error.WriteLine)).GetAwaiter().GetResult();

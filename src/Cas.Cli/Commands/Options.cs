@@ -130,6 +130,11 @@ static class Options
         DefaultValueFactory = _ => defaultValue,
     };
 
+    public static Option<int> RetrievalChunkTokens(int defaultValue) => new("--retrieval-chunk-tokens")
+    {
+        Description = "Size of the chunks kept for retrieval and the RAG baseline, in tokens.", DefaultValueFactory = _ => defaultValue,
+    };
+
     public static Option<string> DataDir() => new("--data-dir")
     {
         Description = "Folder of the collections and the cartridge store.", DefaultValueFactory = _ => "cas-data",

@@ -39,7 +39,8 @@ static class EvalCollectionCommand
         var model = Options.Model();
         var tokenizer = Options.Tokenizer();
         var mono = new Option<string?>("--mono-collection") { Description = "Also evaluate mode mono: this collection's one document (all documents in one) with its one cartridge, named in every question." };
-        var cmd = new Command("collection", "CAS vs RAG vs ICL vs no context on a trained collection, through the service's query path: held-out quality, prompt tokens, recall, latency.")
+        var cmd = new Command("collection", "CAS vs RAG vs ICL vs no context on a trained collection, through the service's query path: held-out quality, prompt tokens, recall, latency. " +
+            "In process on --data-dir, or with --server through a running `cas serve` (questions built here with --model/--tokenizer, default: the collection's model as the server reports it, checked by fingerprint).")
         {
             collection, dataDir, modes, depths, ks, probes, seed, maxTokens, maxQuestions, noAnswers, report, residentMb, mono,
             server, apiKey, model, tokenizer,

@@ -42,10 +42,13 @@ public sealed class InProcessQueryPath(ServiceState state) : IQueryPath
     public Task<(string DocumentId, int Slots)> MonoCartridgeAsync(string collection, CancellationToken cancel)
     {
         var mono = state.Catalog.Status(state.Collection(collection).Name, state.Store);
-        if (mono.Count != 1 || mono[0].State != Cas.Collections.CartridgeState.Fresh)
-            throw new InvalidRequestException($"the mono collection '{collection}' must hold exactly one document with a fresh cartridge (it has {mono.Count}; train it with `cas collection train {collection}`).");
+        if (mono.Count != 1 || mono[0].State != Cas.Collections.CartridgeState.Fresh) throw NotMono(collection, mono.Count);
         return Task.FromResult((mono[0].Document.DocumentId, mono[0].Cartridge!.Length));
     }
+
+    /// <summary>The refusal of a mono collection that is not one document with a fresh cartridge (in process or remote).</summary>
+    internal static InvalidRequestException NotMono(string collection, int documents) =>
+        new($"the mono collection '{collection}' must hold exactly one document with a fresh cartridge (it has {documents}; train it with `cas collection train {collection}`).");
 
     public Task<(long PeakResidentBytes, long ResidentBudget)> ResidentAsync(CancellationToken cancel)
     {
@@ -71,8 +74,7 @@ public sealed class RemoteQueryPath(CasClient client) : IQueryPath
     public async Task<(string DocumentId, int Slots)> MonoCartridgeAsync(string collection, CancellationToken cancel)
     {
         var mono = (await client.GetCollectionAsync(collection, cancel)).Documents;
-        if (mono.Count != 1 || mono[0].CartridgeState != Cas.Service.V1.CartridgeState.Fresh)
-            throw new InvalidRequestException($"the mono collection '{collection}' must hold exactly one document with a fresh cartridge (it has {mono.Count}; train it with `cas collection train {collection}`).");
+        if (mono.Count != 1 || mono[0].CartridgeState != Cas.Service.V1.CartridgeState.Fresh) throw InProcessQueryPath.NotMono(collection, mono.Count);
         var cartridge = await client.GetCartridgeAsync(mono[0].CartridgeId, cancel);
         return (mono[0].Id, cartridge.Length);
     }

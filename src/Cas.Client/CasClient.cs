@@ -73,6 +73,7 @@ public sealed class CasClient : IDisposable
             {
                 AskMode.Rag => Query.AskRag(request, options),
                 AskMode.Icl => Query.AskIcl(request, options),
+                AskMode.NoContext => Query.AskNoContext(request, options),
                 _ => Query.Ask(request, options),
             };
             AskResult? result = null;
@@ -83,6 +84,54 @@ public sealed class CasClient : IDisposable
                 else if (m.KindCase == AskResponse.KindOneofCase.Result) result = m.Result;
             }
             return result ?? throw new CasServiceException(StatusCode.Internal, "the server ended the answer without its final result message.", new InvalidOperationException());
+        }
+        catch (RpcException e) { throw ToException(e, cancel); }
+    }
+
+    /// <summary>
+    /// The Score RPC: <see cref="QueryEngine.ScoreAsync"/> on the server. −log q of <paramref name="answer"/> (token ids of
+    /// the collection's tokenizer) with exactly the context the mode's Ask would use; the same record the engine returns.
+    /// </summary>
+    public async Task<ScoreResult> ScoreAsync(AskMode mode, AskRequest request, int[] answer, ScoreFraming framing, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(request); ArgumentNullException.ThrowIfNull(answer);
+        var message = new ScoreRequest { Request = request, Mode = QueryServiceImpl.Mode(mode), Framing = QueryServiceImpl.Framing(framing) };
+        message.Answer.Add(answer);
+        var r = await Unary(o => Query.ScoreAsync(message, o), cancel);
+        return new ScoreResult(r.Result ?? new AskResult(), [.. r.Prompt], [.. r.TokenNll]);
+    }
+
+    /// <summary>GetCollection: the collection (model path and fingerprint) and its documents with their cartridges' state.</summary>
+    public Task<CollectionDetail> GetCollectionAsync(string name, CancellationToken cancel = default) =>
+        Unary(o => Collections.GetCollectionAsync(new GetCollectionRequest { Name = name }, o), cancel);
+
+    /// <summary>GetCartridge: a stored cartridge's info (length p, version, bytes, …).</summary>
+    public Task<CartridgeInfo> GetCartridgeAsync(string id, CancellationToken cancel = default) =>
+        Unary(o => Cartridges.GetCartridgeAsync(new GetCartridgeRequest { Id = id }, o), cancel);
+
+    /// <summary>GetBudget: the server's budget manager counters (resident bytes, peak, budget, swap-ins).</summary>
+    public Task<BudgetStatus> GetBudgetAsync(CancellationToken cancel = default) =>
+        Unary(o => Cartridges.GetBudgetAsync(new GetBudgetRequest(), o), cancel);
+
+    /// <summary>GetDocumentText: a document's text as added (its streamed pieces joined).</summary>
+    public async Task<string> GetDocumentTextAsync(string collection, string documentId, CancellationToken cancel = default)
+    {
+        try
+        {
+            using var call = Collections.GetDocumentText(new GetDocumentTextRequest { Collection = collection, DocumentId = documentId }, new CallOptions(Headers, cancellationToken: cancel));
+            var text = new System.Text.StringBuilder();
+            while (await call.ResponseStream.MoveNext(cancel)) text.Append(call.ResponseStream.Current.Text);
+            return text.ToString();
+        }
+        catch (RpcException e) { throw ToException(e, cancel); }
+    }
+
+    async Task<T> Unary<T>(Func<CallOptions, AsyncUnaryCall<T>> call, CancellationToken cancel)
+    {
+        try
+        {
+            using var c = call(new CallOptions(Headers, cancellationToken: cancel));
+            return await c.ResponseAsync;
         }
         catch (RpcException e) { throw ToException(e, cancel); }
     }

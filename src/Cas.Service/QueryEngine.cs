@@ -280,6 +280,8 @@ public sealed class QueryEngine(ServiceState state)
     ScoreResult Score(ModelHost host, IReadOnlyList<KvPrefix> cartridges, int[] prompt, int[] answer, AskResult result, double retrieveMs, double loadMs, long t0)
     {
         var config = host.Config;
+        foreach (int id in answer)
+            if ((uint)id >= (uint)config.VocabSize) throw new InvalidRequestException($"answer token id {id} is outside the model's vocabulary [0, {config.VocabSize}).");
         int[] tokens = [.. prompt, .. answer];
         var prefix = cartridges.Count == 0 ? null : cartridges.Count == 1 ? cartridges[0] : KvPrefix.Concat(cartridges);
         int slots = prefix?.Length ?? 0;

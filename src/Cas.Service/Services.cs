@@ -133,6 +133,27 @@ public sealed class CollectionServiceImpl(ServiceState state) : CollectionServic
         return Task.FromResult(detail);
     }
 
+    /// <summary>Pieces of at most this many chars: ≤ 3 UTF-8 bytes each (a surrogate pair is 2 chars, 4 bytes), well under any message limit.</summary>
+    int TextPieceChars => Math.Clamp(state.Options.MaxMessageBytes / 8, 1024, 256 << 10);
+
+    public override async Task GetDocumentText(GetDocumentTextRequest request, IServerStreamWriter<DocumentText> responseStream, ServerCallContext context)
+    {
+        var c = state.Collection(request.Collection);
+        if (string.IsNullOrEmpty(request.DocumentId)) throw new InvalidRequestException("give a document_id (GetCollection lists the documents).");
+        if (state.Catalog.Status(c.Name, state.Store, [request.DocumentId]).Count == 0)
+            throw new NotFoundException($"collection '{c.Name}' has no document '{request.DocumentId}'; GetCollection lists its documents.");
+        string text = state.Catalog.DocumentText(c.Name, request.DocumentId);
+        int piece = TextPieceChars;
+        for (int at = 0; at == 0 || at < text.Length;)
+        {
+            int n = Math.Min(piece, text.Length - at);
+            if (n > 0 && at + n < text.Length && char.IsHighSurrogate(text[at + n - 1])) n--; // never split a surrogate pair (a piece must be valid UTF-8)
+            await responseStream.WriteAsync(new DocumentText { Text = text.Substring(at, n) }, context.CancellationToken);
+            at += n;
+            if (n == 0) break;
+        }
+    }
+
     public override Task<DeleteCollectionResponse> DeleteCollection(DeleteCollectionRequest request, ServerCallContext context)
     {
         var c = state.Collection(request.Name);
@@ -219,6 +240,18 @@ public sealed class CartridgeServiceImpl(ServiceState state) : CartridgeService.
             return Convert.Cartridge(stored);
         }
         finally { File.Delete(tmp); }
+    }
+
+    public override Task<BudgetStatus> GetBudget(GetBudgetRequest request, ServerCallContext context)
+    {
+        var m = state.Budget.Metrics();
+        return Task.FromResult(new BudgetStatus
+        {
+            ResidentBytes = m.ResidentBytes, PeakResidentBytes = m.PeakResidentBytes, ResidentBudget = m.ResidentBudget, ReservedBytes = m.ReservedBytes,
+            HostBytes = m.HostBytes, ResidentEntries = m.ResidentEntries, Pinned = m.Pinned, ResidentHits = m.ResidentHits, HostHits = m.HostHits,
+            Misses = m.Misses, Evictions = m.Evictions, HostEvictions = m.HostEvictions, SwapIns = m.SwapIns,
+            SwapInP50Ms = m.SwapInP50Ms, SwapInP95Ms = m.SwapInP95Ms, SwapInP99Ms = m.SwapInP99Ms,
+        });
     }
 
     public override Task<DeleteCartridgeResponse> DeleteCartridge(DeleteCartridgeRequest request, ServerCallContext context)
@@ -333,6 +366,48 @@ public sealed class QueryServiceImpl(QueryEngine engine) : QueryService.QuerySer
 
     public override Task AskIcl(AskRequest request, IServerStreamWriter<AskResponse> responseStream, ServerCallContext context) =>
         Run(AskMode.Icl, request, responseStream, context);
+
+    public override Task AskNoContext(AskRequest request, IServerStreamWriter<AskResponse> responseStream, ServerCallContext context) =>
+        Run(AskMode.NoContext, request, responseStream, context);
+
+    /// <summary><see cref="QueryEngine.ScoreAsync"/> of the request's answer in its mode and framing.</summary>
+    public override async Task<ScoreResponse> Score(ScoreRequest request, ServerCallContext context)
+    {
+        if (request.Request == null) throw new InvalidRequestException("Score needs the request (an AskRequest: collection, question, …) whose context scores the answer.");
+        var s = await engine.ScoreAsync(Mode(request.Mode), request.Request, [.. request.Answer], Framing(request.Framing), context.CancellationToken);
+        var response = new ScoreResponse { Result = s.Ask, Nll = s.Nll };
+        response.Prompt.Add(s.Prompt);
+        response.TokenNll.Add(s.TokenNll);
+        return response;
+    }
+
+    /// <summary>The engine's mode for a <see cref="QueryMode"/> (unspecified: cartridges, as Ask).</summary>
+    public static AskMode Mode(QueryMode mode) => mode switch
+    {
+        QueryMode.Unspecified or QueryMode.Cartridges => AskMode.Cartridges,
+        QueryMode.Rag => AskMode.Rag,
+        QueryMode.Icl => AskMode.Icl,
+        QueryMode.NoContext => AskMode.NoContext,
+        _ => throw new InvalidRequestException($"unknown mode {(int)mode}; use QUERY_MODE_CARTRIDGES, _RAG, _ICL or _NO_CONTEXT."),
+    };
+
+    /// <summary>The <see cref="QueryMode"/> of an engine mode (what a client sends).</summary>
+    public static QueryMode Mode(AskMode mode) => mode switch
+    {
+        AskMode.Rag => QueryMode.Rag, AskMode.Icl => QueryMode.Icl, AskMode.NoContext => QueryMode.NoContext, _ => QueryMode.Cartridges,
+    };
+
+    /// <summary>The engine's framing for an <see cref="AnswerFraming"/> (unspecified: question, as Ask).</summary>
+    public static ScoreFraming Framing(AnswerFraming framing) => framing switch
+    {
+        AnswerFraming.Unspecified or AnswerFraming.Question => ScoreFraming.Question,
+        AnswerFraming.Continuation => ScoreFraming.Continuation,
+        _ => throw new InvalidRequestException($"unknown framing {(int)framing}; use ANSWER_FRAMING_QUESTION or ANSWER_FRAMING_CONTINUATION."),
+    };
+
+    /// <summary>The <see cref="AnswerFraming"/> of an engine framing.</summary>
+    public static AnswerFraming Framing(ScoreFraming framing) =>
+        framing == ScoreFraming.Continuation ? AnswerFraming.Continuation : AnswerFraming.Question;
 
     async Task Run(AskMode mode, AskRequest request, IServerStreamWriter<AskResponse> responseStream, ServerCallContext context)
     {

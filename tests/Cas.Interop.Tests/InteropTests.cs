@@ -168,7 +168,7 @@ public abstract class InteropTests(InteropServer fx, InteropClient client)
             Assert.Contains(s, services);
         // The file that defines QueryService, as the server reflects it, parsed by the client's own protobuf library.
         var query = At(r, "symbol_files").GetProperty("cas/v1/query.proto");
-        Assert.Equal(["Ask", "AskRag", "AskIcl"], Strings(query.GetProperty("QueryService")));
+        Assert.Equal(["Ask", "AskRag", "AskIcl", "AskNoContext", "Score"], Strings(query.GetProperty("QueryService")));
         Status(r, "reflection_without_key", "UNAUTHENTICATED", "x-api-key");
     }
 
@@ -207,6 +207,42 @@ public abstract class InteropTests(InteropServer fx, InteropClient client)
         Assert.Equal(0, At(r, "icl.result.tokens.cartridge_slots").GetInt32());
         Assert.True(At(r, "rag.result.tokens.prompt_tokens").GetInt32() > At(r, "ask.result.tokens.prompt_tokens").GetInt32());
         Assert.True(At(r, "icl.result.tokens.prompt_tokens").GetInt32() > At(r, "ask.result.tokens.prompt_tokens").GetInt32());
+        await fx.WaitIdle();
+    }
+
+    [Fact(Timeout = TestTimeoutMs)]
+    public async Task Score_gives_the_engines_NLL_per_token_and_the_new_RPCs_answer()
+    {
+        fx.Require();
+        var host = fx.Server!.State.Model(fx.ModelPath, fx.TokenizerPath);
+        int[] answer = Cas.Engine.Prompting.EncodeContinuation(host.Tokenizer, " the cat ran to the big ship.");
+        int[] tooLong = [.. Enumerable.Range(0, host.Config.MaxSeqLen + 8).Select(i => answer[i % answer.Length])];
+        const int maxTokens = 32;
+        var r = await Run("score", AskArgs(maxTokens, new { answer, long_answer = tooLong, document = "cat" }));
+
+        var engine = new Cas.Service.QueryEngine(fx.Server.State);
+        var request = new AskRequest { Collection = StoriesCollection.Name, Question = Question, MaxTokens = maxTokens };
+        foreach (var (name, mode, framing) in new[] { ("cas", Cas.Service.AskMode.Cartridges, Cas.Service.ScoreFraming.Continuation), ("none", Cas.Service.AskMode.NoContext, Cas.Service.ScoreFraming.Question) })
+        {
+            var local = await engine.ScoreAsync(mode, request, answer, framing, CancellationToken.None);
+            var nll = At(r, name + ".token_nll").EnumerateArray().Select(x => x.GetDouble()).ToList();
+            Assert.Equal(answer.Length, nll.Count);
+            for (int i = 0; i < nll.Count; i++) Assert.True(Math.Abs(nll[i] - local.TokenNll[i]) <= 1e-9, $"{name} token {i}: {nll[i]} vs {local.TokenNll[i]}");
+            Assert.Equal(local.Prompt, At(r, name + ".prompt").EnumerateArray().Select(x => x.GetInt32()));
+            Assert.Equal(local.Ask.Documents.Select(d => d.DocumentId), At(r, name + ".result.documents").EnumerateArray().Select(d => S(d, "document_id")));
+            Assert.Equal(local.Ask.Tokens.CartridgeSlots, At(r, name + ".result.tokens.cartridge_slots").GetInt32());
+            Assert.Equal(local.Ask.Tokens.KvBytesAttended, L(r, name + ".result.tokens.kv_bytes_attended"));
+        }
+        Assert.True(At(r, "cas.result.tokens.cartridge_slots").GetInt32() > 0);
+        Status(r, "unknown_collection", "NOT_FOUND", "no-such-collection");
+        Status(r, "empty_answer", "INVALID_ARGUMENT", "empty");
+        Status(r, "too_long", "INVALID_ARGUMENT", "context");
+        var (_, none) = await fx.Ask(fx.Query.AskNoContext, request);
+        Assert.Equal(none.Answer, S(r, "ask_none.result.answer"));
+        Assert.Empty(At(r, "ask_none.result.documents").EnumerateArray());
+        Assert.Equal(StoriesCollection.Docs.First(d => d.Id == "cat").Text, S(r, "text"));
+        Assert.Equal(fx.Server.State.Budget.Metrics().ResidentBudget, L(r, "budget.resident_budget"));
+        Assert.True(L(r, "budget.peak_resident_bytes") > 0);
         await fx.WaitIdle();
     }
 

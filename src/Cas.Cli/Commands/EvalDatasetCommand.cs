@@ -11,7 +11,9 @@ namespace Cas.Cli.Commands;
 /// <see cref="DatasetRun"/> (load, split, collection, training, evaluation) that prints. Progress on stderr; stdout gets
 /// key=value lines ending with the headline; --report writes DATASET_EVAL.md and its PNGs.
 /// </summary>
-sealed class EvalDatasetCommand
+/// <param name="_model">The command's --model (shared with --server): the data set run's model, default stories260K.</param>
+/// <param name="_tokenizer">The command's --tokenizer.</param>
+sealed class EvalDatasetCommand(Option<string> _model, Option<string> _tokenizer)
 {
     readonly Option<string[]> _dataset = new("--dataset")
     {
@@ -24,10 +26,8 @@ sealed class EvalDatasetCommand
     readonly Option<int> _chunk = Options.RetrievalChunkTokens(128);
     readonly Option<int> _trainProbes = new("--train-probes") { Description = "--dataset: probes per chunk when training missing cartridges (cas collection train's --probes-per-chunk).", DefaultValueFactory = _ => new CasTrainingOptions().Probes.ExamplesPerChunk };
     readonly Option<double?> _trainEpochs = new("--train-epochs") { Description = $"--dataset: epochs when training missing cartridges (cas collection train's --epochs). Default: {Cas.Training.TrainingRunOptions.DefaultEpochs.ToString(CultureInfo.InvariantCulture)}." };
-    readonly Option<string> _model = Options.Model();
-    readonly Option<string> _tokenizer = Options.Tokenizer();
 
-    public IEnumerable<Option> All => [_dataset, _maxDocuments, _partTokens, _chunk, _trainProbes, _trainEpochs, _model, _tokenizer];
+    public IEnumerable<Option> All => [_dataset, _maxDocuments, _partTokens, _chunk, _trainProbes, _trainEpochs];
 
     /// <summary>The data set files given (comma-separated values split), or none.</summary>
     public List<string> Paths(ParseResult pr) =>

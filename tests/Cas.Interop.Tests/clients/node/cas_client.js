@@ -230,6 +230,23 @@ class Scenarios {
     return out;
   }
 
+  async scenario_score() {
+    const a = this.args, md = this.md;
+    const req = (extra = {}) => ({ collection: a.collection, question: a.question, max_tokens: a.max_tokens, ...extra });
+    const score = (mode, framing, answer, extra) => unary(this.query, 'Score', { request: req(extra), answer, mode, framing }, md);
+    const out = {};
+    out.cas = await score('QUERY_MODE_CARTRIDGES', 'ANSWER_FRAMING_CONTINUATION', a.answer);
+    out.none = await score('QUERY_MODE_NO_CONTEXT', 'ANSWER_FRAMING_QUESTION', a.answer);
+    out.unknown_collection = await outcome(() => score('QUERY_MODE_CARTRIDGES', 'ANSWER_FRAMING_QUESTION', a.answer, { collection: 'no-such-collection' }));
+    out.empty_answer = await outcome(() => score('QUERY_MODE_CARTRIDGES', 'ANSWER_FRAMING_QUESTION', []));
+    out.too_long = await outcome(() => score('QUERY_MODE_NO_CONTEXT', 'ANSWER_FRAMING_QUESTION', a.long_answer, { max_tokens: 0 }));
+    out.ask_none = await this.ask('AskNoContext', req());
+    const pieces = await serverStream(this.collections.GetDocumentText({ collection: a.collection, document_id: a.document }, md, deadline(RPC_TIMEOUT_MS)));
+    out.text = pieces.map(m => m.text).join('');
+    out.budget = await unary(this.cartridges, 'GetBudget', {}, md);
+    return out;
+  }
+
   async scenario_errors() {
     const a = this.args, md = this.md;
     const out = {};

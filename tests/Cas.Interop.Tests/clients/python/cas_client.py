@@ -252,6 +252,26 @@ class Scenarios:
             out[name] = self.ask(method, self.ask_request(collection=a["collection"], question=a["question"], max_tokens=a["max_tokens"]))
         return out
 
+    def scenario_score(self):
+        a = self.args
+        q, c, k = self.pb["query"], self.pb["collection"], self.pb["cartridge"]
+        req = lambda **kw: q.AskRequest(**dict(dict(collection=a["collection"], question=a["question"], max_tokens=a["max_tokens"]), **kw))
+        score = lambda mode, framing, answer, **kw: to_dict(self.query.Score(
+            q.ScoreRequest(request=req(**kw), answer=answer, mode=q.QueryMode.Value(mode), framing=q.AnswerFraming.Value(framing)),
+            metadata=self.md, timeout=RPC_TIMEOUT))
+        out = {}
+        out["cas"] = score("QUERY_MODE_CARTRIDGES", "ANSWER_FRAMING_CONTINUATION", a["answer"])
+        out["none"] = score("QUERY_MODE_NO_CONTEXT", "ANSWER_FRAMING_QUESTION", a["answer"])
+        out["unknown_collection"] = outcome(lambda: score("QUERY_MODE_CARTRIDGES", "ANSWER_FRAMING_QUESTION", a["answer"], collection="no-such-collection"))
+        out["empty_answer"] = outcome(lambda: score("QUERY_MODE_CARTRIDGES", "ANSWER_FRAMING_QUESTION", []))
+        out["too_long"] = outcome(lambda: score("QUERY_MODE_NO_CONTEXT", "ANSWER_FRAMING_QUESTION", a["long_answer"], max_tokens=0))
+        out["ask_none"] = self.ask(self.query.AskNoContext, req())
+        pieces = list(self.collections.GetDocumentText(c.GetDocumentTextRequest(collection=a["collection"], document_id=a["document"]),
+                                                       metadata=self.md, timeout=RPC_TIMEOUT))
+        out["text"] = "".join(m.text for m in pieces)
+        out["budget"] = to_dict(self.cartridges.GetBudget(k.GetBudgetRequest(), metadata=self.md, timeout=RPC_TIMEOUT))
+        return out
+
     def scenario_errors(self):
         a = self.args
         c, k = self.pb["collection"], self.pb["cartridge"]

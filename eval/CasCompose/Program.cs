@@ -7,6 +7,7 @@
 // cartridge alone and composed with 5, 10 and 20 other documents' cartridges (random others, shuffled order, keys not
 // re-rotated), against no context and the document in context (ICL). Plus one monolithic cartridge with as many slots
 // as all per-document cartridges together, trained on all documents' probes.
+// With --placement: also where the composed cartridges sit relative to the question (rerotate gold first/last, aligned).
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -81,6 +82,8 @@ bool monolithic = !args.Contains("--no-monolithic");
 string report = ArgS("--report", "CAS_COMPOSE");
 var rows = new List<(string Variant, int With, double Ppl, double Gap, double GapMedian)>();
 var timing = new List<(string Variant, double Seconds, long Steps, long Peak, long Budget, double P50, double P95, long Distractors, long Store, long Dropped)>();
+var placeRows = new List<(string Variant, string Place, int With, double Gap)>();
+bool placement = args.Contains("--placement");
 var compRng = new Random(12345);
 var others = Enumerable.Range(0, docs.Count).Select(i => composeWith.ToDictionary(n => n, n =>
 {
@@ -120,6 +123,38 @@ foreach (var (name, baseOptions, _) in variants)
             }
             rows.Add((name, n, ppl, gaps.Average(), Median(gaps)));
             Log($"{name}: with {n} others ppl {ppl:F3}, gap closed {gaps.Average():P1} (median {Median(gaps):P1})");
+        }
+        if (placement)
+        {
+            // Where the cartridges sit relative to the question. concat (above) keeps every cartridge's trained key
+            // positions, so the question sits Σp positions after all of them (and the order of the parts does not
+            // matter: attention does not see slot order when keys are not moved). rerotate moves each part's keys to
+            // the slots it occupies: the last part keeps its trained distance to the question, the others are farther.
+            // aligned rotates every part so each sits at its trained distance (the question right after max p), as if
+            // each were the only one: all compete on content alone.
+            foreach (int n in composeWith.Where(x => x > 0))
+                foreach (var place in new[] { "rerotate, gold first", "rerotate, gold last", "aligned" })
+                {
+                    var gaps = new double[docs.Count];
+                    for (int i = 0; i < docs.Count; i++)
+                    {
+                        var rest = others[i][n].Where(j => j != i);
+                        KvPrefix prefix;
+                        if (place == "aligned")
+                        {
+                            var parts = others[i][n].Select(j => carts[j]).ToArray();
+                            prefix = PrefixComposition.Rotate(cfg, KvPrefix.Concat(parts), parts.Sum(c => c.Length) - parts.Max(c => c.Length));
+                        }
+                        else
+                        {
+                            int[] order = place.EndsWith("first") ? [i, .. rest] : [.. rest, i];
+                            prefix = PrefixComposition.Compose(cfg, order.Select(j => carts[j]).ToArray(), CompositionMode.ReRotate);
+                        }
+                        gaps[i] = HeldOutEvaluator.GapClosed(none[i], icl[i], eval.WithPrefix(sets[i], prefix).Perplexity);
+                    }
+                    placeRows.Add((name, place, n, gaps.Average()));
+                    Log($"{name}: {place}, with {n} others: gap closed {gaps.Average():P1}");
+                }
         }
     }
     finally { try { Directory.Delete(dir, true); } catch (IOException) { } }
@@ -183,6 +218,23 @@ foreach (var r in rows) md.AppendLine($"| {r.Variant} | {r.With} | {r.Ppl:F3} | 
 md.AppendLine();
 md.AppendLine($"![gap closed vs cartridges composed]({png})");
 md.AppendLine();
+if (placement)
+{
+    md.AppendLine("**Placement** (`--placement`): gap closed (mean) by where the composed cartridges sit relative to the question. " +
+        "*concat* (the table above, what the service does): every cartridge keeps its trained key positions and the question follows all Σp slots, so the order of the parts does not matter. " +
+        "*rerotate*: each part's keys are moved to the slots it occupies; the last part keeps its trained distance to the question, the others are farther. " +
+        "*aligned*: every part is rotated to its trained distance from the question (as if each were alone), so they compete on content alone.");
+    md.AppendLine();
+    md.AppendLine("| variant | placement | " + string.Join(" | ", composeWith.Where(x => x > 0).Select(n => $"with {n}")) + " |");
+    md.AppendLine("| --- | --- | " + string.Join(" | ", composeWith.Where(x => x > 0).Select(_ => "---:")) + " |");
+    foreach (var v in variants)
+    {
+        md.AppendLine($"| {v.Name} | concat | " + string.Join(" | ", composeWith.Where(x => x > 0).Select(n => $"{100 * rows.First(r => r.Variant == v.Name && r.With == n).Gap:F1}%")) + " |");
+        foreach (var place in placeRows.Where(r => r.Variant == v.Name).Select(r => r.Place).Distinct())
+            md.AppendLine($"| {v.Name} | {place} | " + string.Join(" | ", composeWith.Where(x => x > 0).Select(n => $"{100 * placeRows.First(r => r.Variant == v.Name && r.Place == place && r.With == n).Gap:F1}%")) + " |");
+    }
+    md.AppendLine();
+}
 if (monolithic)
 {
     md.AppendLine("**Per-document vs monolithic, same total size.**");

@@ -105,8 +105,21 @@ public static class SynthesisRun
         if (options.Conversations < 1) throw new InvalidRequestException($"the number of conversations must be at least 1, got {options.Conversations}.");
         if (string.IsNullOrWhiteSpace(options.OutputPath)) throw new InvalidRequestException("give the dataset file to write.");
         options.Settings.Validate();
-
         var documents = ReadResources(options.Resources, options.Strict, progress);
+        return Execute(model, tokenizer, documents, options, progress, cancel);
+    }
+
+    /// <summary>
+    /// The same run over documents the caller already holds (a collection's, say): <see cref="SynthesisRunOptions.Resources"/>
+    /// and <see cref="SynthesisRunOptions.Strict"/> are not read.
+    /// </summary>
+    public static SynthesisRunResult Execute(Model model, ITokenizer tokenizer, IReadOnlyList<Document> documents, SynthesisRunOptions options,
+        IProgress<SynthesisRunEvent>? progress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(model); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(documents); ArgumentNullException.ThrowIfNull(options);
+        if (options.Conversations < 1) throw new InvalidRequestException($"the number of conversations must be at least 1, got {options.Conversations}.");
+        if (string.IsNullOrWhiteSpace(options.OutputPath)) throw new InvalidRequestException("give the dataset file to write.");
+        options.Settings.Validate();
         var format = ChatFormat.Resolve(options.ChatFormat, tokenizer, options.TokenizerPath);
         progress?.Report(new SynthesisRunNote($"framing: {(format == ChatFormatKind.Plain ? "base model (plain text)" : format.ToString())}"));
         var plan = Plan(model.Config, tokenizer, format, options);

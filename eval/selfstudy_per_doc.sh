@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Self-study data per document through CAS training (`cas collection train --data-source selfstudy`), on stories260K:
+# how much of the no-context -> ICL perplexity gap each document's cartridge closes on HELD-OUT self-study
+# conversations (another seed), for each recipe below. Writes eval/reports/SELFSTUDY_PER_DOC.md.
+#
+#   bash eval/selfstudy_per_doc.sh            # every recipe not measured yet (results kept in .tmp/ssdoc/results.tsv)
+#   bash eval/selfstudy_per_doc.sh NAME ...   # only these recipes (then the report is rewritten from all results)
+#   CAS=... to run another cas binary (default ./cas, built when stale); RESET=1 to forget earlier results.
+#
+# Per recipe: a fresh data folder, a collection of the 3 documents (stories the model sampled itself, seeds 11-13),
+# `cas collection train` with the recipe's flags (self-study synthesis per document + distractor-mixed training),
+# `cas store export` of each cartridge and `cas eval --cartridge C --data held.casds`: perplexity of the teacher's answer
+# tokens with no context, with the teacher's exact context (ICL) and with the cartridge; gap closed =
+# (none - cartridge) / (none - ICL). The held-out conversations (32 per document, seed 99) are made by `cas synthesize`
+# with the chunk and answer sizes the training synthesis derives (the same plan), so they differ from training only
+# in seed. About 3-8 minutes per recipe on 2 idle cores.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ -f CasService.sln ] || { echo "selfstudy_per_doc.sh: cannot find the repository root" >&2; exit 1; }
+[ -f ../shared/models/stories260K/stories260K.bin ] || { echo "selfstudy_per_doc.sh: ../shared/models/stories260K is missing" >&2; exit 1; }
+CAS=${CAS:-./cas}
+W=${WORK:-.tmp/ssdoc}
+mkdir -p "$W"
+[ "${RESET:-0}" = 1 ] && rm -f "$W/results.tsv"
+touch "$W/results.tsv"
+docs=(11 12 13)
+
+# name | what it changes | cas collection train flags
+recipes=(
+  "defaults|the defaults of --data-source selfstudy (p = tokens/20, floor 16)|"
+  "p32|p = 32 (compression 8)|--compression 8"
+  "p32-e2|p = 32, 2 epochs|--compression 8 --epochs 2"
+  "p32-e4-lr02|p = 32, 4 epochs, lr 0.02 (the old cas train default)|--compression 8 --epochs 4 --lr 0.02"
+  "p32-iso|p = 32, no distractors (P_iso = 1)|--compression 8 --p-iso 1"
+  "p32-c2|p = 32, 2 conversations per token|--compression 8 --conversations-per-token 2 --epochs 4"
+)
+
+$CAS --help > /dev/null   # build once, up front
+
+# ---- documents and held-out conversations (made once)
+for s in "${docs[@]}"; do
+  d="$W/doc$s"; mkdir -p "$d"
+  [ -s "$d/story$s.txt" ] || $CAS generate --prompt "" --max-tokens 350 --temperature 0.8 --seed "$s" > "$d/story$s.txt"
+  if [ ! -s "$d/held.casds" ]; then
+    rm -f "$d/held.casds"
+    $CAS synthesize --resource "text:$d/story$s.txt" --out "$d/held.casds" --conversations 32 --seed 99 --concurrency 32 \
+      > /dev/null 2> "$d/held.err"
+  fi
+done
+
+run_recipe() {
+  local name=$1 flags=$2
+  local dd="$W/$name"
+  rm -rf "$dd"; mkdir -p "$dd"
+  $CAS collection create ss --data-dir "$dd/data" > /dev/null
+  local res=()
+  for s in "${docs[@]}"; do res+=(--resource "text:$W/doc$s/story$s.txt"); done
+  $CAS collection add ss --data-dir "$dd/data" "${res[@]}" > /dev/null 2>&1
+  # shellcheck disable=SC2086
+  $CAS collection train ss --data-dir "$dd/data" --data-source selfstudy $flags > "$dd/train.txt" 2> "$dd/train.err"
+  local wall; wall=$(grep -o 'wall_s=[0-9.]*' "$dd/train.txt" | cut -d= -f2)
+  $CAS store ls --data-dir "$dd/data" > "$dd/store.txt"
+  for s in "${docs[@]}"; do
+    local id; id=$(grep "story$s.txt" "$dd/store.txt" | head -1 | cut -d' ' -f1)
+    [ -n "$id" ] || { echo "no cartridge for story$s in $dd/store.txt" >&2; exit 1; }
+    $CAS store export "$id" --data-dir "$dd/data" --out "$dd/story$s.safetensors" > /dev/null
+    $CAS eval --cartridge "$dd/story$s.safetensors" --data "$W/doc$s/held.casds" > "$dd/eval$s.txt" 2> /dev/null
+    local get; get() { grep -m1 "^$1=" "$dd/eval$s.txt" | cut -d= -f2; }
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$s" "$(get p)" "$(get ppl_none)" "$(get ppl_icl)" "$(get ppl_cartridge)" \
+      "$(get cartridge_gap_closed)" "$wall" "$(grep -c '^self-study data' "$dd/train.err" || true)" >> "$W/results.tsv"
+  done
+  rm -rf "$dd/data/jobs"
+}
+
+want=("$@")
+for r in "${recipes[@]}"; do
+  IFS='|' read -r name what flags <<< "$r"
+  if [ ${#want[@]} -gt 0 ]; then [[ " ${want[*]} " == *" $name "* ]] || continue
+  elif grep -q "^$name	" "$W/results.tsv"; then continue; fi
+  sed -i "/^$name	/d" "$W/results.tsv"
+  echo "recipe $name: $flags" >&2
+  run_recipe "$name" "$flags"
+done
+
+# ---- the report
+{
+  echo "# Self-study per document (stories260K)"
+  echo
+  echo "Regenerate with \`bash eval/selfstudy_per_doc.sh\` (resumable: measured recipes are kept in \`$W/results.tsv\`)."
+  echo "Each recipe trains the 3 documents (stories the model sampled itself, seeds 11-13, ~250 tokens each) as one collection"
+  echo "with \`cas collection train ss --data-source selfstudy FLAGS\` (the self-study synthesizer run on each document alone,"
+  echo "then CAS training with distractor mixing), and evaluates each exported cartridge with \`cas eval\` on 32 held-out"
+  echo "self-study conversations of its document (seed 99). Perplexity of the teacher's answer tokens;"
+  echo "gap closed = (none − cartridge) / (none − ICL)."
+  echo
+  echo "| recipe | what it changes | flags | p | gap closed story 11 | story 12 | story 13 | **mean** | train wall s |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  for r in "${recipes[@]}"; do
+    IFS='|' read -r name what flags <<< "$r"
+    grep -q "^$name	" "$W/results.tsv" || continue
+    awk -F'\t' -v n="$name" -v w="$what" -v f="$flags" '
+      $1 == n { g[$2] = sprintf("%.3f", $7); sum += $7; k++; p = $3; wall = $8 }
+      END { printf "| %s | %s | `%s` | %s | %s | %s | %s | **%.3f** | %s |\n", n, w, f, p, g[11], g[12], g[13], sum / k, wall }' "$W/results.tsv"
+  done
+  echo
+  echo "Perplexities per document (none / ICL / cartridge):"
+  echo
+  echo "| recipe | story | ppl none | ppl ICL | ppl cartridge | gap closed |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %.3f |\n", $1, $2, $4, $5, $6, $7 }' "$W/results.tsv"
+} > "$W/table.md"
+cat "$W/table.md"

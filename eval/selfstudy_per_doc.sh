@@ -51,7 +51,10 @@ done
 run_recipe() {
   local name=$1 flags=$2
   local dd="$W/$name"
-  rm -rf "$dd"; mkdir -p "$dd"
+  rm -rf "$dd"; mkdir -p "$dd/data" "$W/cache"
+  # Every recipe's data folder shares one self-study cache: recipes that differ only in training reuse the datasets
+  # (each is named by the model, document, self-study settings and seed, so other settings make their own).
+  ln -s "$(cd "$W/cache" && pwd)" "$dd/data/selfstudy"
   $CAS collection create ss --data-dir "$dd/data" > /dev/null
   local res=()
   for s in "${docs[@]}"; do res+=(--resource "text:$W/doc$s/story$s.txt"); done

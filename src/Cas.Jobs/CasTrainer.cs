@@ -95,6 +95,18 @@ public sealed class CasTrainer
         return job.Run();
     }
 
+    /// <summary>
+    /// Where the self-study dataset of one document is kept: DATA_DIR/selfstudy/COLLECTION/KEY.casds, KEY a hash of the
+    /// model, the document's content, the self-study settings and the seed (a changed document or setting gets a new file;
+    /// the folder can be deleted at any time between jobs, costing only the synthesis).
+    /// </summary>
+    public static string SelfStudyDatasetPath(string dataDir, string collection, string modelFingerprint, string contentHash, CasSelfStudyOptions settings, ulong seed)
+    {
+        string identity = string.Join("\n", modelFingerprint, contentHash, JsonSerializer.Serialize(settings, CasTrainingOptions.Json), seed.ToString(CultureInfo.InvariantCulture));
+        string key = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(identity)))[..24];
+        return Path.Combine(Path.GetFullPath(dataDir), "selfstudy", collection, key + ".casds");
+    }
+
     /// <summary>The state folder of a job.</summary>
     public string JobDirectory(long jobId) => Path.Combine(dataDir, "jobs", jobId.ToString(CultureInfo.InvariantCulture));
 
@@ -337,7 +349,7 @@ public sealed class CasTrainer
             if (data.TryGetValue(i, out var ex)) return ex;
             var d = state.Documents[i];
             string text = t.catalog.DocumentText(info.Name, d.Id);
-            ex = o.Data == CasDataSource.SelfStudy ? SelfStudyExamples(i, d, text) : ProbeExamples(d, text);
+            ex = o.Data == CasDataSource.SelfStudy ? SelfStudyExamples(d, text) : ProbeExamples(d, text);
             if (d.P + ex.MaxLength > cfg.MaxSeqLen)
                 throw new InvalidRequestException($"document {d.Id}: its cartridge ({d.P} slots) plus its longest example ({ex.MaxLength} tokens) do not fit the model's context of {cfg.MaxSeqLen}; raise --compression.");
             data[i] = ex;
@@ -355,17 +367,19 @@ public sealed class CasTrainer
         }
 
         /// <summary>
-        /// Self-study conversations about document <paramref name="i"/> alone, made by the synthesis run into a dataset in
-        /// the job's folder (named by the document's content) and read back as training examples. A dataset marked complete
-        /// is read as it is; an incomplete one (a killed job) is continued where it stopped. The folder goes when the job is done.
+        /// Self-study conversations about one document alone, made by the synthesis run into a dataset and
+        /// read back as training examples. The dataset is kept under DATA_DIR/selfstudy/COLLECTION, named by everything
+        /// that decides it (model, document content, self-study settings, seed): a dataset marked complete is read as it
+        /// is (by this job resumed, or by a later job that trains the same document with other training settings); an
+        /// incomplete one (a killed job) is continued where it stopped.
         /// </summary>
-        TrainingExamples SelfStudyExamples(int i, DocFile d, string text)
+        TrainingExamples SelfStudyExamples(DocFile d, string text)
         {
-            string folder = Path.Combine(dir, "data");
-            Directory.CreateDirectory(folder);
-            string path = Path.Combine(folder, string.Create(CultureInfo.InvariantCulture, $"doc{i}-{d.ContentHash[..Math.Min(16, d.ContentHash.Length)]}.casds"));
-            string complete = path + ".complete";
             var ss = o.SelfStudy;
+            ulong seed = DocumentSeed(d.Id);
+            string path = SelfStudyDatasetPath(t.dataDir, info.Name, t.fingerprint, d.ContentHash, ss, seed);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            string complete = path + ".complete";
             if (!File.Exists(complete))
             {
                 long conversations = ss.ConversationsFor(t.tokenizer.Encode(text).Length);
@@ -373,7 +387,7 @@ public sealed class CasTrainer
                 {
                     Resources = [], OutputPath = path, Conversations = conversations, Resume = true, TokenizerPath = info.TokenizerPath,
                     MinChunkTokens = ss.MinChunkTokens, MaxChunkTokens = ss.ChunkTokens, MaxUserTokens = ss.MaxUserTokens, MaxAnswerTokens = ss.MaxAnswerTokens,
-                    Settings = ss.Settings(DocumentSeed(d.Id)),
+                    Settings = ss.Settings(seed),
                 };
                 var doc = new Cas.Resources.Document(d.Id, text, d.Id, Cas.Resources.Document.NoMetadata, Cas.Resources.Document.NoQuestions);
                 var events = new Relay<SynthesisRunEvent>(e =>

@@ -110,8 +110,9 @@ public enum CasDataSource
 
 /// <summary>
 /// Self-study per document (<see cref="CasDataSource.SelfStudy"/>): the existing synthesis run (<see cref="SynthesisRun"/>)
-/// on one document, <see cref="ConversationsFor"/> conversations, written to a dataset in the job's folder so that a
-/// resumed job reuses (or continues) it. Sizes left null are derived from the model's context as `cas synthesize`
+/// on one document, <see cref="ConversationsFor"/> conversations, written to a dataset under the data folder
+/// (<see cref="CasTrainer.SelfStudyDatasetPath"/>) so that a resumed job continues it and a later job with the same
+/// self-study settings reuses it. Sizes left null are derived from the model's context as `cas synthesize`
 /// derives them (on stories260K: user messages 32, answers 64 tokens, chunks of up to ≈350 tokens, so a short document
 /// is one whole chunk). The defaults are the recipe measured in eval/reports/SELFSTUDY_PER_DOC.md.
 /// </summary>

@@ -101,6 +101,15 @@ public sealed class SelfStudyDataTests : IDisposable
             Assert.True(moved, $"{id} is still its first-k start: it was not trained");
         }
         Assert.Contains("\"Data\":\"SelfStudy\"", Assert.Single(w.Catalog.Jobs("ss")).Settings);   // part of the job's identity
+
+        // A later job with other training settings (the cartridges deleted, so both train again) reads the same datasets.
+        foreach (var id in Cartridges(w).Keys) Assert.True(w.Store.Delete(id));
+        var again = new List<CasJobEvent>();
+        var r2 = w.Trainer.Run("ss", Tiny() with { LearningRate = 0.02f }, new Relay(again.Add));
+        Assert.Equal(2, r2.Trained);
+        Assert.All(again.OfType<CasJobDataMade>(), e => { Assert.Equal(0, e.Made); Assert.Equal(made[e.DocumentId].Conversations, e.Conversations); });
+        Assert.Equal(2, again.OfType<CasJobDataMade>().Count());
+        Assert.DoesNotContain(again, e => e is CasJobDataProgress);
     }
 
     [Fact]

@@ -27,12 +27,12 @@ docs=(11 12 13)
 
 # name | what it changes | cas collection train flags
 recipes=(
-  "defaults|the defaults of --data-source selfstudy (p = tokens/20, floor 16)|"
-  "p32|p = 32 (compression 8)|--compression 8"
-  "p32-e2|p = 32, 2 epochs|--compression 8 --epochs 2"
-  "p32-e4-lr02|p = 32, 4 epochs, lr 0.02 (the old cas train default)|--compression 8 --epochs 4 --lr 0.02"
-  "p32-iso|p = 32, no distractors (P_iso = 1)|--compression 8 --p-iso 1"
-  "p32-c2|p = 32, 2 conversations per token|--compression 8 --conversations-per-token 2 --epochs 4"
+  "defaults|the defaults before tuning: 1 conversation per token, 4 epochs, lr 0.05, p = tokens/20 (floor 16)|--epochs 4"
+  "e8|8 epochs|--epochs 8"
+  "lr01|lr 0.1 (4 epochs)|--epochs 4 --lr 0.1"
+  "e8-lr01|8 epochs, lr 0.1|--epochs 8 --lr 0.1"
+  "e8-iso|8 epochs, no distractors (P_iso = 1)|--epochs 8 --p-iso 1"
+  "p32-e8|p = 32 (compression 11), 8 epochs|--compression 11 --epochs 8"
 )
 
 $CAS --help > /dev/null   # build once, up front

@@ -399,7 +399,11 @@ public sealed class CasTrainer
                 progress?.Report(new CasJobDataMade(d.Id, result.DatasetConversations, result.Summary.AlreadyPresent, result.Summary.Written));
                 File.WriteAllText(complete, result.DatasetConversations.ToString(CultureInfo.InvariantCulture));
             }
-            else progress?.Report(new CasJobDataMade(d.Id, long.Parse(File.ReadAllText(complete), CultureInfo.InvariantCulture), 0, 0));
+            else
+            {
+                long n = long.Parse(File.ReadAllText(complete), CultureInfo.InvariantCulture);
+                progress?.Report(new CasJobDataMade(d.Id, n, n, 0));
+            }
             return DatasetExamples.Load(path, cfg.VocabSize, cfg.MaxSeqLen - d.P);
         }
 

@@ -107,7 +107,7 @@ public sealed class SelfStudyDataTests : IDisposable
         var again = new List<CasJobEvent>();
         var r2 = w.Trainer.Run("ss", Tiny() with { LearningRate = 0.02f }, new Relay(again.Add));
         Assert.Equal(2, r2.Trained);
-        Assert.All(again.OfType<CasJobDataMade>(), e => { Assert.Equal(0, e.Made); Assert.Equal(made[e.DocumentId].Conversations, e.Conversations); });
+        Assert.All(again.OfType<CasJobDataMade>(), e => { Assert.Equal(0, e.Made); Assert.Equal(made[e.DocumentId].Conversations, e.Conversations); Assert.Equal(e.Conversations, e.Reused); });
         Assert.Equal(2, again.OfType<CasJobDataMade>().Count());
         Assert.DoesNotContain(again, e => e is CasJobDataProgress);
     }

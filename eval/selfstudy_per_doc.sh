@@ -28,11 +28,12 @@ docs=(11 12 13)
 # name | what it changes | cas collection train flags
 recipes=(
   "defaults|the defaults before tuning: 1 conversation per token, 4 epochs, lr 0.05, p = tokens/20 (floor 16)|--epochs 4"
-  "e8|8 epochs|--epochs 8"
-  "lr01|lr 0.1 (4 epochs)|--epochs 4 --lr 0.1"
-  "e8-lr01|8 epochs, lr 0.1|--epochs 8 --lr 0.1"
+  "c8|p = 43 (compression 8), 4 epochs|--compression 8 --epochs 4"
+  "lr01|lr 0.1, 4 epochs|--epochs 4 --lr 0.1"
+  "e8|8 epochs (the new default)|--epochs 8"
   "e8-iso|8 epochs, no distractors (P_iso = 1)|--epochs 8 --p-iso 1"
-  "p32-e8|p = 32 (compression 11), 8 epochs|--compression 11 --epochs 8"
+  "c05-e8|0.5 conversations per token, 8 epochs (the steps of 4 epochs at 1 per token, half the synthesis)|--conversations-per-token 0.5 --epochs 8"
+  "c2-e4|2 conversations per token, 4 epochs (the steps of e8, twice the data)|--conversations-per-token 2 --epochs 4"
 )
 
 $CAS --help > /dev/null   # build once, up front

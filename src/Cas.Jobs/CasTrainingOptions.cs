@@ -39,7 +39,7 @@ public sealed record CasTrainingOptions
     public bool StoreDistractors { get; init; } = true;
     /// <summary>Per document: training steps, each one <see cref="BatchSize"/> of its gold examples. Null: from <see cref="Epochs"/>.</summary>
     public int? Steps { get; init; }
-    /// <summary>Per document: passes over its examples (default <see cref="TrainingRunOptions.DefaultEpochs"/>).</summary>
+    /// <summary>Per document: passes over its examples (default <see cref="DefaultEpochs"/>: 4 for probes, 8 for self-study).</summary>
     public double? Epochs { get; init; }
     /// <summary>Sequences per global step (one engine call; golds taken round-robin from the resident set).</summary>
     public int BatchSize { get; init; } = 8;
@@ -91,10 +91,22 @@ public sealed record CasTrainingOptions
 
     /// <summary>Gold examples a document trains on: steps × batch, or ⌈epochs × examples⌉.</summary>
     public long TargetExamples(int examples) => Steps is int s ? (long)s * BatchSize
-        : Math.Max(1, (long)Math.Ceiling((Epochs ?? TrainingRunOptions.DefaultEpochs) * examples));
+        : Math.Max(1, (long)Math.Ceiling((Epochs ?? DefaultEpochs()) * examples));
 
-    /// <summary>The job's identity: every setting that decides the cartridges, as JSON.</summary>
-    public string SettingsJson() => JsonSerializer.Serialize(this, Json);
+    /// <summary>Epochs when neither <see cref="Steps"/> nor <see cref="Epochs"/> is given: <see cref="TrainingRunOptions.DefaultEpochs"/> (4) for probes, <see cref="CasSelfStudyOptions.DefaultEpochs"/> (8) for self-study.</summary>
+    public double DefaultEpochs() => Data == CasDataSource.SelfStudy ? CasSelfStudyOptions.DefaultEpochs : TrainingRunOptions.DefaultEpochs;
+
+    /// <summary>
+    /// The job's identity: every setting that decides the cartridges, as JSON. A probe job's leaves out the data source and
+    /// the self-study settings (they decide nothing there), so it is the identity it had before self-study existed and an
+    /// unfinished probe job resumes across that upgrade.
+    /// </summary>
+    public string SettingsJson()
+    {
+        var node = JsonSerializer.SerializeToNode(this, Json)!.AsObject();
+        if (Data == CasDataSource.Probes) { node.Remove(nameof(Data)); node.Remove(nameof(SelfStudy)); }
+        return node.ToJsonString(Json);
+    }
 
     internal static readonly JsonSerializerOptions Json = new() { Converters = { new JsonStringEnumConverter() } };
 }
@@ -118,6 +130,9 @@ public enum CasDataSource
 /// </summary>
 public sealed record CasSelfStudyOptions
 {
+    /// <summary>Epochs a self-study job trains when it is given neither steps nor epochs (measured: eval/reports/SELFSTUDY_PER_DOC.md).</summary>
+    public const double DefaultEpochs = 8;
+
     /// <summary>Conversations per document token (the count is proportional to the document's length).</summary>
     public double ConversationsPerToken { get; init; } = 1;
     /// <summary>Fewest conversations for any document, however short.</summary>

@@ -189,6 +189,30 @@ public sealed class SelfStudyDataTests : IDisposable
         Assert.Equal(300, s.ConversationsFor(600));
     }
 
+    [Fact]
+    public void A_probe_jobs_identity_is_what_it_was_before_self_study_and_self_study_settings_are_part_of_a_self_study_jobs()
+    {
+        var probes = new CasTrainingOptions();
+        string json = probes.SettingsJson();
+        Assert.DoesNotContain("\"Data\"", json);
+        Assert.DoesNotContain("SelfStudy", json);
+        Assert.StartsWith("{\"Compression\":20,", json);
+        Assert.Equal(json, (probes with { SelfStudy = new CasSelfStudyOptions { ConversationsPerToken = 3 } }).SettingsJson());
+
+        var ss = probes with { Data = CasDataSource.SelfStudy };
+        // Nothing removed: the node path writes exactly what the serializer writes (so for probes only the two properties differ).
+        Assert.Equal(System.Text.Json.JsonSerializer.Serialize(ss, new System.Text.Json.JsonSerializerOptions { Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() } }), ss.SettingsJson());
+        Assert.Contains("\"Data\":\"SelfStudy\"", ss.SettingsJson());
+        Assert.NotEqual(ss.SettingsJson(), (ss with { SelfStudy = new CasSelfStudyOptions { ConversationsPerToken = 3 } }).SettingsJson());
+        Assert.Equal(ss.SettingsJson(), (ss with { SelfStudy = new CasSelfStudyOptions { Concurrency = 3 } }).SettingsJson()); // speed only
+
+        // Default length: 4 epochs of probes, 8 of self-study; explicit steps or epochs win.
+        Assert.Equal(400, probes.TargetExamples(100));
+        Assert.Equal(800, ss.TargetExamples(100));
+        Assert.Equal(200, (ss with { Epochs = 2 }).TargetExamples(100));
+        Assert.Equal(24, (ss with { Steps = 3 }).TargetExamples(100));
+    }
+
     sealed class Relay(Action<CasJobEvent> handler) : IProgress<CasJobEvent>
     {
         public void Report(CasJobEvent value) => handler(value);

@@ -34,7 +34,7 @@ static class CollectionTrain
         var seed = Options.Seed(d.Seed);
         var probesPerChunk = Options.ProbesPerChunk(d.Probes.ExamplesPerChunk);
         var budgetMb = Options.ResidentMb(1024);
-        var dataSource = new Option<string>("--data-source") { Description = "probes | selfstudy: each document's teacher data, document probes or self-study conversations (the synthesizer run on the document alone).", DefaultValueFactory = _ => "probes" };
+        var dataSource = new Option<string>("--data-source") { Description = $"probes | selfstudy: each document's teacher data, document probes or self-study conversations (the synthesizer run on the document alone; trained {CasSelfStudyOptions.DefaultEpochs.ToString(CultureInfo.InvariantCulture)} epochs unless --steps or --epochs say otherwise).", DefaultValueFactory = _ => "probes" };
         var perToken = new Option<double>("--conversations-per-token") { Description = $"With --data-source selfstudy: conversations per document token (at least {d.SelfStudy.MinConversations} per document).", DefaultValueFactory = _ => d.SelfStudy.ConversationsPerToken };
         var cmd = new Command("train", "Train one cartridge per document (CAS: distractor mixing, rotation through a resident budget); rerun to resume or to retrain stale documents.")
         {

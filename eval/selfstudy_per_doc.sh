@@ -5,6 +5,7 @@
 #
 #   bash eval/selfstudy_per_doc.sh            # every recipe not measured yet (results kept in .tmp/ssdoc/results.tsv)
 #   bash eval/selfstudy_per_doc.sh NAME ...   # only these recipes (then the report is rewritten from all results)
+#   bash eval/selfstudy_per_doc.sh --report   # only rewrite the report's tables from the results kept
 #   CAS=... to run another cas binary (default ./cas, built when stale); RESET=1 to forget earlier results.
 #
 # Per recipe: a fresh data folder, a collection of the 3 documents (stories the model sampled itself, seeds 11-13),
@@ -36,6 +37,7 @@ recipes=(
   "c2-e4|2 conversations per token, 4 epochs (the steps of e8, twice the data)|--conversations-per-token 2 --epochs 4"
 )
 
+if [ "${1:-}" != --report ]; then
 $CAS --help > /dev/null   # build once, up front
 
 # ---- documents and held-out conversations (made once)
@@ -48,6 +50,8 @@ for s in "${docs[@]}"; do
       > /dev/null 2> "$d/held.err"
   fi
 done
+
+fi
 
 run_recipe() {
   local name=$1 flags=$2
@@ -71,13 +75,14 @@ run_recipe() {
     $CAS eval --cartridge "$dd/story$s.safetensors" --data "$W/doc$s/held.casds" > "$dd/eval$s.txt" 2> /dev/null
     local get; get() { grep -m1 "^$1=" "$dd/eval$s.txt" | cut -d= -f2; }
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$s" "$(get p)" "$(get ppl_none)" "$(get ppl_icl)" "$(get ppl_cartridge)" \
-      "$(get cartridge_gap_closed)" "$wall" "$(grep -c '^self-study data' "$dd/train.err" || true)" >> "$W/results.tsv"
+      "$(get cartridge_gap_closed)" "$wall" "$(grep -o '([0-9]* made now' "$dd/train.err" | tr -dc '0-9\n' | awk '{ s += $1 } END { print s + 0 }')" >> "$W/results.tsv"
   done
   rm -rf "$dd/data/jobs"
 }
 
 want=("$@")
 for r in "${recipes[@]}"; do
+  [ "${1:-}" = --report ] && break
   IFS='|' read -r name what flags <<< "$r"
   if [ ${#want[@]} -gt 0 ]; then [[ " ${want[*]} " == *" $name "* ]] || continue
   elif grep -q "^$name	" "$W/results.tsv"; then continue; fi
@@ -88,23 +93,14 @@ done
 
 # ---- the report
 {
-  echo "# Self-study per document (stories260K)"
-  echo
-  echo "Regenerate with \`bash eval/selfstudy_per_doc.sh\` (resumable: measured recipes are kept in \`$W/results.tsv\`)."
-  echo "Each recipe trains the 3 documents (stories the model sampled itself, seeds 11-13, ~250 tokens each) as one collection"
-  echo "with \`cas collection train ss --data-source selfstudy FLAGS\` (the self-study synthesizer run on each document alone,"
-  echo "then CAS training with distractor mixing), and evaluates each exported cartridge with \`cas eval\` on 32 held-out"
-  echo "self-study conversations of its document (seed 99). Perplexity of the teacher's answer tokens;"
-  echo "gap closed = (none − cartridge) / (none − ICL)."
-  echo
-  echo "| recipe | what it changes | flags | p | gap closed story 11 | story 12 | story 13 | **mean** | train wall s |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| recipe | what it changes | flags | p | gap closed story 11 | story 12 | story 13 | **mean** | conversations made | train wall s |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for r in "${recipes[@]}"; do
     IFS='|' read -r name what flags <<< "$r"
     grep -q "^$name	" "$W/results.tsv" || continue
     awk -F'\t' -v n="$name" -v w="$what" -v f="$flags" '
-      $1 == n { g[$2] = sprintf("%.3f", $7); sum += $7; k++; p = $3; wall = $8 }
-      END { printf "| %s | %s | `%s` | %s | %s | %s | %s | **%.3f** | %s |\n", n, w, f, p, g[11], g[12], g[13], sum / k, wall }' "$W/results.tsv"
+      $1 == n { g[$2] = sprintf("%.3f", $7); sum += $7; k++; p = $3; wall = $8; made = $9 }
+      END { printf "| %s | %s | `%s` | %s | %s | %s | %s | **%.3f** | %s | %s |\n", n, w, f, p, g[11], g[12], g[13], sum / k, made, wall }' "$W/results.tsv"
   done
   echo
   echo "Perplexities per document (none / ICL / cartridge):"
@@ -113,4 +109,14 @@ done
   echo "| --- | --- | --- | --- | --- | --- |"
   awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %.3f |\n", $1, $2, $4, $5, $6, $7 }' "$W/results.tsv"
 } > "$W/table.md"
+# The report keeps its written parts; the measured tables go between its markers.
+R=eval/reports/SELFSTUDY_PER_DOC.md
+if [ -f "$R" ] && grep -q '^<!-- table -->' "$R"; then
+  awk -v t="$W/table.md" '
+    /^<!-- table -->/ { print; while ((getline l < t) > 0) print l; skip = 1; next }
+    /^<!-- \/table -->/ { skip = 0 }
+    !skip' "$R" > "$R.tmp" && mv "$R.tmp" "$R"
+else
+  { echo "<!-- table -->"; cat "$W/table.md"; echo "<!-- /table -->"; } > "$R"
+fi
 cat "$W/table.md"

@@ -213,6 +213,19 @@ public sealed class SelfStudyDataTests : IDisposable
         Assert.Equal(24, (ss with { Steps = 3 }).TargetExamples(100));
     }
 
+    /// <summary>The command refuses a bad data source or conversation rate with one `error:` line naming the option (exit 2), before it loads anything.</summary>
+    [Fact]
+    public void The_command_names_a_bad_data_source_or_conversation_rate()
+    {
+        string dir = Path.Combine(root, "cli");
+        var (rc, _, err) = CasCli.Run("collection", "train", "none", "--data-dir", dir, "--data-source", "essays");
+        Assert.Equal(2, rc);
+        Assert.Contains("error: --data-source takes probes or selfstudy, not 'essays'.", err);
+        (rc, _, err) = CasCli.Run("collection", "train", "none", "--data-dir", dir, "--data-source", "selfstudy", "--conversations-per-token", "0");
+        Assert.Equal(2, rc);
+        Assert.Contains("error: --conversations-per-token must be positive, got 0.", err);
+    }
+
     sealed class Relay(Action<CasJobEvent> handler) : IProgress<CasJobEvent>
     {
         public void Report(CasJobEvent value) => handler(value);

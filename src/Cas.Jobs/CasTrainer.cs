@@ -20,7 +20,8 @@ public sealed record CasJobNote(string Text) : CasJobEvent;
 public sealed record CasJobDataProgress(string DocumentId, int Done, int Total) : CasJobEvent;
 /// <summary>
 /// Self-study data of one document is ready: <paramref name="Conversations"/> in its dataset, of which
-/// <paramref name="Made"/> were synthesized now (the rest were already in the job's folder: a resumed job).
+/// <paramref name="Made"/> were synthesized now and <paramref name="Reused"/> were already in it (a resumed job, or an
+/// earlier job with the same self-study settings: <see cref="CasTrainer.SelfStudyDatasetPath"/>).
 /// </summary>
 public sealed record CasJobDataMade(string DocumentId, long Conversations, long Reused, long Made) : CasJobEvent;
 /// <summary>Training starts (or continues at <paramref name="Step"/>): overall progress in gold examples.</summary>
@@ -380,7 +381,7 @@ public sealed class CasTrainer
             string path = SelfStudyDatasetPath(t.dataDir, info.Name, t.fingerprint, d.ContentHash, ss, seed);
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
             string complete = path + ".complete";
-            if (!File.Exists(complete))
+            if (!File.Exists(complete) || !File.Exists(path))
             {
                 long conversations = ss.ConversationsFor(t.tokenizer.Encode(text).Length);
                 var run = new SynthesisRunOptions

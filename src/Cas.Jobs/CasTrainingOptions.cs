@@ -125,8 +125,7 @@ public enum CasDataSource
 /// on one document, <see cref="ConversationsFor"/> conversations, written to a dataset under the data folder
 /// (<see cref="CasTrainer.SelfStudyDatasetPath"/>) so that a resumed job continues it and a later job with the same
 /// self-study settings reuses it. Sizes left null are derived from the model's context as `cas synthesize`
-/// derives them (on stories260K: user messages 32, answers 64 tokens, chunks of up to ≈350 tokens, so a short document
-/// is one whole chunk). The defaults are the recipe measured in eval/reports/SELFSTUDY_PER_DOC.md.
+/// derives them (on stories260K: user messages 32, answers 64 tokens, chunks of 96–192 tokens). The defaults are the recipe measured in eval/reports/SELFSTUDY_PER_DOC.md.
 /// </summary>
 public sealed record CasSelfStudyOptions
 {

@@ -18,21 +18,8 @@ public sealed class SelfStudyDataTests : IDisposable
     readonly string root = Path.Combine(Path.GetTempPath(), "cas-jobs-ss-" + Guid.NewGuid().ToString("N"));
     public void Dispose() { try { Directory.Delete(root, true); } catch (IOException) { } }
 
-    static (Model Model, ITokenizer Tok, string ModelPath, string TokPath) Load()
-    {
-        string mp = TestPaths.RequireShared("models/stories260K/stories260K.bin");
-        string tp = TestPaths.RequireShared("models/stories260K/tok512.bin");
-        return (ModelLoader.Load(mp), TokenizerLoader.Load(tp), mp, tp);
-    }
-
-    static string Story(Model model, ITokenizer tok, ulong seed, int tokens)
-    {
-        var r = new Generator(new Transformer(model)).Generate([new GenerationRequest([tok.BosId!.Value])
-        {
-            MaxTokens = tokens, Sampling = new SamplingOptions { Temperature = 0.8f, Seed = seed },
-        }]);
-        return tok.Decode(r[0].Tokens);
-    }
+    static (Model Model, ITokenizer Tok, string ModelPath, string TokPath) Load() => CasTrainerTests.Load();
+    static string Story(Model model, ITokenizer tok, ulong seed, int tokens) => CasTrainerTests.Story(model, tok, seed, tokens);
 
     /// <summary>Two documents trained one after the other (B = 1, no rotation), few short conversations each, a few steps.</summary>
     static CasTrainingOptions Tiny() => new()

@@ -7,6 +7,7 @@ using Cas.Engine.Cartridges;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
 using Cas.Store;
+using Cas.SelfStudy;
 using Cas.Training;
 
 namespace Cas.Jobs;
@@ -17,6 +18,12 @@ public abstract record CasJobEvent;
 public sealed record CasJobNote(string Text) : CasJobEvent;
 /// <summary>Teacher data of one document: <paramref name="Done"/> of <paramref name="Total"/> probes answered.</summary>
 public sealed record CasJobDataProgress(string DocumentId, int Done, int Total) : CasJobEvent;
+/// <summary>
+/// Self-study data of one document is ready: <paramref name="Conversations"/> in its dataset, of which
+/// <paramref name="Made"/> were synthesized now and <paramref name="Reused"/> were already in it (a resumed job, or an
+/// earlier job with the same self-study settings: <see cref="CasTrainer.SelfStudyDatasetPath"/>).
+/// </summary>
+public sealed record CasJobDataMade(string DocumentId, long Conversations, long Reused, long Made) : CasJobEvent;
 /// <summary>Training starts (or continues at <paramref name="Step"/>): overall progress in gold examples.</summary>
 public sealed record CasJobStarted(long JobId, bool Resumed, long Step, int Documents, int DocumentsDone) : CasJobEvent;
 /// <summary>One global step done.</summary>
@@ -87,6 +94,18 @@ public sealed class CasTrainer
             throw new CartridgeMismatchException($"collection '{collection}' belongs to the model with fingerprint {Cartridge.ShortFingerprint(info.ModelFingerprint)} ({info.ModelPath}), not this one ({Cartridge.ShortFingerprint(fingerprint)}); train it with its own model.");
         var job = new Job(this, info, options, progress, cancel);
         return job.Run();
+    }
+
+    /// <summary>
+    /// Where the self-study dataset of one document is kept: DATA_DIR/selfstudy/COLLECTION/KEY.casds, KEY a hash of the
+    /// model, the document's content, the self-study settings and the seed (a changed document or setting gets a new file;
+    /// the folder can be deleted at any time between jobs, costing only the synthesis).
+    /// </summary>
+    public static string SelfStudyDatasetPath(string dataDir, string collection, string modelFingerprint, string contentHash, CasSelfStudyOptions settings, ulong seed)
+    {
+        string identity = string.Join("\n", modelFingerprint, contentHash, JsonSerializer.Serialize(settings, CasTrainingOptions.Json), seed.ToString(CultureInfo.InvariantCulture));
+        string key = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(identity)))[..24];
+        return Path.Combine(Path.GetFullPath(dataDir), "selfstudy", collection, key + ".casds");
     }
 
     /// <summary>The state folder of a job.</summary>
@@ -296,7 +315,7 @@ public sealed class CasTrainer
             Directory.CreateDirectory(dir);
             Snapshot();
             progress?.Report(new CasJobNote(string.Create(CultureInfo.InvariantCulture,
-                $"job {id}: {files.Count} documents, p {files.Min(f => f.P)}..{files.Max(f => f.P)} (tokens/{o.Compression:G}, floor {o.MinCartridgeTokens}), B={o.Resident} resident, rotate {o.RotateFraction:G} every {o.RotateEvery} steps, p_iso={o.PIso:G}, K={o.MaxDistractors}, distractor grads {(o.DistractorGradients ? "on" : "off")}")));
+                $"job {id}: {files.Count} documents, p {files.Min(f => f.P)}..{files.Max(f => f.P)} (tokens/{o.Compression:G}, floor {o.MinCartridgeTokens}), B={o.Resident} resident, rotate {o.RotateFraction:G} every {o.RotateEvery} steps, p_iso={o.PIso:G}, K={o.MaxDistractors}, distractor grads {(o.DistractorGradients ? "on" : "off")}, data {(o.Data == CasDataSource.SelfStudy ? "self-study" : "probes")}")));
             return true;
         }
 
@@ -331,16 +350,62 @@ public sealed class CasTrainer
             if (data.TryGetValue(i, out var ex)) return ex;
             var d = state.Documents[i];
             string text = t.catalog.DocumentText(info.Name, d.Id);
+            ex = o.Data == CasDataSource.SelfStudy ? SelfStudyExamples(d, text) : ProbeExamples(d, text);
+            if (d.P + ex.MaxLength > cfg.MaxSeqLen)
+                throw new InvalidRequestException($"document {d.Id}: its cartridge ({d.P} slots) plus its longest example ({ex.MaxLength} tokens) do not fit the model's context of {cfg.MaxSeqLen}; raise --compression.");
+            data[i] = ex;
+            return ex;
+        }
+
+        TrainingExamples ProbeExamples(DocFile d, string text)
+        {
             var probes = o.Probes with
             {
                 ChunkTokens = DocumentProbes.ChooseChunkTokens(cfg, t.tokenizer, o.Probes with { ChunkTokens = Math.Max(1, o.Probes.ChunkTokens) }, o.Probes.ChunkTokens > 0 ? o.Probes.ChunkTokens : null),
                 Seed = DocumentSeed(d.Id),
             };
-            ex = DocumentProbes.Build(t.model, t.tokenizer, text, d.Id, probes, (n, total) => progress?.Report(new CasJobDataProgress(d.Id, n, total)), cancel);
-            if (d.P + ex.MaxLength > cfg.MaxSeqLen)
-                throw new InvalidRequestException($"document {d.Id}: its cartridge ({d.P} slots) plus its longest example ({ex.MaxLength} tokens) do not fit the model's context of {cfg.MaxSeqLen}; raise --compression.");
-            data[i] = ex;
-            return ex;
+            return DocumentProbes.Build(t.model, t.tokenizer, text, d.Id, probes, (n, total) => progress?.Report(new CasJobDataProgress(d.Id, n, total)), cancel);
+        }
+
+        /// <summary>
+        /// Self-study conversations about one document alone, made by the synthesis run into a dataset and
+        /// read back as training examples. The dataset is kept under DATA_DIR/selfstudy/COLLECTION, named by everything
+        /// that decides it (model, document content, self-study settings, seed): a dataset marked complete is read as it
+        /// is (by this job resumed, or by a later job that trains the same document with other training settings); an
+        /// incomplete one (a killed job) is continued where it stopped.
+        /// </summary>
+        TrainingExamples SelfStudyExamples(DocFile d, string text)
+        {
+            var ss = o.SelfStudy;
+            ulong seed = DocumentSeed(d.Id);
+            string path = SelfStudyDatasetPath(t.dataDir, info.Name, t.fingerprint, d.ContentHash, ss, seed);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            string complete = path + ".complete";
+            if (!File.Exists(complete) || !File.Exists(path))
+            {
+                long conversations = ss.ConversationsFor(t.tokenizer.Encode(text).Length);
+                var run = new SynthesisRunOptions
+                {
+                    Resources = [], OutputPath = path, Conversations = conversations, Resume = true, TokenizerPath = info.TokenizerPath,
+                    MinChunkTokens = ss.MinChunkTokens, MaxChunkTokens = ss.ChunkTokens, MaxUserTokens = ss.MaxUserTokens, MaxAnswerTokens = ss.MaxAnswerTokens,
+                    Settings = ss.Settings(seed),
+                };
+                var doc = new Cas.Resources.Document(d.Id, text, d.Id, Cas.Resources.Document.NoMetadata, Cas.Resources.Document.NoQuestions);
+                var events = new Relay<SynthesisRunEvent>(e =>
+                {
+                    if (e is SynthesisRunProgress { Progress: var p })
+                        progress?.Report(new CasJobDataProgress(d.Id, (int)Math.Min(int.MaxValue, p.AlreadyPresent + p.Done), (int)Math.Min(int.MaxValue, p.Total)));
+                });
+                var result = SynthesisRun.Execute(t.model, t.tokenizer, [doc], run, events, cancel);
+                progress?.Report(new CasJobDataMade(d.Id, result.DatasetConversations, result.Summary.AlreadyPresent, result.Summary.Written));
+                File.WriteAllText(complete, result.DatasetConversations.ToString(CultureInfo.InvariantCulture));
+            }
+            else
+            {
+                long n = long.Parse(File.ReadAllText(complete), CultureInfo.InvariantCulture);
+                progress?.Report(new CasJobDataMade(d.Id, n, n, 0));
+            }
+            return DatasetExamples.Load(path, cfg.VocabSize, cfg.MaxSeqLen - d.P);
         }
 
         ulong DocumentSeed(string id)
@@ -617,6 +682,12 @@ public sealed class CasTrainer
 
 /// <summary>A job's saved state cannot be used.</summary>
 public sealed class CasJobStateException(string message) : CasException(message);
+
+/// <summary>Hands each report straight to an action on the reporting thread (Progress&lt;T&gt; would post it to a thread pool).</summary>
+sealed class Relay<T>(Action<T> action) : IProgress<T>
+{
+    public void Report(T value) => action(value);
+}
 
 static class TrainingStateExtensions
 {

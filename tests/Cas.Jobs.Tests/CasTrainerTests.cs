@@ -19,7 +19,7 @@ public sealed class CasTrainerTests : IDisposable
     readonly string root = Path.Combine(Path.GetTempPath(), "cas-jobs-" + Guid.NewGuid().ToString("N"));
     public void Dispose() { try { Directory.Delete(root, true); } catch (IOException) { } }
 
-    static (Model Model, ITokenizer Tok, string ModelPath, string TokPath) Load()
+    internal static (Model Model, ITokenizer Tok, string ModelPath, string TokPath) Load()
     {
         string mp = TestPaths.RequireShared("models/stories260K/stories260K.bin");
         string tp = TestPaths.RequireShared("models/stories260K/tok512.bin");
@@ -27,7 +27,7 @@ public sealed class CasTrainerTests : IDisposable
     }
 
     /// <summary>Stories the model samples from BOS: documents it can read but has not seen.</summary>
-    static string Story(Model model, ITokenizer tok, ulong seed, int tokens = 120)
+    internal static string Story(Model model, ITokenizer tok, ulong seed, int tokens = 120)
     {
         var r = new Generator(new Transformer(model)).Generate([new GenerationRequest([tok.BosId!.Value])
         {

@@ -34,9 +34,11 @@ static class CollectionTrain
         var seed = Options.Seed(d.Seed);
         var probesPerChunk = Options.ProbesPerChunk(d.Probes.ExamplesPerChunk);
         var budgetMb = Options.ResidentMb(1024);
+        var dataSource = new Option<string>("--data-source") { Description = $"probes | selfstudy: each document's teacher data, document probes or self-study conversations (the synthesizer run on the document alone; trained {CasSelfStudyOptions.DefaultEpochs.ToString(CultureInfo.InvariantCulture)} epochs unless --steps or --epochs say otherwise).", DefaultValueFactory = _ => "probes" };
+        var perToken = new Option<double>("--conversations-per-token") { Description = $"With --data-source selfstudy: conversations per document token (at least {d.SelfStudy.MinConversations} per document).", DefaultValueFactory = _ => d.SelfStudy.ConversationsPerToken };
         var cmd = new Command("train", "Train one cartridge per document (CAS: distractor mixing, rotation through a resident budget); rerun to resume or to retrain stale documents.")
         {
-            dataDir, name, compression, residentCount, rotateEvery, rotateFraction, pIso, maxDistractors, distractorGrads, storeDistractors, steps, epochs, lr, batch, seed, probesPerChunk, budgetMb,
+            dataDir, name, compression, residentCount, rotateEvery, rotateFraction, pIso, maxDistractors, distractorGrads, storeDistractors, steps, epochs, lr, batch, seed, probesPerChunk, budgetMb, dataSource, perToken,
         };
         cmd.SetAction(pr => Cli.Run(() =>
         {
@@ -48,6 +50,8 @@ static class CollectionTrain
                 StoreDistractors = OnOff(pr.GetValue(storeDistractors)!, "--store-distractors"),
                 Steps = pr.GetValue(steps), Epochs = pr.GetValue(epochs), LearningRate = pr.GetValue(lr), BatchSize = pr.GetValue(batch), Seed = pr.GetValue(seed),
                 Probes = d.Probes with { ExamplesPerChunk = pr.GetValue(probesPerChunk) },
+                Data = DataSource(pr.GetValue(dataSource)!),
+                SelfStudy = d.SelfStudy with { ConversationsPerToken = pr.GetValue(perToken) },
                 ResidentBudgetBytes = checked(pr.GetValue(budgetMb) * (1L << 20)),
             };
             options.Validate();
@@ -72,6 +76,7 @@ static class CollectionTrain
                         if (!Console.IsErrorRedirected) Console.Error.WriteLine();
                         Console.Error.WriteLine($"rotated at step {rot.Step}: out {string.Join(",", rot.Out)} in {string.Join(",", rot.In)}");
                         break;
+                    case CasJobDataMade dm: Console.Error.WriteLine($"self-study data for {dm.DocumentId}: {dm.Conversations} conversations ({dm.Made} made now, {dm.Reused} reused)"); break;
                     case CasJobDocumentDone dd: Console.Error.WriteLine($"done {dd.CartridgeId} version={dd.Version} p={dd.CartridgeTokens} updates={dd.Updates}"); break;
                     case CasJobStep s when DateTime.UtcNow - last > TimeSpan.FromSeconds(Console.IsErrorRedirected ? 5 : 0.5) || s.DocumentsDone == s.Documents:
                         last = DateTime.UtcNow;
@@ -96,6 +101,12 @@ static class CollectionTrain
         }));
         return cmd;
     }
+
+    static CasDataSource DataSource(string value) => value.ToLowerInvariant() switch
+    {
+        "probes" => CasDataSource.Probes, "selfstudy" or "self-study" => CasDataSource.SelfStudy,
+        _ => throw new InvalidRequestException($"--data-source takes probes or selfstudy, not '{value}'."),
+    };
 
     static bool OnOff(string value, string option) => value.ToLowerInvariant() switch
     {

@@ -102,11 +102,20 @@ public static class SynthesisRun
         IProgress<SynthesisRunEvent>? progress = null, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(model); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(options);
-        if (options.Conversations < 1) throw new InvalidRequestException($"the number of conversations must be at least 1, got {options.Conversations}.");
-        if (string.IsNullOrWhiteSpace(options.OutputPath)) throw new InvalidRequestException("give the dataset file to write.");
-        options.Settings.Validate();
-
+        Check(options); // before reading anything
         var documents = ReadResources(options.Resources, options.Strict, progress);
+        return Execute(model, tokenizer, documents, options, progress, cancel);
+    }
+
+    /// <summary>
+    /// The same run over documents the caller already holds (a collection's, say): <see cref="SynthesisRunOptions.Resources"/>
+    /// and <see cref="SynthesisRunOptions.Strict"/> are not read.
+    /// </summary>
+    public static SynthesisRunResult Execute(Model model, ITokenizer tokenizer, IReadOnlyList<Document> documents, SynthesisRunOptions options,
+        IProgress<SynthesisRunEvent>? progress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(model); ArgumentNullException.ThrowIfNull(tokenizer); ArgumentNullException.ThrowIfNull(documents); ArgumentNullException.ThrowIfNull(options);
+        Check(options);
         var format = ChatFormat.Resolve(options.ChatFormat, tokenizer, options.TokenizerPath);
         progress?.Report(new SynthesisRunNote($"framing: {(format == ChatFormatKind.Plain ? "base model (plain text)" : format.ToString())}"));
         var plan = Plan(model.Config, tokenizer, format, options);
@@ -138,6 +147,13 @@ public static class SynthesisRun
         }
         writer.Flush();
         return new SynthesisRunResult(writer.Path, synth.Framing, documents.Count, plan, summary, writer.Count);
+    }
+
+    static void Check(SynthesisRunOptions options)
+    {
+        if (options.Conversations < 1) throw new InvalidRequestException($"the number of conversations must be at least 1, got {options.Conversations}.");
+        if (string.IsNullOrWhiteSpace(options.OutputPath)) throw new InvalidRequestException("give the dataset file to write.");
+        options.Settings.Validate();
     }
 
     /// <summary>Reads every resource (every spec is checked before any is read), reports what was skipped, and refuses an empty result.</summary>

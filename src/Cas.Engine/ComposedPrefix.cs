@@ -1,15 +1,29 @@
 namespace Cas.Engine;
 
+/// <summary>Where a composed prefix's tokens start, relative to its parts (whose keys are never moved).</summary>
+public enum Placement
+{
+    /// <summary>Tokens start at position Σp_i, after every part (as <see cref="KvPrefix.Concat"/> lays them out): the reference's choice.</summary>
+    Concat,
+    /// <summary>
+    /// Tokens start at position max p_i: every part is at the distance from the tokens it has when it is alone (each
+    /// part still keeps positions 0..p_i−1), so the parts compete on content, not on distance.
+    /// </summary>
+    Aligned,
+}
+
 /// <summary>
 /// The prefix one sequence attends to: an ordered list of references to cartridges' KV (nothing is copied).
 /// Keys are not re-rotated: each part keeps the positions 0..p_i−1 it was trained at, and the sequence's tokens start
-/// at position Σp_i (as with <see cref="KvPrefix.Concat"/>, which builds the same prefix as one copy for a KV cache).
+/// at position <see cref="Positions"/>: Σp_i by default (as with <see cref="KvPrefix.Concat"/>, which builds the same
+/// prefix as one copy for a KV cache), max p_i with <see cref="Placement.Aligned"/>. Slots (the causal mask, the
+/// cache's layout) always count all Σp_i prefix slots; only the tokens' RoPE positions differ.
 /// Sequences of a training batch may each have their own composed prefix; parts shared between sequences (the same
 /// <see cref="KvPrefix"/> object) share their gradient (see <see cref="KvGradient"/>).
 /// </summary>
 public sealed class ComposedPrefix
 {
-    public ComposedPrefix(IReadOnlyList<KvPrefix> parts)
+    public ComposedPrefix(IReadOnlyList<KvPrefix> parts, Placement placement = Placement.Concat)
     {
         ArgumentNullException.ThrowIfNull(parts);
         var copy = new KvPrefix[parts.Count];
@@ -21,13 +35,19 @@ public sealed class ComposedPrefix
                 throw new InvalidRequestException($"prefix part {i} has shape (layers {p.Layers}, kv_heads {p.KvHeads}, head_dim {p.HeadDim}) but part 0 has (layers {copy[0].Layers}, kv_heads {copy[0].KvHeads}, head_dim {copy[0].HeadDim}); composed cartridges must belong to the same model.");
             copy[i] = p; length += p.Length;
         }
-        Parts = copy; Length = length;
+        Parts = copy; Length = length; Placement = placement;
+        int most = 0;
+        foreach (var p in copy) most = Math.Max(most, p.Length);
+        Positions = placement == Placement.Aligned ? most : length;
     }
 
     /// <summary>The parts in attention order (slot order).</summary>
     public IReadOnlyList<KvPrefix> Parts { get; }
-    /// <summary>Σ p_i: the number of prefix slots, and the position of the first token.</summary>
+    /// <summary>Σ p_i: the number of prefix slots.</summary>
     public int Length { get; }
+    public Placement Placement { get; }
+    /// <summary>The RoPE position of the first token: Σ p_i (<see cref="Placement.Concat"/>) or max p_i (<see cref="Placement.Aligned"/>).</summary>
+    public int Positions { get; }
 
     /// <summary>No prefix at all.</summary>
     public static ComposedPrefix Empty { get; } = new([]);

@@ -128,6 +128,11 @@ public sealed class KvCache
     public int Length { get; private set; }
     /// <summary>Prefix positions (referenced and copied).</summary>
     public int PrefixLength { get; private set; }
+    /// <summary>
+    /// Slot index − RoPE position of every token slot: 0, except after a referenced prefix placed
+    /// <see cref="Placement.Aligned"/>, whose tokens start at position max p_i although they sit after all Σp_i slots.
+    /// </summary>
+    public int PositionShift => Referenced.Length - Referenced.Positions;
     /// <summary>The cartridges attended to in place (positions 0..Referenced.Length-1); empty when none.</summary>
     public ComposedPrefix Referenced { get; }
     /// <summary>Own slots per KV head in <see cref="Keys"/>/<see cref="Values"/>: Capacity − Referenced.Length.</summary>

@@ -227,7 +227,7 @@ public sealed partial class Transformer
             {
                 int r = row + t;
                 _w.TokenEmbedding.Widen(sq.Tokens[t] * dim, x0.AsSpan(r * dim, dim));
-                _rope.Angles(P + t, _tcos.AsSpan(r * half, half), _tsin.AsSpan(r * half, half));
+                _rope.Angles(sq.Prefix.Positions + t, _tcos.AsSpan(r * half, half), _tsin.AsSpan(r * half, half));
                 _visible[r] = P + t + 1;
                 if (sq.HasTarget(t)) { _tRow[ti] = r; _tSeq[ti] = s; _tPos[ti] = t; ti++; }
             }

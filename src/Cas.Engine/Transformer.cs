@@ -173,7 +173,7 @@ public sealed partial class Transformer
                     int r = rows + i;
                     _w.TokenEmbedding.Widen(toks[i] * _c.Dim, x.AsSpan(r * _c.Dim, _c.Dim));
                     _pos[r] = start + i;
-                    _rope.Angles(start + i, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
+                    _rope.Angles(start + i - caches[seq].PositionShift, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
                 }
                 bool ends = take == remaining;
                 _segments.Add(new Segment(seq, rows, take, start, ends));

@@ -1,3 +1,4 @@
+using Cas.Engine.Compute;
 using Cas.Engine.Models;
 
 namespace Cas.Engine.Tests.Engine;
@@ -34,6 +35,48 @@ public class ComposedCacheTests
         int best = 0;
         for (int i = 1; i < x.Length; i++) if (x[i] > x[best]) best = i;
         return best;
+    }
+
+    /// <summary>
+    /// <see cref="Placement.Aligned"/>: the tokens start at position max p_i although they follow all Σp_i slots; by
+    /// RoPE's relative positions that equals the concatenated copy with every key rotated δ = Σp_i − max p_i positions
+    /// further (rotated here with the engine's <see cref="Rope"/>): same logits for a prompt and 8 greedy steps.
+    /// </summary>
+    [Fact]
+    public void AlignedPlacementEqualsRotatedCopy()
+    {
+        var m = TinyModels.Create(maxSeq: 256);
+        var c = m.Config;
+        var t = new Transformer(m, 256);
+        KvPrefix[] parts = [RandomPrefix(c, 5, 1), RandomPrefix(c, 30, 2), RandomPrefix(c, 17, 3)];
+        var aligned = new ComposedPrefix(parts, Placement.Aligned);
+        Assert.Equal((52, 30), (aligned.Length, aligned.Positions));
+        int delta = aligned.Length - aligned.Positions, half = c.HeadDim / 2;
+        var rotated = KvPrefix.Concat(parts);
+        var rope = new Rope(c);
+        var cos = new float[half]; var sin = new float[half];
+        rope.Angles(delta, cos, sin);
+        for (int l = 0; l < c.Layers; l++)
+            for (int row = 0; row < c.KvHeads * rotated.Length; row++) rope.Rotate(rotated.Keys[l].AsSpan(row * c.HeadDim, c.HeadDim), cos, sin);
+        var prompt = TinyModels.Tokens(9, c.VocabSize, 7);
+        int capacity = aligned.Length + prompt.Length + 8, v = c.VocabSize;
+        var byRef = new KvCache(c, capacity, aligned);
+        var copy = new KvCache(c, capacity, rotated);
+        var plain = new KvCache(c, capacity, new ComposedPrefix(parts));
+        Assert.Equal(delta, byRef.PositionShift);
+        var a = new float[v]; var b = new float[v]; var z = new float[v];
+        t.Forward([byRef], [prompt], a);
+        t.Forward([copy], [prompt], b);
+        t.Forward([plain], [prompt], z);
+        Close(b, a, "prefill");
+        Assert.True(a.Zip(z).Max(p => Math.Abs(p.First - p.Second)) > 1e-3f, "the placement must change the logits (else this test proves nothing)");
+        for (int s = 0; s < 8; s++)
+        {
+            int[] next = [Argmax(b)];
+            t.Forward([byRef], [next], a);
+            t.Forward([copy], [next], b);
+            Close(b, a, $"decode step {s}");
+        }
     }
 
     /// <summary>

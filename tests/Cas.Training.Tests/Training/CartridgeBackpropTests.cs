@@ -1,5 +1,6 @@
 using Cas.Engine;
 using Cas.Engine.Models;
+using Cas.Training.Evaluation;
 
 namespace Cas.Training.Tests.Training;
 
@@ -98,6 +99,40 @@ public class CartridgeBackpropTests
             bp.LossAndGradient([prefixes[s]], [batch[s]], [oneByOne], accumulate: true, divisor: n);
         for (int l = 0; l < c.Layers; l++)
             foreach (var (x, y) in new[] { (whole.Keys[l], oneByOne.Keys[l]), (whole.Values[l], oneByOne.Values[l]) })
+            {
+                float max = x.Max(Math.Abs);
+                Assert.True(max > 0);
+                for (int i = 0; i < x.Length; i++) Assert.True(Math.Abs(x[i] - y[i]) <= 1e-5f * max, $"layer {l} [{i}]: {x[i]} vs {y[i]}");
+            }
+    }
+
+    /// <summary>
+    /// <see cref="Placement.Aligned"/> (tokens start at max p_i instead of Σp_i) is, by RoPE's relative positions, the
+    /// concatenation with every key rotated δ = Σp_i − max p_i positions further: the same loss (1e-5 relative), and the
+    /// gradient of a part's keys is that of the rotated copy rotated back by −δ (values' gradients equal), 1e-5 of the max.
+    /// </summary>
+    [Theory]
+    [InlineData(Architecture.Llama, RopeStyle.Halves)]
+    [InlineData(Architecture.Qwen3, RopeStyle.Interleaved)]
+    public void AlignedPlacementEqualsRotatedConcatenation(Architecture arch, RopeStyle rope)
+    {
+        var m = Tiny.Create(arch, rope);
+        var c = m.Config;
+        var a = Tiny.Prefix(c, 6, seed: 3); var b = Tiny.Prefix(c, 4, seed: 5);
+        int delta = a.Length + b.Length - Math.Max(a.Length, b.Length);
+        var a2 = PrefixComposition.Rotate(c, a, delta); var b2 = PrefixComposition.Rotate(c, b, delta);
+        var batch = Tiny.Batch(c, seed: 11, k: 3, 9, 12);
+        var bp = new CartridgeBackprop(m, maxTokens: 40) { AttentionBlockRows = 8, ScoreBufferFloats = 400 };
+        var ga = new KvGradient(a);
+        float aligned = bp.LossAndGradient([new ComposedPrefix([b, a], Placement.Aligned), new ComposedPrefix([a, b], Placement.Aligned)], batch, [ga]);
+        var ga2 = new KvGradient(a2);
+        float rotated = bp.LossAndGradient([ComposedPrefix.Of(b2, a2), ComposedPrefix.Of(a2, b2)], batch, [ga2]);
+        Assert.True(Math.Abs(aligned - rotated) <= 1e-5 * Math.Abs(rotated), $"aligned loss {aligned} vs rotated concatenation {rotated}");
+        float concat = bp.Loss([ComposedPrefix.Of(b, a), ComposedPrefix.Of(a, b)], batch);
+        Assert.True(Math.Abs(aligned - concat) > 1e-4 * Math.Abs(concat), "placement must change the loss (the test would prove nothing otherwise)");
+        var back = PrefixComposition.Rotate(c, new KvPrefix(c.Layers, c.KvHeads, c.HeadDim, a.Length, ga2.Keys, ga2.Values), -delta);
+        for (int l = 0; l < c.Layers; l++)
+            foreach (var (x, y) in new[] { (ga.Keys[l], back.Keys[l]), (ga.Values[l], back.Values[l]) })
             {
                 float max = x.Max(Math.Abs);
                 Assert.True(max > 0);

@@ -74,6 +74,8 @@ var known = new Dictionary<string, (string Name, CasTrainingOptions Options, str
     ["frozen"] = ("distractors, frozen", new CasTrainingOptions { DistractorGradients = false, StoreDistractors = false }, "the same mixing, distractors get no gradient"),
     ["store"] = ("distractors + store", new CasTrainingOptions(), "P_iso = 0.75, k ~ U(1, 10) drawn from the resident cartridges and the finished ones in the store (frozen); resident distractors trained"),
     ["paper"] = ("paper mixing", new CasTrainingOptions { PIso = 0.5, MaxDistractors = 20 }, "P_iso = 0.5, k ~ U(1, 20) drawn from the resident cartridges and the finished ones in the store (frozen); resident distractors trained"),
+    ["paper-aligned"] = ("paper mixing, aligned", new CasTrainingOptions { PIso = 0.5, MaxDistractors = 20, Placement = Placement.Aligned },
+        "the paper mixing with the example's tokens placed at max p instead of Σp (Placement.Aligned: each cartridge at its trained distance from the tokens, as the *aligned* evaluation places them)"),
 };
 var variants = ArgS("--variants", "isolated,distractors,frozen").Split(',').Select(v => known.TryGetValue(v.Trim(), out var k) ? k
     : throw new ArgumentException($"unknown variant '{v}'; known: {string.Join(", ", known.Keys)}")).ToArray();

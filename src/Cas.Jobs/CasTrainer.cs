@@ -563,7 +563,7 @@ public sealed class CasTrainer
                 }
                 distractorUses += order.Length - 1;
                 batch.Add(ex); golds.Add(pick); orders.Add(order);
-                prefixes.Add(new ComposedPrefix(order.Select(c => c < rc ? resident[c].Prefix : leases[c]!.Prefix).ToArray()));
+                prefixes.Add(new ComposedPrefix(order.Select(c => c < rc ? resident[c].Prefix : leases[c]!.Prefix).ToArray(), o.Placement));
             }
             if (batch.Count == 0) throw new InvalidOperationException("no resident cartridge needs examples; the job loop should have ended.");
 

@@ -37,6 +37,13 @@ public sealed record CasTrainingOptions
     /// dropped (never waited for).
     /// </summary>
     public bool StoreDistractors { get; init; } = true;
+    /// <summary>
+    /// Where an example's tokens start relative to its gold and distractor cartridges: after all of them
+    /// (<see cref="Cas.Engine.Placement.Concat"/>, the reference's choice and what the service composes today) or at the
+    /// distance from each that it has alone (<see cref="Cas.Engine.Placement.Aligned"/>, measured in
+    /// eval/reports/CAS_COMPOSE_PLACEMENT.md; the service does not compose that way yet).
+    /// </summary>
+    public Cas.Engine.Placement Placement { get; init; } = Cas.Engine.Placement.Concat;
     /// <summary>Per document: training steps, each one <see cref="BatchSize"/> of its gold examples. Null: from <see cref="Epochs"/>.</summary>
     public int? Steps { get; init; }
     /// <summary>Per document: passes over its examples (default <see cref="DefaultEpochs"/>: 4 for probes, 8 for self-study).</summary>
@@ -105,6 +112,7 @@ public sealed record CasTrainingOptions
     {
         var node = JsonSerializer.SerializeToNode(this, Json)!.AsObject();
         if (Data == CasDataSource.Probes) { node.Remove(nameof(Data)); node.Remove(nameof(SelfStudy)); }
+        if (Placement == Cas.Engine.Placement.Concat) node.Remove(nameof(Placement)); // jobs from before the option keep their identity
         return node.ToJsonString(Json);
     }
 

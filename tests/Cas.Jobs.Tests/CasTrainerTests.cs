@@ -189,6 +189,33 @@ public sealed class CasTrainerTests : IDisposable
     /// With distractor gradients off, the grouped engine calls give each gold exactly the gradient of the sequences it is
     /// gold in, and a cartridge that is only ever a distractor gets none (it stays untouched).
     /// </summary>
+    /// <summary>
+    /// <see cref="CasTrainingOptions.Placement"/> reaches the examples: aligned placement changes the cartridges of a job
+    /// that mixes in distractors (the tokens start at max p instead of Σp), and changes nothing when every example sees
+    /// its gold cartridge alone (P_iso = 1: one part, so max p = Σp), bit for bit. Store distractors off, so the
+    /// four jobs differ only in placement and mixing.
+    /// </summary>
+    [Fact]
+    public void Aligned_placement_changes_mixed_examples_only()
+    {
+        var (m, tok, mp, tp) = Load();
+        long budget = 2 * CasTrainer.ResidentBytesFor(m.Config, 16);
+        Dictionary<string, KvPrefix> Train(string name, CasTrainingOptions o)
+        {
+            using var w = Open(name, m, tok, mp, tp, Stories(m, tok), budget);
+            w.Trainer.Run("stories", o with { StoreDistractors = false });
+            return Cartridges(w);
+        }
+        var mixed = Small();
+        var concat = Train("concat", mixed);
+        var aligned = Train("aligned", mixed with { Placement = Cas.Engine.Placement.Aligned });
+        Assert.Contains(concat.Keys, id => !concat[id].Keys[0].AsSpan().SequenceEqual(aligned[id].Keys[0]));
+        var alone = Small() with { PIso = 1 };
+        var concatAlone = Train("concat-alone", alone);
+        var alignedAlone = Train("aligned-alone", alone with { Placement = Cas.Engine.Placement.Aligned });
+        foreach (var id in concatAlone.Keys) AssertSame(concatAlone[id], alignedAlone[id], id);
+    }
+
     [Fact]
     public void Frozen_distractors_get_no_gradient_and_golds_get_only_their_own_sequences()
     {

@@ -186,8 +186,11 @@ public sealed class SelfStudyDataTests : IDisposable
         Assert.StartsWith("{\"Compression\":20,", json);
         Assert.Equal(json, (probes with { SelfStudy = new CasSelfStudyOptions { ConversationsPerToken = 3 } }).SettingsJson());
 
-        var ss = probes with { Data = CasDataSource.SelfStudy };
-        // Nothing removed: the node path writes exactly what the serializer writes (so for probes only the two properties differ).
+        Assert.DoesNotContain("Placement", json); // the default placement is left out too (jobs from before it keep their identity)
+        Assert.Contains("\"Placement\":\"Aligned\"", (probes with { Placement = Cas.Engine.Placement.Aligned }).SettingsJson());
+
+        var ss = probes with { Data = CasDataSource.SelfStudy, Placement = Cas.Engine.Placement.Aligned };
+        // Nothing removed: the node path writes exactly what the serializer writes (so for probes only the left-out properties differ).
         Assert.Equal(System.Text.Json.JsonSerializer.Serialize(ss, new System.Text.Json.JsonSerializerOptions { Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() } }), ss.SettingsJson());
         Assert.Contains("\"Data\":\"SelfStudy\"", ss.SettingsJson());
         Assert.NotEqual(ss.SettingsJson(), (ss with { SelfStudy = new CasSelfStudyOptions { ConversationsPerToken = 3 } }).SettingsJson());

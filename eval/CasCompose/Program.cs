@@ -199,6 +199,23 @@ Plots.Lines(Path.Combine(outDir, png), $"stories260K, {docs.Count} documents: ga
             .Select(v => new PlotSeries(v.Name, v.Rows.Select(x => (double)x.With).ToArray(), v.Rows.Select(x => 100 * x.Gap).ToArray())),
     monolithic ? [($"monolithic (p = {sumP}), alone", 100 * monoGaps.Average())] : null,
     legend: ScottPlot.Alignment.UpperRight);
+string placementPng = report.ToLowerInvariant() + "_placement.png";
+if (placement)
+{
+    // concat (what the service does) against aligned (each cartridge at its trained distance from the question), per variant.
+    var series = new List<PlotSeries>();
+    foreach (var v in variants)
+    {
+        var c = rows.Where(x => x.Variant == v.Item1).ToList();
+        series.Add(new PlotSeries($"{v.Item1}, concat", c.Select(x => (double)x.With).ToArray(), c.Select(x => 100 * x.Gap).ToArray()));
+        var a = placeRows.Where(x => x.Variant == v.Item1 && x.Place == "aligned").ToList();
+        double alone = 100 * c.First(x => x.With == 0).Gap; // alone, both placements are the same prefix
+        series.Add(new PlotSeries($"{v.Item1}, aligned", [0, .. a.Select(x => (double)x.With)], [alone, .. a.Select(x => 100 * x.Gap)]));
+    }
+    Plots.Lines(Path.Combine(outDir, placementPng), $"stories260K, {docs.Count} documents: concat vs aligned placement",
+        "other documents' cartridges composed with the gold one", "no-context → ICL perplexity gap closed (%)", series, null,
+        legend: ScottPlot.Alignment.LowerLeft);
+}
 
 var md = new StringBuilder();
 md.AppendLine("# CAS: do per-document cartridges compose? (stories260K)");
@@ -226,6 +243,8 @@ if (placement)
         "*concat* (the table above, what the service does): every cartridge keeps its trained key positions and the question follows all Σp slots, so the order of the parts does not matter. " +
         "*rerotate*: each part's keys are moved to the slots it occupies; the last part keeps its trained distance to the question, the others are farther. " +
         "*aligned*: every part is rotated to its trained distance from the question (as if each were alone), so they compete on content alone.");
+    md.AppendLine();
+    md.AppendLine($"![concat vs aligned placement]({placementPng})");
     md.AppendLine();
     md.AppendLine("| variant | placement | " + string.Join(" | ", composeWith.Where(x => x > 0).Select(n => $"with {n}")) + " |");
     md.AppendLine("| --- | --- | " + string.Join(" | ", composeWith.Where(x => x > 0).Select(_ => "---:")) + " |");

@@ -400,7 +400,7 @@ public sealed class CollectionCatalog : IDisposable
         if (words.Count == 0) return [];
         lock (gate)
         {
-            Get(collection);
+            if (Find(collection) == null) return []; // nothing to search (and no index to create for a collection that does not exist)
             string fts = Fts(collection);
             using var c = Cmd($"""
                 SELECT c.doc_id, c.ord, c.char_start, c.char_end, c.text, bm25({fts}) AS score

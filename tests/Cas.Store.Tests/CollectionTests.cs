@@ -91,6 +91,10 @@ public class CollectionTests
         Assert.Empty(cat.Search("books", "harpoon"));
         Assert.Equal("a.txt", Assert.Single(cat.Search("books", "lantern")).DocumentId);
         Assert.True(cat.Delete("books"));
+        Assert.Empty(cat.Search("books", "lantern")); // a deleted collection has nothing to find (and gets no index back)
+        using (var db = Sqlite.Open(cat.Path))
+        using (var c = db.Cmd("SELECT count(*) FROM sqlite_master WHERE name LIKE 'fts_%'"))
+            Assert.Equal(0L, (long)c.ExecuteScalar()!);
         cat.Create("books", "/models/m", Fingerprint, "/models/m/tokenizer.json", 40);
         Assert.Empty(cat.Search("books", "lantern harbour")); // a new collection of the same name starts empty
         cat.AddDocuments("books", [Doc("c.txt", "a lantern in the harbour")], tok);

@@ -33,7 +33,6 @@ public sealed partial class Transformer
     readonly LayerBuffers[] _inferenceLayers; // [_inference]: what Layers reads for every layer
     readonly float[] _cos;    // [C, head_dim/2]
     readonly float[] _sin;    // [C, head_dim/2]
-    readonly int[] _pos;      // [C] position of each row
     float[] _scores = [];     // [n, L] for the SGEMM attention path; grows to the longest context seen
 
     // The products that share an input, as one call each (a decode step then pays one parallel loop for q/k/v and one
@@ -82,7 +81,6 @@ public sealed partial class Transformer
         _inferenceLayers = [_inference];
         _qkvOut = [_c.QDim, _c.KvDim, _c.KvDim]; _mlpOut = [_c.HiddenDim, _c.HiddenDim];
         _cos = new float[C * _c.HeadDim / 2]; _sin = new float[C * _c.HeadDim / 2];
-        _pos = new int[C];
     }
 
     public Model Model { get; }
@@ -172,7 +170,6 @@ public sealed partial class Transformer
                 {
                     int r = rows + i;
                     _w.TokenEmbedding.Widen(toks[i] * _c.Dim, x.AsSpan(r * _c.Dim, _c.Dim));
-                    _pos[r] = start + i;
                     _rope.Angles(start + i - caches[seq].PositionShift, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
                 }
                 bool ends = take == remaining;

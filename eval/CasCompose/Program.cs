@@ -199,7 +199,7 @@ Plots.Lines(Path.Combine(outDir, png), $"stories260K, {docs.Count} documents: ga
             .Select(v => new PlotSeries(v.Name, v.Rows.Select(x => (double)x.With).ToArray(), v.Rows.Select(x => 100 * x.Gap).ToArray())),
     monolithic ? [($"monolithic (p = {sumP}), alone", 100 * monoGaps.Average())] : null,
     legend: ScottPlot.Alignment.UpperRight);
-string placementPng = report.ToLowerInvariant() + "_placement.png";
+string placementPng = report.ToLowerInvariant() + "_concat_vs_aligned.png";
 if (placement)
 {
     // concat (what the service does) against aligned (each cartridge at its trained distance from the question), per variant.
@@ -207,10 +207,10 @@ if (placement)
     foreach (var v in variants)
     {
         var c = rows.Where(x => x.Variant == v.Item1).ToList();
-        series.Add(new PlotSeries($"{v.Item1}, concat", c.Select(x => (double)x.With).ToArray(), c.Select(x => 100 * x.Gap).ToArray()));
+        series.Add(new PlotSeries($"trained {v.Item1}; evaluated concat", c.Select(x => (double)x.With).ToArray(), c.Select(x => 100 * x.Gap).ToArray()));
         var a = placeRows.Where(x => x.Variant == v.Item1 && x.Place == "aligned").ToList();
         double alone = 100 * c.First(x => x.With == 0).Gap; // alone, both placements are the same prefix
-        series.Add(new PlotSeries($"{v.Item1}, aligned", [0, .. a.Select(x => (double)x.With)], [alone, .. a.Select(x => 100 * x.Gap)]));
+        series.Add(new PlotSeries($"trained {v.Item1}; evaluated aligned", [0, .. a.Select(x => (double)x.With)], [alone, .. a.Select(x => 100 * x.Gap)]));
     }
     Plots.Lines(Path.Combine(outDir, placementPng), $"stories260K, {docs.Count} documents: concat vs aligned placement",
         "other documents' cartridges composed with the gold one", "no-context → ICL perplexity gap closed (%)", series, null,

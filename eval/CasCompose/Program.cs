@@ -140,15 +140,17 @@ foreach (var (name, baseOptions, _) in variants)
                     var gaps = new double[docs.Count];
                     for (int i = 0; i < docs.Count; i++)
                     {
-                        var rest = others[i][n].Where(j => j != i);
                         KvPrefix prefix;
                         if (place == "aligned")
                         {
+                            // HeldOutEvaluator takes one copied prefix: Placement.Aligned as its tested equivalent, the
+                            // concatenation with every key rotated by Σp − max p.
                             var parts = others[i][n].Select(j => carts[j]).ToArray();
                             prefix = PrefixComposition.Rotate(cfg, KvPrefix.Concat(parts), parts.Sum(c => c.Length) - parts.Max(c => c.Length));
                         }
                         else
                         {
+                            var rest = others[i][n].Where(j => j != i);
                             int[] order = place.EndsWith("first") ? [i, .. rest] : [.. rest, i];
                             prefix = PrefixComposition.Compose(cfg, order.Select(j => carts[j]).ToArray(), CompositionMode.ReRotate);
                         }

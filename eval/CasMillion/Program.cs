@@ -47,12 +47,11 @@ void Log(string s) => Console.Error.WriteLine($"[{total.Elapsed.TotalSeconds,7:F
 // Stage times across invocations (a resumed run, or one killed with -9): each invocation keeps one file per stage under
 // <data-dir>/timings, rewritten every 30 s while the stage runs, and the report sums them.
 string invocation = DateTime.UtcNow.ToString("yyyyMMddTHHmmssfff", inv);
-var cpuAtStart = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
 void Ledger(string stage, Stopwatch clock, double cpuStageStart)
 {
     string dir = Path.Combine(dataDir, "timings");
     Directory.CreateDirectory(dir);
-    double cpu = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds - cpuStageStart;
+    double cpu = CpuNow() - cpuStageStart;
     string tmp = Path.Combine(dir, $"{invocation}.{stage}.tmp");
     File.WriteAllText(tmp, string.Create(inv, $"{clock.Elapsed.TotalSeconds:F1}\t{cpu:F1}\n"));
     File.Move(tmp, Path.Combine(dir, $"{invocation}.{stage}"), overwrite: true);
@@ -263,7 +262,7 @@ IEnumerable<(string Path, string Field)> Sources()
 }
 
 // CPU seconds of this process since the last call (steadier than wall time on a shared machine).
-double Cpu() { var now = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds; var d = now - cpuMark; cpuMark = now; return d; }
+double Cpu() { var now = CpuNow(); var d = now - cpuMark; cpuMark = now; return d; }
 
 static long DirBytes(string dir) => Directory.Exists(dir) ? new DirectoryInfo(dir).EnumerateFiles("*", SearchOption.AllDirectories).Sum(f => f.Length) : 0;
 

@@ -248,6 +248,8 @@ public sealed class CollectionCatalog : IDisposable
         Action<int>? progress = null, CancellationToken cancellation = default)
     {
         var info = Get(collection);
+        string fts;
+        lock (gate) fts = Fts(collection);
         int added = 0, changed = 0, unchanged = 0, seen = 0;
         long chunkCount = 0;
         foreach (var (doc, kind) in documents)
@@ -265,7 +267,6 @@ public sealed class CollectionCatalog : IDisposable
             var chunks = doc.Text.Length == 0 ? [] : chunker.Tiles(0).ToList();
             lock (gate)
             {
-                string fts = Fts(collection);
                 using var tx = db.BeginTransaction();
                 SqliteCommand T(SqliteCommand c) { c.Transaction = tx; return c; }
                 using (var c = T(Cmd($"INSERT INTO {fts}({fts}, rowid, text) SELECT 'delete', id, text FROM chunks WHERE collection=$c AND doc_id=$d",

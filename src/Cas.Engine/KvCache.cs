@@ -75,8 +75,9 @@ public sealed class KvPrefix
 /// The KV cache of one sequence: positions 0..Length-1 are, in order, an optional <see cref="ComposedPrefix"/> held by
 /// reference (<see cref="Referenced"/>: resident cartridges' K/V, read in place and never copied), then this cache's
 /// own slots — per layer K and V of shape [kv_heads, <see cref="Stride"/>, head_dim] — which start with an optional
-/// copied <see cref="KvPrefix"/> and continue with token KV. Own slot s holds position Referenced.Length + s, so
-/// positions continue after the prefix. <see cref="Capacity"/> counts positions (referenced + own); the own arrays hold
+/// copied <see cref="KvPrefix"/> and continue with token KV. Own slot s is slot Referenced.Length + s, after the prefix;
+/// a token there has RoPE position Referenced.Positions + s (the same, unless the referenced prefix is placed
+/// <see cref="Placement.Aligned"/>: see <see cref="PositionShift"/>). <see cref="Capacity"/> counts positions (referenced + own); the own arrays hold
 /// only Capacity − Referenced.Length slots. Capacity is decided once, at construction.
 /// </summary>
 public sealed class KvCache

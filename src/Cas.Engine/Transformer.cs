@@ -164,13 +164,13 @@ public sealed partial class Transformer
                 int remaining = tokens[seq].Length - offset;
                 if (remaining == 0) { seq++; offset = 0; continue; }
                 int take = Math.Min(remaining, MaxChunkTokens - rows);
-                int start = caches[seq].Append(take);
+                int start = caches[seq].Append(take), position = start - caches[seq].PositionShift;
                 var toks = tokens[seq].AsSpan(offset, take);
                 for (int i = 0; i < take; i++)
                 {
                     int r = rows + i;
                     _w.TokenEmbedding.Widen(toks[i] * _c.Dim, x.AsSpan(r * _c.Dim, _c.Dim));
-                    _rope.Angles(start + i - caches[seq].PositionShift, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
+                    _rope.Angles(position + i, _cos.AsSpan(r * half, half), _sin.AsSpan(r * half, half));
                 }
                 bool ends = take == remaining;
                 _segments.Add(new Segment(seq, rows, take, start, ends));

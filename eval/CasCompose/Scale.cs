@@ -45,7 +45,6 @@ static class Stories
 
 static class Scale
 {
-    sealed class Inline(Action<CasJobEvent> f) : IProgress<CasJobEvent> { public void Report(CasJobEvent e) => f(e); }
 
     public static void Run(Model model, ITokenizer tok, string mp, string tp, string outDir, string[] args, Action<string> log)
     {
@@ -85,7 +84,7 @@ static class Scale
             var clock = Stopwatch.StartNew();
             var last = TimeSpan.Zero;
             long step = 0;
-            var progress = new Inline(e =>
+            var progress = new SyncProgress<CasJobEvent>(e =>
             {
                 switch (e)
                 {

@@ -12,6 +12,7 @@ using System.Globalization;
 using System.Text;
 using Cas.Collections;
 using Cas.Demo;
+using Cas.Engine;
 using Cas.Engine.Cartridges;
 using Cas.Engine.Models;
 using Cas.Engine.Tokenizers;
@@ -143,7 +144,7 @@ using (var budget = new BudgetManager(store, new BudgetOptions { ResidentBytes =
     var needing = catalog.NeedingTraining(Name, store).Count;
     Log($"train: {needing} documents need a cartridge ({probes} probes per chunk, {epochs} epochs, B = {options.Resident} resident, budget {residentBytes >> 20} MiB)");
     var last = DateTime.MinValue;
-    var progress = new Sync<CasJobEvent>(e =>
+    var progress = new SyncProgress<CasJobEvent>(e =>
     {
         if (e is CasJobStep s && DateTime.UtcNow - last > TimeSpan.FromSeconds(30))
         {
@@ -274,9 +275,4 @@ static string FindRoot()
     for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
         if (File.Exists(Path.Combine(d.FullName, "CasService.sln"))) return d.FullName;
     return Directory.GetCurrentDirectory();
-}
-
-sealed class Sync<T>(Action<T> f) : IProgress<T>
-{
-    public void Report(T value) => f(value);
 }

@@ -129,7 +129,7 @@ public static class DemoRun
                     ? $"cartridges: all {corpus.Documents.Count} fresh in {Path.GetFullPath(o.DataDir)}; not training"
                     : $"cartridges: training {needing} (CAS: p = tokens/{recipe.Compression:0.#}, {recipe.Probes.ExamplesPerChunk} probes per chunk, {recipe.Epochs:0.#} epochs, distractor mixing)");
                 var trainer = new CasTrainer(model, tok, catalog, store, budget, o.DataDir);
-                var jobProgress = progress == null ? null : new Forward(e => progress.Report(new DemoTraining(e)));
+                var jobProgress = progress == null ? null : new SyncProgress<CasJobEvent>(e => progress.Report(new DemoTraining(e)));
                 training = trainer.Run(name, recipe, jobProgress, cancel);
                 var status = catalog.Status(name, store);
                 fresh = status.Count(s => s.State == Cas.Collections.CartridgeState.Fresh);
@@ -198,10 +198,5 @@ public static class DemoRun
         return new DemoAnswer(index, question, gold, mode, streamed.ToString(), result.FinishReason.ToString().ToLowerInvariant(), docs,
             docs.Contains(gold), t.PromptTokens, t.CartridgeSlots, t.CompletionTokens, t.KvBytesAttended,
             l.RetrieveMs, l.LoadMs, l.PrefillMs, l.DecodeMs, l.TotalMs, clientMs);
-    }
-
-    sealed class Forward(Action<CasJobEvent> f) : IProgress<CasJobEvent>
-    {
-        public void Report(CasJobEvent value) => f(value);
     }
 }

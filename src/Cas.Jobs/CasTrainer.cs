@@ -391,7 +391,7 @@ public sealed class CasTrainer
                     Settings = ss.Settings(seed),
                 };
                 var doc = new Cas.Resources.Document(d.Id, text, d.Id, Cas.Resources.Document.NoMetadata, Cas.Resources.Document.NoQuestions);
-                var events = new Relay<SynthesisRunEvent>(e =>
+                var events = new SyncProgress<SynthesisRunEvent>(e =>
                 {
                     if (e is SynthesisRunProgress { Progress: var p })
                         progress?.Report(new CasJobDataProgress(d.Id, (int)Math.Min(int.MaxValue, p.AlreadyPresent + p.Done), (int)Math.Min(int.MaxValue, p.Total)));
@@ -682,12 +682,6 @@ public sealed class CasTrainer
 
 /// <summary>A job's saved state cannot be used.</summary>
 public sealed class CasJobStateException(string message) : CasException(message);
-
-/// <summary>Hands each report straight to an action on the reporting thread (Progress&lt;T&gt; would post it to a thread pool).</summary>
-sealed class Relay<T>(Action<T> action) : IProgress<T>
-{
-    public void Report(T value) => action(value);
-}
 
 static class TrainingStateExtensions
 {

@@ -1,4 +1,5 @@
 using Cas.Collections;
+using Cas.Engine;
 using Cas.Jobs;
 using Microsoft.Extensions.Logging;
 
@@ -44,7 +45,7 @@ public sealed class TrainingRuns(ServiceState state)
             _runs[collection.Name] = run;
         }
         var started = new TaskCompletionSource<long?>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var progress = new EventSink(e =>
+        var progress = new SyncProgress<CasJobEvent>(e =>
         {
             if (e is CasJobStarted s) { run.JobId = s.JobId; started.TrySetResult(s.JobId); }
         });
@@ -115,11 +116,5 @@ public sealed class TrainingRuns(ServiceState state)
         lock (_gate) { _stopping = true; runs = [.. _runs.Values]; }
         foreach (var r in runs) try { r.Cancel.Cancel(); } catch (ObjectDisposedException) { }
         foreach (var r in runs) r.Task.Wait(); // Run's own handler catches everything
-    }
-
-    /// <summary>Reports synchronously on the trainer's thread (Progress&lt;T&gt; would post to the thread pool, out of order).</summary>
-    sealed class EventSink(Action<CasJobEvent> handler) : IProgress<CasJobEvent>
-    {
-        public void Report(CasJobEvent value) => handler(value);
     }
 }

@@ -1,4 +1,5 @@
 using Cas.Collections;
+using Cas.Engine;
 using Cas.Engine.Tokenizers;
 using Cas.Jobs;
 using Cas.Store;
@@ -38,7 +39,7 @@ public sealed class DemoRunTests : IDisposable
     {
         var o = Tiny(datasets: null);
         var events = new List<DemoEvent>();
-        var first = await DemoRun.ExecuteAsync(o, new Sync(events.Add), TestContext.Current.CancellationToken);
+        var first = await DemoRun.ExecuteAsync(o, new SyncProgress<DemoEvent>(events.Add), TestContext.Current.CancellationToken);
 
         // The collection and its cartridges.
         Assert.Equal("sample", first.Source);
@@ -156,10 +157,5 @@ public sealed class DemoRunTests : IDisposable
         // With room for several sentences, every passage ends at a sentence end (the sample's stories end with one).
         Assert.All(DemoCorpus.Split(stories, tok, 200), p => Assert.Matches(@"[.!?][""”’')]?$", p));
         Assert.Empty(DemoCorpus.Split("  \n ", tok, 10));
-    }
-
-    sealed class Sync(Action<DemoEvent> f) : IProgress<DemoEvent>
-    {
-        public void Report(DemoEvent value) => f(value);
     }
 }

@@ -90,7 +90,7 @@ public sealed class CasTrainerTests : IDisposable
         long perCartridge = CasTrainer.ResidentBytesFor(m.Config, 16);
         using var w = Open("e2e", m, tok, mp, tp, Stories(m, tok), 2 * perCartridge); // room for exactly B = 2
         var events = new List<CasJobEvent>();
-        var result = w.Trainer.Run("stories", Small(), new SyncProgress(events.Add));
+        var result = w.Trainer.Run("stories", Small(), new SyncProgress<CasJobEvent>(events.Add));
 
         Assert.Equal(4, result.Documents);
         Assert.Equal(4, result.Trained);
@@ -137,14 +137,14 @@ public sealed class CasTrainerTests : IDisposable
         {
             // Cancel mid-window (step 3; rotations at 2, 4, …), after one document may have finished.
             using var cts = new CancellationTokenSource();
-            var progress = new SyncProgress(e => { if (e is CasJobStep { Step: 3 }) cts.Cancel(); });
+            var progress = new SyncProgress<CasJobEvent>(e => { if (e is CasJobStep { Step: 3 }) cts.Cancel(); });
             Assert.ThrowsAny<OperationCanceledException>(() => w.Trainer.Run("stories", Small(), progress, cts.Token));
             var job = Assert.Single(w.Catalog.Jobs("stories"));
             Assert.Equal(JobState.Cancelled, job.State);
             Assert.True(File.Exists(Path.Combine(w.Trainer.JobDirectory(job.Id), "state.json")));
 
             var events = new List<CasJobEvent>();
-            var r = w.Trainer.Run("stories", Small(), new SyncProgress(events.Add));
+            var r = w.Trainer.Run("stories", Small(), new SyncProgress<CasJobEvent>(events.Add));
             Assert.True(r.Resumed);
             Assert.Equal(3, r.ResumedFromStep);
             Assert.Equal(job.Id, r.JobId);
@@ -176,9 +176,9 @@ public sealed class CasTrainerTests : IDisposable
         using var cts = new CancellationTokenSource();
         var one = Small() with { Resident = 1 };
         Assert.ThrowsAny<OperationCanceledException>(() =>
-            w.Trainer.Run("stories", one, new SyncProgress(ev => { if (ev is CasJobStep) cts.Cancel(); }), cts.Token));
+            w.Trainer.Run("stories", one, new SyncProgress<CasJobEvent>(ev => { if (ev is CasJobStep) cts.Cancel(); }), cts.Token));
         var notes = new List<CasJobEvent>();
-        var r = w.Trainer.Run("stories", one with { Seed = 2 }, new SyncProgress(notes.Add));
+        var r = w.Trainer.Run("stories", one with { Seed = 2 }, new SyncProgress<CasJobEvent>(notes.Add));
         Assert.False(r.Resumed);
         Assert.Contains(notes, n => n is CasJobNote { Text: var t } && t.Contains("other settings"));
         var jobs = w.Catalog.Jobs("stories");
@@ -327,7 +327,7 @@ public sealed class CasTrainerTests : IDisposable
             w.Trainer.Run("stories", options);
             w.Catalog.AddDocuments("stories", second, tok);
             using var cts = new CancellationTokenSource();
-            var progress = new SyncProgress(e => { if (e is CasJobStep { Step: 3 }) cts.Cancel(); });
+            var progress = new SyncProgress<CasJobEvent>(e => { if (e is CasJobStep { Step: 3 }) cts.Cancel(); });
             Assert.ThrowsAny<OperationCanceledException>(() => w.Trainer.Run("stories", options, progress, cts.Token));
         }
         using (var w = Open("sd-resumed", m, tok, mp, tp, null, budgetBytes))
@@ -339,11 +339,6 @@ public sealed class CasTrainerTests : IDisposable
             Assert.Equal(straight.Keys.Order(), resumed.Keys.Order());
             foreach (var (id, prefix) in straight) AssertSame(prefix, resumed[id], id);
         }
-    }
-
-    sealed class SyncProgress(Action<CasJobEvent> handler) : IProgress<CasJobEvent>
-    {
-        public void Report(CasJobEvent value) => handler(value);
     }
 }
 

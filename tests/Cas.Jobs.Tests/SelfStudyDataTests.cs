@@ -61,7 +61,7 @@ public sealed class SelfStudyDataTests : IDisposable
         var docs = Docs(m, tok);
         using var w = Open("once", m, tok, mp, tp, docs);
         var events = new List<CasJobEvent>();
-        var r = w.Trainer.Run("ss", Tiny(), new Relay(events.Add));
+        var r = w.Trainer.Run("ss", Tiny(), new SyncProgress<CasJobEvent>(events.Add));
 
         Assert.Equal(2, r.Trained);
         Assert.All(w.Catalog.Status("ss", w.Store), s => Assert.Equal(CartridgeState.Fresh, s.State));
@@ -92,7 +92,7 @@ public sealed class SelfStudyDataTests : IDisposable
         // A later job with other training settings (the cartridges deleted, so both train again) reads the same datasets.
         foreach (var id in Cartridges(w).Keys) Assert.True(w.Store.Delete(id));
         var again = new List<CasJobEvent>();
-        var r2 = w.Trainer.Run("ss", Tiny() with { LearningRate = 0.02f }, new Relay(again.Add));
+        var r2 = w.Trainer.Run("ss", Tiny() with { LearningRate = 0.02f }, new SyncProgress<CasJobEvent>(again.Add));
         Assert.Equal(2, r2.Trained);
         Assert.All(again.OfType<CasJobDataMade>(), e => { Assert.Equal(0, e.Made); Assert.Equal(made[e.DocumentId].Conversations, e.Conversations); Assert.Equal(e.Conversations, e.Reused); });
         Assert.Equal(2, again.OfType<CasJobDataMade>().Count());
@@ -117,7 +117,7 @@ public sealed class SelfStudyDataTests : IDisposable
             using var cts = new CancellationTokenSource();
             bool firstDone = false;
             var seen = new List<string>();
-            var progress = new Relay(e =>
+            var progress = new SyncProgress<CasJobEvent>(e =>
             {
                 seen.Add(e.ToString());
                 if (e is CasJobDocumentDone) firstDone = true;
@@ -129,7 +129,7 @@ public sealed class SelfStudyDataTests : IDisposable
             Assert.Single(w.Store.List("ss/"));
 
             var events = new List<CasJobEvent>();
-            var r = w.Trainer.Run("ss", Tiny(), new Relay(events.Add));
+            var r = w.Trainer.Run("ss", Tiny(), new SyncProgress<CasJobEvent>(events.Add));
             Assert.True(r.Resumed);
             Assert.Equal(1, r.Trained);
             var made = Assert.Single(events.OfType<CasJobDataMade>());     // nothing made again for the finished document
@@ -214,10 +214,5 @@ public sealed class SelfStudyDataTests : IDisposable
         (rc, _, err) = CasCli.Run("collection", "train", "none", "--data-dir", dir, "--data-source", "selfstudy", "--conversations-per-token", "0");
         Assert.Equal(2, rc);
         Assert.Contains("error: --conversations-per-token must be positive, got 0.", err);
-    }
-
-    sealed class Relay(Action<CasJobEvent> handler) : IProgress<CasJobEvent>
-    {
-        public void Report(CasJobEvent value) => handler(value);
     }
 }

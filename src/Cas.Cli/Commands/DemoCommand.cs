@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using Cas.Demo;
+using Cas.Engine;
 using Cas.Jobs;
 
 namespace Cas.Cli.Commands;

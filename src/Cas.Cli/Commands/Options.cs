@@ -156,10 +156,3 @@ static class Options
         Description = "Stop at the first input that would be skipped or altered while reading resources.",
     };
 }
-
-/// <summary>An <see cref="IProgress{T}"/> that calls its handler at once on the reporting thread (Progress&lt;T&gt; posts to a context).</summary>
-sealed class SyncProgress<T>(Action<T> handler) : IProgress<T>
-{
-    public void Report(T value) => handler(value);
-
-}

@@ -53,7 +53,7 @@ public class SynthesisRunTests
         File.WriteAllText(doc, docs[0].Text);
         var notes = new List<string>();
         long lastDone = -1;
-        var progress = new Recorder(e =>
+        var progress = new SyncProgress<SynthesisRunEvent>(e =>
         {
             if (e is SynthesisRunNote n) notes.Add(n.Text);
             else if (e is SynthesisRunProgress p) lastDone = p.Progress.AlreadyPresent + p.Progress.Done;
@@ -80,10 +80,5 @@ public class SynthesisRunTests
         File.WriteAllText(dir.File("empty.txt"), "");
         Assert.Throws<InvalidRequestException>(() => SynthesisRun.Execute(model, tok, Options(dir.File("e.casds"), "text:" + dir.File("empty.txt")), cancel: TestContext.Current.CancellationToken));
         Assert.False(File.Exists(dir.File("e.casds")));
-    }
-
-    sealed class Recorder(Action<SynthesisRunEvent> onEvent) : IProgress<SynthesisRunEvent>
-    {
-        public void Report(SynthesisRunEvent value) => onEvent(value);
     }
 }

@@ -23,7 +23,7 @@ public class TrainingRunTests
         // Uninterrupted.
         string a = Path.Combine(dir, "a.safetensors");
         var events = new List<TrainingRunEvent>();
-        var ra = TrainingRun.Execute(model, tok, Small(doc, a), new Recorder(events.Add));
+        var ra = TrainingRun.Execute(model, tok, Small(doc, a), new SyncProgress<TrainingRunEvent>(events.Add));
         Assert.Equal(12, ra.Steps);
         Assert.Equal(0, ra.ResumedFromStep);
         Assert.True(File.Exists(a));
@@ -38,7 +38,7 @@ public class TrainingRunTests
         using (var cts = new CancellationTokenSource())
         {
             Assert.ThrowsAny<OperationCanceledException>(() => TrainingRun.Execute(model, tok, Small(doc, b),
-                new Recorder(e => { if (e is TrainingRunStep { Step.Step: 7 }) cts.Cancel(); }), cts.Token));
+                new SyncProgress<TrainingRunEvent>(e => { if (e is TrainingRunStep { Step.Step: 7 }) cts.Cancel(); }), cts.Token));
         }
         Assert.False(File.Exists(b));
         Assert.True(File.Exists(b + ".ckpt"));
@@ -46,7 +46,7 @@ public class TrainingRunTests
 
         // Resumed: starts where the checkpoint is and ends bit-identical to the uninterrupted run.
         var resumed = new List<TrainingRunEvent>();
-        var rb = TrainingRun.Execute(model, tok, Small(doc, b) with { Resume = true }, new Recorder(resumed.Add));
+        var rb = TrainingRun.Execute(model, tok, Small(doc, b) with { Resume = true }, new SyncProgress<TrainingRunEvent>(resumed.Add));
         Assert.InRange(rb.ResumedFromStep, 6, 8);
         Assert.Equal(12, rb.Steps);
         Assert.Equal(rb.ResumedFromStep, resumed.OfType<TrainingRunStarted>().Single().ResumedFromStep);
@@ -114,10 +114,5 @@ public class TrainingRunTests
         Assert.Equal(TrainingRunOptions.DefaultLearningRate, o.LearningRate);
         Assert.Null(o.Steps);
         Assert.Null(o.Epochs);
-    }
-
-    sealed class Recorder(Action<TrainingRunEvent> onEvent) : IProgress<TrainingRunEvent>
-    {
-        public void Report(TrainingRunEvent value) => onEvent(value);
     }
 }

@@ -128,7 +128,7 @@ public static class Llama2cLoader
             if (count > Array.MaxLength)
                 throw new ModelFormatException($"{path}: tensor '{name}' has {count} elements, more than one array can hold ({header}).");
             Need(name, 4 * count);
-            var a = GC.AllocateUninitializedArray<float>((int)count);
+            var a = WeightMemory.Allocate<float>((int)count);
             fs.ReadExactly(MemoryMarshal.AsBytes(a.AsSpan()));
             if (!BitConverter.IsLittleEndian)
             {

@@ -130,7 +130,7 @@ public sealed class WeightTensor
 
     public float[] ToFloatArray()
     {
-        var a = GC.AllocateUninitializedArray<float>(Length);
+        var a = WeightMemory.Allocate<float>(Length);
         Widen(0, a);
         return a;
     }
@@ -141,7 +141,7 @@ public sealed class WeightTensor
         if (precision == Precision) return this;
         var f = _floats ?? ToFloatArray();
         if (precision == WeightPrecision.Float32) return new WeightTensor(f);
-        var bits = GC.AllocateUninitializedArray<ushort>(Length);
+        var bits = WeightMemory.Allocate<ushort>(Length);
         if (precision == WeightPrecision.BFloat16) HalfPrecision.FloatToBF16(f, bits); else HalfPrecision.FloatToF16(f, bits);
         return new WeightTensor(bits, precision);
     }
@@ -155,6 +155,7 @@ public sealed class Model
         config.Validate();
         Config = config;
         Weights = weights;
+        WeightMemory.Collapse(weights);
         Source = source;
     }
 

@@ -11,7 +11,7 @@ public static class RandomWeights
     {
         c.Validate();
         var rng = new SplitMix(seed);
-        float[] Mat(int rows, int cols) { var a = GC.AllocateUninitializedArray<float>(checked(rows * cols)); rng.FillNormal(a, 1f / MathF.Sqrt(cols)); return a; }
+        float[] Mat(int rows, int cols) { var a = WeightMemory.Allocate<float>(checked(rows * cols)); rng.FillNormal(a, 1f / MathF.Sqrt(cols)); return a; }
         float[] Norm(int n) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = 1f + 0.1f * rng.NextNormal(); return a; }
         float[] Bias(int n) { var a = new float[n]; rng.FillNormal(a, 0.02f); return a; }
         var layers = new LayerWeights[c.Layers];
@@ -26,7 +26,7 @@ public static class RandomWeights
                 FfnNorm = Norm(c.Dim),
                 WGate = Mat(c.HiddenDim, c.Dim), WUp = Mat(c.HiddenDim, c.Dim), WDown = Mat(c.Dim, c.HiddenDim),
             };
-        var emb = GC.AllocateUninitializedArray<float>(checked(c.VocabSize * c.Dim));
+        var emb = WeightMemory.Allocate<float>(checked(c.VocabSize * c.Dim));
         rng.FillNormal(emb, 1f);
         WeightTensor embedding = emb;
         var head = c.TiedEmbeddings ? embedding : new WeightTensor(Mat(c.VocabSize, c.Dim));

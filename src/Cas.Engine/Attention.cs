@@ -19,7 +19,8 @@ namespace Cas.Engine;
 /// <item>Inference (<see cref="AttendCaches"/>): each sequence's earlier tokens sit in its <see cref="KvCache"/>,
 ///   after the cartridges it references (<see cref="KvCache.Referenced"/>, a <see cref="ComposedPrefix"/> read in
 ///   place, shared by every sequence that uses it) or holds as a copy; new K/V are appended to the cache first. Long
-///   segments run per head as SGEMMs (the referenced parts' products are <see cref="PrefixScores"/> and
+///   segments run per KV group and block of tokens as SGEMMs, the group's query heads packed as one matrix and the
+///   causal triangle beyond each block skipped (<see cref="CacheAttentionGemm"/>; the referenced parts' products are <see cref="PrefixScores"/> and
 ///   <see cref="PrefixValues"/>, the same calls training makes), short ones (decode) per KV group as one small grouped
 ///   product per key block of each part and of the cache (<see cref="AttendDecode"/>): each key and value row is read
 ///   once for all the group's query heads.</item>
@@ -52,9 +53,13 @@ public sealed partial class Transformer
         foreach (var sg in _segments)
         {
             if (sg.Count < AttentionGemmMinRows) { small++; continue; }
-            int need = sg.Count * (sg.Start + sg.Count);
+            int group = _c.Heads / _c.KvHeads, need = group * Math.Min(sg.Count, CausalRowBlock) * (sg.Start + sg.Count);
             if (_scores.Length < need) _scores = GC.AllocateUninitializedArray<float>(need);
-            CacheAttentionGemm(b.Q.AsSpan(sg.Row * qd), qd, caches[sg.Seq], layer, sg.Start, sg.Count, b.Att.AsSpan(sg.Row * qd), _scores);
+            if (_packQ.Length < group * CausalRowBlock * _c.HeadDim)
+            {
+                _packQ = new float[group * CausalRowBlock * _c.HeadDim]; _packO = new float[_packQ.Length];
+            }
+            CacheAttentionGemm(b.Q.AsSpan(sg.Row * qd), qd, caches[sg.Seq], layer, sg.Start, sg.Count, b.Att.AsSpan(sg.Row * qd), _scores, _packQ, _packO);
         }
         if (small == 0) return;
         AttendDecode(layer, b);
@@ -289,33 +294,55 @@ public sealed partial class Transformer
     }
 
     /// <summary>
-    /// Prefill-sized attention for one sequence: heads run one after another, each as SGEMMs that BLAS spreads over the
-    /// cores — one per referenced part (<see cref="PrefixScores"/>, <see cref="PrefixValues"/>) and one over the own
-    /// cache. Score row layout: [referenced parts in order (R columns) | own slots], L = start + n columns.
-    /// q, o: [n, heads*head_dim] row stride qStride; scores: scratch of at least n*L floats.
+    /// Prefill-sized attention for one sequence, as SGEMMs that BLAS spreads over the cores: per KV group g and block of
+    /// up to <see cref="CausalRowBlock"/> tokens, the group's query heads of the block's tokens are packed as one matrix
+    /// Q_p [group·m, hd] (row j·m + i = head j of token i) that shares K_g and V_g, so each product is group times
+    /// taller and there are group times fewer of them. A block's products stop at the last key its last token sees, so
+    /// the causal upper triangle is mostly never computed (5/8 of the full work for 512 tokens from position 0):
+    ///   S = scale·Q_p·[K_parts; K_own[0, seen)]ᵀ, P = masked softmax of each row (rows over the cores),
+    ///   O_p = P·[V_parts; V_own[0, seen)], unpacked into o.
+    /// The referenced parts go through <see cref="PrefixScores"/> and <see cref="PrefixValues"/>; score row layout:
+    /// [referenced parts in order (R columns) | own slots], seen columns.
+    /// q, o: [n, heads*head_dim] row stride qStride; scores: at least group·min(n, block)·(start + n) floats; packQ,
+    /// packO: at least group·block·head_dim floats each.
     /// </summary>
     static void CacheAttentionGemm(ReadOnlySpan<float> q, int qStride, KvCache cache, int layer, int start, int n,
-        Span<float> o, Span<float> scores)
+        Span<float> o, float[] scores, float[] packQ, float[] packO)
     {
         var c = cache.Config;
         var prefix = cache.Referenced;
         int hd = c.HeadDim, group = c.Heads / c.KvHeads, L = start + n, R = prefix.Length, own = L - R, stride = cache.Stride;
         float scale = 1f / MathF.Sqrt(hd);
-        var sc = scores.Slice(0, n * L);
-        for (int h = 0; h < c.Heads; h++)
+        for (int g = 0; g < c.KvHeads; g++)
         {
-            int g = h / group;
             var kg = cache.Keys[layer].AsSpan(g * stride * hd, own * hd);
             var vg = cache.Values[layer].AsSpan(g * stride * hd, own * hd);
-            // S[n, L] = scale * Q_h[n, hd] · [K_parts; K_own]ᵀ
-            PrefixScores(prefix, layer, g, hd, n, q.Slice(h * hd), qStride, scale, sc, L);
-            Blas.Sgemm(false, true, n, own, hd, scale, q.Slice(h * hd), qStride, kg, hd, 0f, sc.Slice(R), L);
-            for (int i = 0; i < n; i++) Ops.MaskedSoftmax(sc.Slice(i * L, L), start + i + 1);
-            // O_h[n, hd] = P[n, L] · [V_parts; V_own]
-            bool any = PrefixValues(prefix, layer, g, hd, n, sc, L, o.Slice(h * hd), qStride);
-            Blas.Sgemm(false, false, n, hd, own, 1f, sc.Slice(R), L, vg, hd, any ? 1f : 0f, o.Slice(h * hd), qStride);
+            for (int i0 = 0; i0 < n; i0 += CausalRowBlock)
+            {
+                int m = Math.Min(CausalRowBlock, n - i0), M = group * m, seen = start + i0 + m, ownSeen = seen - R;
+                for (int j = 0; j < group; j++)
+                    for (int i = 0; i < m; i++)
+                        q.Slice((i0 + i) * qStride + (g * group + j) * hd, hd).CopyTo(packQ.AsSpan((j * m + i) * hd, hd));
+                var sc = scores.AsSpan(0, M * seen);
+                PrefixScores(prefix, layer, g, hd, M, packQ, hd, scale, sc, seen);
+                Blas.Sgemm(false, true, M, ownSeen, hd, scale, packQ, hd, kg, hd, 0f, sc.Slice(R), seen);
+                int firstVisible = start + i0 + 1;
+                Ops.ParallelRows(M, (r0, r1) =>
+                {
+                    for (int r = r0; r < r1; r++) Ops.MaskedSoftmax(scores.AsSpan(r * seen, seen), firstVisible + r % m);
+                }, 64);
+                bool any = PrefixValues(prefix, layer, g, hd, M, sc, seen, packO, hd);
+                Blas.Sgemm(false, false, M, hd, ownSeen, 1f, sc.Slice(R), seen, vg, hd, any ? 1f : 0f, packO, hd);
+                for (int j = 0; j < group; j++)
+                    for (int i = 0; i < m; i++)
+                        packO.AsSpan((j * m + i) * hd, hd).CopyTo(o.Slice((i0 + i) * qStride + (g * group + j) * hd, hd));
+            }
         }
     }
+
+    /// <summary>Most tokens per block of <see cref="CacheAttentionGemm"/>: smaller skips more of the causal triangle,
+    /// larger keeps the products big enough for BLAS.</summary>
+    const int CausalRowBlock = 128;
 
     // ------------------------------------------------------------------------------------------------
     // The composed prefix's part of the products, shared by training and inference (parts read in place)

@@ -33,7 +33,8 @@ public sealed partial class Transformer
     readonly LayerBuffers[] _inferenceLayers; // [_inference]: what Layers reads for every layer
     readonly float[] _cos;    // [C, head_dim/2]
     readonly float[] _sin;    // [C, head_dim/2]
-    float[] _scores = [];     // [n, L] for the SGEMM attention path; grows to the longest context seen
+    float[] _scores = [];     // [group·block, L] for the SGEMM attention path; grows to the longest context seen
+    float[] _packQ = [], _packO = [];   // [group·block, head_dim]: one KV group's query heads packed, and their output
 
     // The products that share an input, as one call each (a decode step then pays one parallel loop for q/k/v and one
     // for gate/up): matrices, output widths and outputs, refilled per layer.

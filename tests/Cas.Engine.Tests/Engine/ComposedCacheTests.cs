@@ -14,7 +14,7 @@ public class ComposedCacheTests
 {
     const float Tol = 1e-4f;
 
-    static KvPrefix RandomPrefix(ModelConfig c, int length, int seed)
+    internal static KvPrefix RandomPrefix(ModelConfig c, int length, int seed)
     {
         var r = new Random(seed);
         var p = KvPrefix.Zeros(c, length);

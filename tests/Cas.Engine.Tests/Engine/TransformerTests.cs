@@ -35,6 +35,31 @@ public class TransformerTests
     }
 
     /// <summary>
+    /// A prefill longer than one row block of the SGEMM attention path (128 tokens: the causal triangle beyond each block
+    /// is skipped and a KV group's heads are packed) equals the same tokens fed 3 at a time through the decode path,
+    /// with no prefix and after a 37-slot referenced (composed, read in place) prefix. Tolerance as above: only the summation order differs.
+    /// </summary>
+    [Theory]
+    [InlineData(Architecture.Llama, 0)]
+    [InlineData(Architecture.Qwen3, 37)]
+    public void LongPrefillEqualsSmallChunks(Architecture arch, int prefixLength)
+    {
+        var m = TinyModels.Create(arch, arch == Architecture.Qwen3 ? RopeStyle.Interleaved : RopeStyle.Halves, maxSeq: 512);
+        var tokens = TinyModels.Tokens(300, m.Config.VocabSize, 4);
+        var c = m.Config;
+        var prefix = new ComposedPrefix(prefixLength == 0 ? [] : [ComposedCacheTests.RandomPrefix(c, prefixLength, 9)]);
+        float[] Logits(int chunk)
+        {
+            var logits = new float[tokens.Length * c.VocabSize];
+            new Transformer(m, chunk).ForwardAll(new KvCache(c, prefixLength + tokens.Length, prefix), tokens, logits);
+            return logits;
+        }
+        var whole = Logits(512);
+        var chunked = Logits(3);
+        Close(whole, chunked, 2e-5f, "300-token prefill vs chunks of 3");
+    }
+
+    /// <summary>
     /// A prefix lifted from a real prefill (keys already rotated for 0..p-1) stands in exactly for those tokens:
     /// this is what a first-k cartridge is at initialisation.
     /// </summary>

@@ -68,12 +68,12 @@ public static unsafe class WeightProduct
 
     /// <summary>
     /// y_i[rows, outDims[i]] = x[rows, inDim] · W_iᵀ for matrices that read the same x (q/k/v, gate/up). A decode step
-    /// (rows ≤ <see cref="Blas.SmallRows"/>) runs them as one parallel loop over 64-row blocks of all of them, so it
+    /// (rows ≤ <see cref="Blas.FewRowsMax"/> for fp32, <see cref="Blas.SmallRows"/> for 16-bit) runs them as one parallel loop over 64-row blocks of all of them, so it
     /// pays one barrier instead of one per matrix; more rows run one product each.
     /// </summary>
     public static void TimesTransposedShared(float[] x, int rows, int inDim, WeightTensor[] w, int[] outDims, float[][] y)
     {
-        if (rows > Blas.SmallRows || rows == 0 || !Blas.FewRowsKernel)
+        if (rows > (w[0].Precision == WeightPrecision.Float32 ? Blas.FewRowsMax : Blas.SmallRows) || rows == 0 || !Blas.FewRowsKernel)
         {
             for (int i = 0; i < w.Length; i++) TimesTransposed(x.AsSpan(0, rows * inDim), rows, w[i], outDims[i], inDim, 0f, y[i], outDims[i]);
             return;

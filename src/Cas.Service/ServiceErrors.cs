@@ -25,7 +25,7 @@ public sealed class ExceptionInterceptor(CasServerOptions options, ILogger<Excep
     /// <summary>The request header that carries the API key when <see cref="CasServerOptions.ApiKey"/> is set.</summary>
     public const string ApiKeyHeader = "x-api-key";
 
-    public static Status ToStatus(Exception e, ServerCallContext? context) => e switch
+    public static Status ToStatus(Exception e, ServerCallContext? context) => Unwrap(e) switch
     {
         RpcException r => r.Status,
         OperationCanceledException when context != null && context.Deadline < DateTime.UtcNow =>
@@ -42,6 +42,15 @@ public sealed class ExceptionInterceptor(CasServerOptions options, ILogger<Excep
         ModelFormatException => new Status(StatusCode.FailedPrecondition, e.Message),
         _ => new Status(StatusCode.Internal, $"internal error ({e.GetType().Name}); the server log has the details."),
     };
+
+    /// <summary>A request message that fails to parse can reach the handler wrapped by the framework's stream reader;
+    /// the parse error inside decides the status.</summary>
+    static Exception Unwrap(Exception e)
+    {
+        for (var inner = e.InnerException; inner != null; inner = inner.InnerException)
+            if (inner is Google.Protobuf.InvalidProtocolBufferException) return inner;
+        return e;
+    }
 
     RpcException Map(Exception e, ServerCallContext context)
     {

@@ -178,6 +178,11 @@ public sealed partial class Transformer
         ReadOnlySpan<float> keys, ReadOnlySpan<float> values, int hd, int t0, int t1,
         Span<float> o, Span<float> max, Span<float> sum, Span<float> scores)
     {
+        if (n == 1 && hd == 64 && Vector512.IsHardwareAccelerated)
+        {
+            OneToken64(q, group, start, keys, values, t0, t1, o, max, sum, scores);
+            return;
+        }
         int m = n * group, len = t1 - t0;
         float scale = 1f / MathF.Sqrt(hd);
         int allSee = Math.Clamp(start + 1 - t0, 0, len);   // keys of the block every row sees
@@ -210,6 +215,64 @@ public sealed partial class Transformer
             for (int r = 0; r < m; r++)
                 if (t < allSee || t < start + r / group + 1 - t0)
                     MultiplyAdd(v, scores[r * len + t], o.Slice(r * hd, hd));
+        }
+    }
+
+    /// <summary>
+    /// <see cref="DecodeBlock"/> for one token (batch-1 and batched decode) with head_dim 64 and 512-bit vectors: a key
+    /// row is four vectors, loaded once for the group's heads, and each head's output row stays in four registers over
+    /// the whole block instead of being loaded and stored once per key.
+    /// </summary>
+    static unsafe void OneToken64(ReadOnlySpan<float> q, int group, int start, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
+        int t0, int t1, Span<float> o, Span<float> max, Span<float> sum, Span<float> scores)
+    {
+        int len = t1 - t0, see = Math.Clamp(start + 1 - t0, 0, len);
+        if (keys.Length < t1 * 64 || values.Length < t1 * 64 || q.Length < group * 64 || o.Length < group * 64 || scores.Length < group * len)
+            throw new ArgumentException("decode block operands are too small.");
+        if (see == 0)
+        {
+            o.Slice(0, group * 64).Clear();
+            for (int j = 0; j < group; j++) { max[j] = float.NegativeInfinity; sum[j] = 0; }
+            return;
+        }
+        const float Scale = 0.125f;   // 1/√64
+        fixed (float* pq = q) fixed (float* pk = keys) fixed (float* pv = values) fixed (float* ps = scores) fixed (float* po = o)
+        {
+            for (int t = 0; t < see; t++)
+            {
+                float* k = pk + (long)(t0 + t) * 64;
+                var k0 = Vector512.Load(k); var k1 = Vector512.Load(k + 16); var k2 = Vector512.Load(k + 32); var k3 = Vector512.Load(k + 48);
+                for (int j = 0; j < group; j++)
+                {
+                    float* qj = pq + j * 64;
+                    var a = Vector512.Multiply(Vector512.Load(qj), k0);
+                    a = Vector512.FusedMultiplyAdd(Vector512.Load(qj + 16), k1, a);
+                    a = Vector512.FusedMultiplyAdd(Vector512.Load(qj + 32), k2, a);
+                    a = Vector512.FusedMultiplyAdd(Vector512.Load(qj + 48), k3, a);
+                    ps[j * len + t] = Vector512.Sum(a) * Scale;
+                }
+            }
+            for (int j = 0; j < group; j++)
+            {
+                var sr = scores.Slice(j * len, see);
+                float mx = TensorPrimitives.Max(sr);
+                TensorPrimitives.Subtract(sr, mx, sr);
+                TensorPrimitives.Exp(sr, sr);
+                max[j] = mx; sum[j] = TensorPrimitives.Sum(sr);
+                Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
+                float* pj = ps + j * len;
+                for (int t = 0; t < see; t++)
+                {
+                    float* v = pv + (long)(t0 + t) * 64;
+                    var p = Vector512.Create(pj[t]);
+                    o0 = Vector512.FusedMultiplyAdd(Vector512.Load(v), p, o0);
+                    o1 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 16), p, o1);
+                    o2 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 32), p, o2);
+                    o3 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 48), p, o3);
+                }
+                float* oj = po + j * 64;
+                o0.Store(oj); o1.Store(oj + 16); o2.Store(oj + 32); o3.Store(oj + 48);
+            }
         }
     }
 

@@ -381,7 +381,9 @@ internal sealed class HfTensorSource : IDisposable
         if (!info.Shape.AsSpan().SequenceEqual(expectedShape))
             throw new ModelFormatException(
                 $"tensor '{name}' in {file.Path} has shape {info.ShapeText} but config.json implies {SafeTensorInfo.FormatShape(expectedShape)}.");
-        return file.ReadFloats(info);
+        var values = WeightMemory.Allocate<float>(checked((int)info.ElementCount));   // model weights: on huge pages
+        file.ReadFloats(info, values);
+        return values;
     }
 
     /// <summary>Reads a required weight matrix, kept 16-bit when the file stores it as bf16 or fp16 (exact: the fp32 read

@@ -254,7 +254,7 @@ public sealed class SafeTensorsFile : IDisposable
     public float[] ReadFloats(SafeTensorInfo info)
     {
         CheckReadable(info);
-        var result = WeightMemory.Allocate<float>(checked((int)info.ElementCount));
+        var result = GC.AllocateUninitializedArray<float>(checked((int)info.ElementCount));
         ReadFloats(info, result);
         return result;
     }

@@ -203,10 +203,7 @@ public sealed partial class Transformer
             int see = Math.Clamp(start + r / group + 1 - t0, 0, len);
             var sr = scores.Slice(r * len, see);
             if (see == 0) { max[r] = float.NegativeInfinity; sum[r] = 0; continue; }
-            float mx = TensorPrimitives.Max(sr);
-            TensorPrimitives.Subtract(sr, mx, sr);
-            TensorPrimitives.Exp(sr, sr);
-            max[r] = mx; sum[r] = TensorPrimitives.Sum(sr);
+            sum[r] = Ops.ExpFromMax(sr, out max[r]);
         }
         // O: each value row read once for all M rows.
         for (int t = 0; t < len; t++)
@@ -254,11 +251,7 @@ public sealed partial class Transformer
             }
             for (int j = 0; j < group; j++)
             {
-                var sr = scores.Slice(j * len, see);
-                float mx = TensorPrimitives.Max(sr);
-                TensorPrimitives.Subtract(sr, mx, sr);
-                TensorPrimitives.Exp(sr, sr);
-                max[j] = mx; sum[j] = TensorPrimitives.Sum(sr);
+                sum[j] = Ops.ExpFromMax(scores.Slice(j * len, see), out max[j]);
                 Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
                 float* pj = ps + j * len;
                 for (int t = 0; t < see; t++)

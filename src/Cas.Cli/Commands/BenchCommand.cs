@@ -231,7 +231,7 @@ static class BenchCommand
     static double WeightBytes(ModelConfig c, Model model)
     {
         double n = model.Weights.LmHead.Bytes;
-        foreach (var l in model.Weights.Layers) n += l.Wq.Bytes + l.Wk.Bytes + l.Wv.Bytes + l.Wo.Bytes + l.WGate.Bytes + l.WUp.Bytes + l.WDown.Bytes;
+        foreach (var l in model.Weights.Layers) foreach (var m in l.Matrices) n += m.Bytes;
         return n;
     }
 

@@ -220,12 +220,10 @@ static unsafe class ManagedGemm
 
     internal static void FewRowsBlock(int j0, int j1, int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
     {
+        int j = j0;
         if (m >= TileRows && k % 16 == 0 && Vector512.IsHardwareAccelerated)
-        {
-            TiledBlock(j0, j1, m, k, alpha, a, lda, b, ldb, beta, c, ldc);
-            return;
-        }
-        for (int j = j0; j < j1; j++)
+            j = TiledBlock(j0, j1, m, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        for (; j < j1; j++)
         {
             var bj = new ReadOnlySpan<float>(b + (long)j * ldb, k);
             for (int i = 0; i < m; i++)
@@ -244,9 +242,10 @@ static unsafe class ManagedGemm
     /// <see cref="FewRowsBlock"/> for M ≥ <see cref="TileRows"/> (batched decode) with 512-bit vectors: C for four rows
     /// of B and four rows of A at a time, sixteen accumulators in registers, so each loaded vector feeds four FMAs (one
     /// dot product per element loads both operands for every FMA). Rows of B stream from memory once; the M rows of A
-    /// stay in L1/L2. Needs K % 16 == 0.
+    /// stay in L1/L2. Needs K % 16 == 0. Returns the first row of B it left (the last 1–3 rows of a block that is not a
+    /// multiple of 4), for the caller's dot-product loop.
     /// </summary>
-    static void TiledBlock(int j0, int j1, int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    static int TiledBlock(int j0, int j1, int m, int k, float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
     {
         int j = j0;
         for (; j + 4 <= j1; j += 4)
@@ -297,16 +296,7 @@ static unsafe class ManagedGemm
                 Put(c + (long)i * ldc + j, s0, s1, s2, s3, alpha, beta);
             }
         }
-        for (; j < j1; j++)
-        {
-            var bj = new ReadOnlySpan<float>(b + (long)j * ldb, k);
-            for (int i = 0; i < m; i++)
-            {
-                float dot = System.Numerics.Tensors.TensorPrimitives.Dot(new ReadOnlySpan<float>(a + (long)i * lda, k), bj);
-                float* ci = c + (long)i * ldc + j;
-                *ci = beta == 0 ? alpha * dot : alpha * dot + beta * *ci;
-            }
-        }
+        return j;
     }
 
     /// <summary>c[0..4) = alpha·(Σs0, Σs1, Σs2, Σs3) + beta·c (c not read when beta is 0).</summary>

@@ -73,11 +73,17 @@ public static class Ops
     /// <summary>In-place softmax of one row; subtracts the row max first.</summary>
     public static void Softmax(Span<float> x)
     {
-        float max = TensorPrimitives.Max(x);
+        float sum = ExpFromMax(x, out _);
+        TensorPrimitives.Multiply(x, 1f / sum, x);
+    }
+
+    /// <summary>x = exp(x − max x) in place (the unnormalised softmax); returns Σ x, max x in <paramref name="max"/>.</summary>
+    public static float ExpFromMax(Span<float> x, out float max)
+    {
+        max = TensorPrimitives.Max(x);
         TensorPrimitives.Subtract(x, max, x);
         TensorPrimitives.Exp(x, x);
-        float sum = TensorPrimitives.Sum(x);
-        TensorPrimitives.Multiply(x, 1f / sum, x);
+        return TensorPrimitives.Sum(x);
     }
 
     /// <summary>

@@ -22,6 +22,9 @@ public sealed class LayerWeights
     public required WeightTensor WGate { get; init; }      // [hidden, dim]  (w1 / gate_proj)
     public required WeightTensor WUp { get; init; }        // [hidden, dim]  (w3 / up_proj)
     public required WeightTensor WDown { get; init; }      // [dim, hidden]  (w2 / down_proj)
+
+    /// <summary>The seven weight matrices (q, k, v, o, gate, up, down).</summary>
+    public WeightTensor[] Matrices => [Wq, Wk, Wv, Wo, WGate, WUp, WDown];
 }
 
 /// <summary>All weights of a model: matrices fp32 or 16-bit (<see cref="WeightTensor"/>), norms and biases fp32.</summary>
@@ -39,7 +42,7 @@ public sealed class ModelWeights
         get
         {
             long n = TokenEmbedding.Bytes + (LmHead.SameStorage(TokenEmbedding) ? 0 : LmHead.Bytes);
-            foreach (var l in Layers) n += l.Wq.Bytes + l.Wk.Bytes + l.Wv.Bytes + l.Wo.Bytes + l.WGate.Bytes + l.WUp.Bytes + l.WDown.Bytes;
+            foreach (var l in Layers) foreach (var m in l.Matrices) n += m.Bytes;
             return n;
         }
     }

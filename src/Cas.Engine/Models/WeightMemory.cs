@@ -48,7 +48,7 @@ public static unsafe class WeightMemory
         Collapse(weights.TokenEmbedding);
         if (!weights.LmHead.SameStorage(weights.TokenEmbedding)) Collapse(weights.LmHead);
         foreach (var l in weights.Layers)
-            foreach (var m in (ReadOnlySpan<WeightTensor>)[l.Wq, l.Wk, l.Wv, l.Wo, l.WGate, l.WUp, l.WDown]) Collapse(m);
+            foreach (var m in l.Matrices) Collapse(m);
     }
 
     static void Collapse(WeightTensor w)

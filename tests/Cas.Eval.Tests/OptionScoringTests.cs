@@ -1,9 +1,7 @@
 using Cas.Engine;
 using Cas.Eval;
-using Cas.Resources;
 using Cas.Service;
 using Cas.Service.V1;
-using Cas.Tests.Common;
 
 namespace Cas.Eval.Tests;
 
@@ -24,18 +22,13 @@ public sealed class OptionScoringTests : IDisposable
 
     (InProcessQueryPath Path, ModelHost Host) Setup()
     {
-        string model = TestPaths.RequireShared("models/stories260K/stories260K.bin");
-        string tok = Path.Combine(Path.GetDirectoryName(model)!, "tok512.bin");
-        _state = new ServiceState(new CasServerOptions { DataDir = _dir, ResidentBytes = 64L << 20 });
-        var host = _state.Model(model, tok);
-        _state.Catalog.Create("s", model, host.Fingerprint, tok, 16);
         (string, string)[] docs =
         [
             ("cat", "Lily had a small cat named Tom. The cat liked to play with a red ball in the garden."),
             ("ship", "Ben saw a big ship on the sea. The ship had white sails and a loud horn."),
             ("moon", "At night Sue looked at the moon. The moon was round and bright."),
         ];
-        _state.Catalog.AddDocuments("s", docs.Select(d => (new Document(d.Item1, d.Item2, d.Item1, Document.NoMetadata, Document.NoQuestions), "text")), host.Tokenizer);
+        (_state, var host) = StoriesCollection.Create(_dir, docs);
         return (new InProcessQueryPath(_state), host);
     }
 

@@ -2,10 +2,8 @@ using Cas.Collections;
 using Cas.Data;
 using Cas.Engine;
 using Cas.Engine.Cartridges;
-using Cas.Resources;
 using Cas.Service;
 using Cas.Service.V1;
-using Cas.Tests.Common;
 using Cas.Training;
 using Cas.Training.Evaluation;
 
@@ -36,12 +34,7 @@ public sealed class ScoringTests : IDisposable
 
     (ServiceState State, ModelHost Host) Setup()
     {
-        string model = TestPaths.RequireShared("models/stories260K/stories260K.bin");
-        string tok = Path.Combine(Path.GetDirectoryName(model)!, "tok512.bin");
-        _state = new ServiceState(new CasServerOptions { DataDir = _dir, ResidentBytes = 64L << 20 });
-        var host = _state.Model(model, tok);
-        _state.Catalog.Create("s", model, host.Fingerprint, tok, 16);
-        _state.Catalog.AddDocuments("s", Docs.Select(d => (new Document(d.Id, d.Text, d.Id, Document.NoMetadata, Document.NoQuestions), "text")), host.Tokenizer);
+        (_state, var host) = StoriesCollection.Create(_dir, Docs);
         foreach (var (id, text) in Docs)
         {
             int[] ids = [.. host.Tokenizer.StartTokens, .. host.Tokenizer.Encode(text)];

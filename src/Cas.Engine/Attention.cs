@@ -1,6 +1,8 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using System.Runtime.CompilerServices;
 using Cas.Engine.Compute;
 
 namespace Cas.Engine;
@@ -216,9 +218,11 @@ public sealed partial class Transformer
     }
 
     /// <summary>
-    /// <see cref="DecodeBlock"/> for one token (batch-1 and batched decode) with head_dim 64 and 512-bit vectors: a key
-    /// row is four vectors, loaded once for the group's heads, and each head's output row stays in four registers over
-    /// the whole block instead of being loaded and stored once per key.
+    /// <see cref="DecodeBlock"/> for one token (batch-1 and batched decode) with head_dim 64 and 512-bit vectors.
+    /// Scores: sixteen keys at a time per head, each key row four vectors (L1-resident after the first head), and the
+    /// sixteen 16-lane products reduced together into one vector of sixteen scores (<see cref="Sums16"/>) instead of
+    /// one horizontal sum per key, the cost that dominated at long contexts. Output: each value row is loaded once for
+    /// three heads (<see cref="ValuesThreeHeads"/>), their output rows held in registers over the whole block.
     /// </summary>
     static unsafe void OneToken64(ReadOnlySpan<float> q, int group, int start, ReadOnlySpan<float> keys, ReadOnlySpan<float> values,
         int t0, int t1, Span<float> o, Span<float> max, Span<float> sum, Span<float> scores)
@@ -235,39 +239,104 @@ public sealed partial class Transformer
         const float Scale = 0.125f;   // 1/√64
         fixed (float* pq = q) fixed (float* pk = keys) fixed (float* pv = values) fixed (float* ps = scores) fixed (float* po = o)
         {
-            for (int t = 0; t < see; t++)
-            {
-                float* k = pk + (long)(t0 + t) * 64;
-                var k0 = Vector512.Load(k); var k1 = Vector512.Load(k + 16); var k2 = Vector512.Load(k + 32); var k3 = Vector512.Load(k + 48);
-                for (int j = 0; j < group; j++)
-                {
-                    float* qj = pq + j * 64;
-                    var a = Vector512.Multiply(Vector512.Load(qj), k0);
-                    a = Vector512.FusedMultiplyAdd(Vector512.Load(qj + 16), k1, a);
-                    a = Vector512.FusedMultiplyAdd(Vector512.Load(qj + 32), k2, a);
-                    a = Vector512.FusedMultiplyAdd(Vector512.Load(qj + 48), k3, a);
-                    ps[j * len + t] = Vector512.Sum(a) * Scale;
-                }
-            }
+            float* k0 = pk + (long)t0 * 64;
             for (int j = 0; j < group; j++)
             {
+                float* qj = pq + j * 64, sj = ps + j * len;
+                var q0 = Vector512.Load(qj); var q1 = Vector512.Load(qj + 16); var q2 = Vector512.Load(qj + 32); var q3 = Vector512.Load(qj + 48);
+                int t = 0;
+                for (; t + 16 <= see; t += 16)
+                    (Sums16(k0 + (long)t * 64, q0, q1, q2, q3) * Scale).Store(sj + t);
+                for (; t < see; t++)
+                    sj[t] = Vector512.Sum(KeyProduct(k0 + (long)t * 64, q0, q1, q2, q3)) * Scale;
                 sum[j] = Ops.ExpFromMax(scores.Slice(j * len, see), out max[j]);
-                Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
-                float* pj = ps + j * len;
-                for (int t = 0; t < see; t++)
-                {
-                    float* v = pv + (long)(t0 + t) * 64;
-                    var p = Vector512.Create(pj[t]);
-                    o0 = Vector512.FusedMultiplyAdd(Vector512.Load(v), p, o0);
-                    o1 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 16), p, o1);
-                    o2 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 32), p, o2);
-                    o3 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 48), p, o3);
-                }
-                float* oj = po + j * 64;
-                o0.Store(oj); o1.Store(oj + 16); o2.Store(oj + 32); o3.Store(oj + 48);
             }
+            // Values: three heads per pass (SmolLM2's group) with twelve accumulators in registers, then one at a time.
+            int jv = 0;
+            for (; jv + 3 <= group; jv += 3) ValuesThreeHeads(pv + (long)t0 * 64, see, ps + jv * len, len, po + jv * 64);
+            for (; jv < group; jv++) ValuesOneHead(pv + (long)t0 * 64, see, ps + jv * len, po + jv * 64);
         }
     }
+
+    /// <summary>o[0..64) = Σ_t p[t]·v_t over <paramref name="n"/> value rows of 64 floats.</summary>
+    static unsafe void ValuesOneHead(float* v, int n, float* p, float* o)
+    {
+        Vector512<float> o0 = default, o1 = default, o2 = default, o3 = default;
+        for (int t = 0; t < n; t++, v += 64)
+        {
+            var w = Vector512.Create(p[t]);
+            o0 = Vector512.FusedMultiplyAdd(Vector512.Load(v), w, o0); o1 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 16), w, o1);
+            o2 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 32), w, o2); o3 = Vector512.FusedMultiplyAdd(Vector512.Load(v + 48), w, o3);
+        }
+        o0.Store(o); o1.Store(o + 16); o2.Store(o + 32); o3.Store(o + 48);
+    }
+
+    /// <summary><see cref="ValuesOneHead"/> for three heads (probability rows p, p + ldp, p + 2·ldp; outputs o, o + 64,
+    /// o + 128), each value row loaded once.</summary>
+    static unsafe void ValuesThreeHeads(float* v, int n, float* p, int ldp, float* o)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default,
+            c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int t = 0; t < n; t++, v += 64)
+        {
+            var v0 = Vector512.Load(v); var v1 = Vector512.Load(v + 16); var v2 = Vector512.Load(v + 32); var v3 = Vector512.Load(v + 48);
+            var w = Vector512.Create(p[t]);
+            a0 = Vector512.FusedMultiplyAdd(v0, w, a0); a1 = Vector512.FusedMultiplyAdd(v1, w, a1); a2 = Vector512.FusedMultiplyAdd(v2, w, a2); a3 = Vector512.FusedMultiplyAdd(v3, w, a3);
+            w = Vector512.Create(p[ldp + t]);
+            b0 = Vector512.FusedMultiplyAdd(v0, w, b0); b1 = Vector512.FusedMultiplyAdd(v1, w, b1); b2 = Vector512.FusedMultiplyAdd(v2, w, b2); b3 = Vector512.FusedMultiplyAdd(v3, w, b3);
+            w = Vector512.Create(p[2 * ldp + t]);
+            c0 = Vector512.FusedMultiplyAdd(v0, w, c0); c1 = Vector512.FusedMultiplyAdd(v1, w, c1); c2 = Vector512.FusedMultiplyAdd(v2, w, c2); c3 = Vector512.FusedMultiplyAdd(v3, w, c3);
+        }
+        a0.Store(o); a1.Store(o + 16); a2.Store(o + 32); a3.Store(o + 48);
+        b0.Store(o + 64); b1.Store(o + 80); b2.Store(o + 96); b3.Store(o + 112);
+        c0.Store(o + 128); c1.Store(o + 144); c2.Store(o + 160); c3.Store(o + 176);
+    }
+
+    /// <summary>The 16-lane products of one 64-float key row with q (four vectors); their lane sum is q·k.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector512<float> KeyProduct(float* k, Vector512<float> q0, Vector512<float> q1, Vector512<float> q2, Vector512<float> q3)
+    {
+        var a = Vector512.Multiply(Vector512.Load(k), q0);
+        a = Vector512.FusedMultiplyAdd(Vector512.Load(k + 16), q1, a);
+        a = Vector512.FusedMultiplyAdd(Vector512.Load(k + 32), q2, a);
+        return Vector512.FusedMultiplyAdd(Vector512.Load(k + 48), q3, a);
+    }
+
+    /// <summary>
+    /// q·k for the sixteen key rows at k (64 floats each), as one vector (lane t = key t). The sixteen product vectors
+    /// are summed pairwise while they are interleaved — within 128-bit lanes by 32- then 64-bit unpacks, then across
+    /// lanes by 128-bit shuffles — so each step halves the vectors and every lane keeps one key: 45 shuffles and adds
+    /// for sixteen keys instead of sixteen horizontal sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe Vector512<float> Sums16(float* k, Vector512<float> q0, Vector512<float> q1, Vector512<float> q2, Vector512<float> q3)
+    {
+        // Level 1: keys (2i, 2i+1) → per 128-bit lane [2i, 2i+1, 2i, 2i+1] partial sums.
+        var p0 = Pair32(KeyProduct(k, q0, q1, q2, q3), KeyProduct(k + 64, q0, q1, q2, q3));
+        var p1 = Pair32(KeyProduct(k + 128, q0, q1, q2, q3), KeyProduct(k + 192, q0, q1, q2, q3));
+        var p2 = Pair32(KeyProduct(k + 256, q0, q1, q2, q3), KeyProduct(k + 320, q0, q1, q2, q3));
+        var p3 = Pair32(KeyProduct(k + 384, q0, q1, q2, q3), KeyProduct(k + 448, q0, q1, q2, q3));
+        var p4 = Pair32(KeyProduct(k + 512, q0, q1, q2, q3), KeyProduct(k + 576, q0, q1, q2, q3));
+        var p5 = Pair32(KeyProduct(k + 640, q0, q1, q2, q3), KeyProduct(k + 704, q0, q1, q2, q3));
+        var p6 = Pair32(KeyProduct(k + 768, q0, q1, q2, q3), KeyProduct(k + 832, q0, q1, q2, q3));
+        var p7 = Pair32(KeyProduct(k + 896, q0, q1, q2, q3), KeyProduct(k + 960, q0, q1, q2, q3));
+        // Level 2: → per 128-bit lane [4i, 4i+1, 4i+2, 4i+3].
+        var u0 = Pair64(p0, p1); var u1 = Pair64(p2, p3); var u2 = Pair64(p4, p5); var u3 = Pair64(p6, p7);
+        // Levels 3 and 4: sum the four 128-bit lanes of each u, lane i of the result ← u_i.
+        return Lanes(Lanes(u0, u1), Lanes(u2, u3));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Pair32(Vector512<float> a, Vector512<float> b) => Avx512F.UnpackLow(a, b) + Avx512F.UnpackHigh(a, b);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Pair64(Vector512<float> a, Vector512<float> b) =>
+        Avx512F.UnpackLow(a.AsDouble(), b.AsDouble()).AsSingle() + Avx512F.UnpackHigh(a.AsDouble(), b.AsDouble()).AsSingle();
+
+    /// <summary>128-bit lanes [a0+a1, a2+a3, b0+b1, b2+b3].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Lanes(Vector512<float> a, Vector512<float> b) =>
+        Avx512F.Shuffle4x128(a, b, 0b10_00_10_00) + Avx512F.Shuffle4x128(a, b, 0b11_01_11_01);
 
     /// <summary>
     /// Merges <paramref name="blocks"/> partial results (stride mMax rows) of M rows into dst rows r = i·group + j at

@@ -33,6 +33,8 @@ public class DecodeAttentionTests
     /// </summary>
     [Theory]
     [InlineData(1, 1, 64, 1)]
+    [InlineData(45, 1, 64, 2)]
+    [InlineData(300, 1, 64, 3)]
     [InlineData(17, 1, 24, 2)]
     [InlineData(300, 3, 64, 3)]
     [InlineData(512, 7, 24, 4)]

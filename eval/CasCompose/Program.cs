@@ -123,8 +123,8 @@ foreach (var (name, baseOptions, _) in variants)
                 ppl += p / docs.Count;
                 gaps[i] = HeldOutEvaluator.GapClosed(none[i], icl[i], p);
             }
-            rows.Add((name, n, ppl, gaps.Average(), Median(gaps)));
-            Log($"{name}: with {n} others ppl {ppl:F3}, gap closed {gaps.Average():P1} (median {Median(gaps):P1})");
+            rows.Add((name, n, ppl, gaps.Average(), Cas.Engine.Statistics.Median(gaps)));
+            Log($"{name}: with {n} others ppl {ppl:F3}, gap closed {gaps.Average():P1} (median {Cas.Engine.Statistics.Median(gaps):P1})");
         }
         if (placement)
         {
@@ -276,7 +276,6 @@ foreach (var t in timing) md.AppendLine($"| {t.Variant} | {t.Seconds:F0} s | {t.
 File.WriteAllText(Path.Combine(outDir, report + ".md"), md.ToString());
 Log($"wrote {Path.Combine(outDir, report + ".md")} in {total.Elapsed.TotalMinutes:F1} min");
 
-static double Median(double[] a) { var s = a.Order().ToArray(); return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2; }
 void Log(string s) => Console.Error.WriteLine($"[{total.Elapsed.TotalSeconds,6:F0}s] {s}");
 int Arg(string name, int d) { int i = Array.IndexOf(args, name); return i >= 0 ? int.Parse(args[i + 1], CultureInfo.InvariantCulture) : d; }
 double Arg2(string name, double d) { int i = Array.IndexOf(args, name); return i >= 0 ? double.Parse(args[i + 1], CultureInfo.InvariantCulture) : d; }

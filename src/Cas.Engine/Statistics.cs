@@ -10,4 +10,12 @@ public static class Statistics
         int rank = (int)Math.Ceiling(q * sorted.Count);
         return sorted[Math.Clamp(rank - 1, 0, sorted.Count - 1)];
     }
+
+    /// <summary>The median: the middle value, or the mean of the two middle ones for an even count; NaN when there are none.</summary>
+    public static double Median(IEnumerable<double> values)
+    {
+        var s = values.Order().ToArray();
+        if (s.Length == 0) return double.NaN;
+        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+    }
 }

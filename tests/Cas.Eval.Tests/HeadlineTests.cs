@@ -79,6 +79,9 @@ public sealed class HeadlineTests
         Assert.True(double.IsNaN(Stats.Recall([])));
         Assert.Equal(2.0, Statistics.Percentile([1.0, 2, 3, 4], 0.5)); // nearest rank: ceil(0.5·4) = 2nd
         Assert.Equal(4.0, Statistics.Percentile([1.0, 2, 3, 4], 0.99));
+        Assert.Equal(2.5, Statistics.Median([4.0, 1, 3, 2]));        // even count: mean of the middle two, any order
+        Assert.Equal(3.0, Statistics.Median([5.0, 3, 1]));
+        Assert.True(double.IsNaN(Statistics.Median([])));
     }
 
     [Fact]

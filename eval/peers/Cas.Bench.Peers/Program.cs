@@ -81,7 +81,7 @@ static class Parent
                     foreach (var e in DistillEngines) Add(runs, "distill:" + e, Log(round, "distill", e, ChildProcess.Run("distill", e, o)));
             }
 
-            double M(string run, string key) => Median(runs[run].Select(d => double.Parse(d[key], CultureInfo.InvariantCulture)));
+            double M(string run, string key) => Cas.Engine.Statistics.Median(runs[run].Select(d => double.Parse(d[key], CultureInfo.InvariantCulture)));
             var ratios = new List<(string Key, double Value)>();
             foreach (var e in InferenceEngines)
             {
@@ -156,12 +156,6 @@ static class Parent
     {
         if (!runs.TryGetValue(key, out var l)) runs[key] = l = new();
         l.Add(r);
-    }
-
-    static double Median(IEnumerable<double> xs)
-    {
-        var a = xs.OrderBy(x => x).ToArray();
-        return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
     }
 }
 

@@ -83,42 +83,46 @@ static class BenchCommand
             var contextList = ParseList(pr.GetValue(contexts)!, "--contexts");
             Decode(t, cfg, 1, contextList[0], decodeSteps, Prompt, logits);
 
-            double? fraction = null;
+            bool profiled = false;
             foreach (int ctx in contextList)
             {
                 foreach (int batch in ParseList(pr.GetValue(batches)!, "--batches"))
                 {
-                    bool profile = batch == 1 && fraction == null;
+                    bool profile = batch == 1 && !profiled;
                     if (profile) t.Timer = new PhaseTimer();
                     var (tokS, tokCpu) = Decode(t, cfg, batch, ctx, decodeSteps, Prompt, logits);
                     if (profile)
                     {
-                        // Wall time per decoded token by phase (batch 1, shortest context): where the bound is lost.
+                        // Wall time per decoded token by phase (batch 1, first context): where the bound is lost.
                         for (int ph = 0; ph < (int)DecoderPhase.Loss; ph++)
                             Console.WriteLine($"decode_b1_ms_per_token_{((DecoderPhase)ph).ToString().ToLowerInvariant()}={t.Timer!.Seconds[ph] * 1000 / decodeSteps:F2}");
                         t.Timer = null;
+                        profiled = true;
                     }
                     Console.WriteLine($"decode_tok_s_b{batch}_ctx{ctx}={tokS:F1}");
                     Console.WriteLine($"decode_tok_per_cpu_s_b{batch}_ctx{ctx}={tokCpu:F1}");
-                    if (batch == 1 && fraction == null)
-                    {
-                        // Batch-1 decode must read every weight once per token: this is its ceiling (shortest context,
-                        // where attention reads little).
-                        // The machine's read bandwidth drifts with its neighbours: measure it again right after
-                        // the run and take the higher figure, so the fraction is never flattered by a slow moment.
-                        bandwidth = Math.Max(bandwidth, MemoryReadBandwidth());
-                        Console.WriteLine($"memory_read_gb_s_best={bandwidth:F1}");
-                        double weightBytes = WeightBytes(cfg, model);
-                        Console.WriteLine($"decode_weight_bytes={weightBytes:F0}");
-                        Console.WriteLine($"decode_weight_read_gb_s_b1={weightBytes * tokS / 1e9:F1}");
-                        Console.WriteLine($"decode_b1_bandwidth_bound_tok_s={bandwidth * 1e9 / weightBytes:F1}");
-                        fraction = weightBytes * tokS / 1e9 / bandwidth;
-                        Console.WriteLine($"decode_b1_fraction_of_bound={fraction:F3}");
-                    }
                 }
                 Console.WriteLine($"rss_mb_after_ctx{ctx}={Process.GetCurrentProcess().WorkingSet64 / (1024.0 * 1024):F0}");
                 GC.Collect();
             }
+
+            // Batch-1 decode must read every weight once per token: the machine's read bandwidth over the weight bytes
+            // is its ceiling (at the shortest context, where attention reads little). That bandwidth drifts by ±20%
+            // with the neighbours on a shared host, so each round reads it right before a decode run and the fraction
+            // is the median of the rounds' own ratios: a fast moment of the probe and a slow one of the decode (or the
+            // reverse) cannot pair up.
+            double weightBytes = WeightBytes(cfg, model);
+            int boundContext = contextList.Min();
+            var rounds = BoundRounds(t, cfg, boundContext, decodeSteps, Prompt, logits, weightBytes, count: 5);
+            Console.WriteLine($"decode_weight_bytes={weightBytes:F0}");
+            Console.WriteLine($"bound_rounds={rounds.Count}");
+            Console.WriteLine($"bound_context={boundContext}");
+            Console.WriteLine($"memory_read_gb_s_median={Statistics.Median(rounds.Select(r => r.Bandwidth)):F1}");
+            Console.WriteLine($"decode_tok_s_b1_median={Statistics.Median(rounds.Select(r => r.TokS)):F1}");
+            Console.WriteLine($"decode_weight_read_gb_s_b1_median={Statistics.Median(rounds.Select(r => weightBytes * r.TokS / 1e9)):F1}");
+            Console.WriteLine($"decode_b1_fraction_of_bound_min={rounds.Min(r => r.Fraction):F3}");
+            Console.WriteLine($"decode_b1_fraction_of_bound_max={rounds.Max(r => r.Fraction):F3}");
+            Console.WriteLine($"decode_b1_fraction_of_bound={Statistics.Median(rounds.Select(r => r.Fraction)):F3}");
             Console.WriteLine($"peak_rss_mb={Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024):F0}");
             Console.WriteLine($"prefill_fraction_of_peak={prefillGflops / peak:F3}");
             return 0;
@@ -235,16 +239,38 @@ static class BenchCommand
         return n;
     }
 
-    /// <summary>
-    /// Read bandwidth from memory with both cores: sums a 1 GiB array (far larger than any cache) in two halves in
-    /// parallel, best of three, in GB/s.
-    /// </summary>
-    public static double MemoryReadBandwidth()
+    /// <summary>One round of <see cref="BoundRounds"/>: read bandwidth (GB/s), batch-1 decode (tok/s) right after it, and
+    /// the weight bytes read per second by that decode over the bandwidth.</summary>
+    readonly record struct BoundRound(double Bandwidth, double TokS, double Fraction);
+
+    static List<BoundRound> BoundRounds(Transformer t, ModelConfig cfg, int context, int steps, Func<int, int[]> prompt, float[] logits, double weightBytes, int count)
     {
-        // On huge pages where the weights get them too (WeightMemory), so the bound is the machine's best read rate.
-        var a = WeightMemory.Allocate<float>(1 << 28);
+        var probe = BandwidthProbe();
+        var rounds = new List<BoundRound>(count);
+        for (int r = 0; r < count; r++)
+        {
+            double bandwidth = MemoryReadBandwidth(probe);
+            var (tokS, _) = Decode(t, cfg, 1, context, steps, prompt, logits);
+            rounds.Add(new BoundRound(bandwidth, tokS, weightBytes * tokS / 1e9 / bandwidth));
+        }
+        return rounds;
+    }
+
+    /// <summary>A 512 MiB array (16× the L3 cache) of ones on huge pages, where the weights get them too
+    /// (<see cref="WeightMemory"/>), so the bound is the machine's best read rate.</summary>
+    static float[] BandwidthProbe()
+    {
+        var a = WeightMemory.Allocate<float>(1 << 27);
         a.AsSpan().Fill(1f);
         WeightMemory.Collapse(a);
+        return a;
+    }
+
+    /// <summary>Read bandwidth from memory with both cores: sums the probe array in one part per core in parallel,
+    /// best of three, in GB/s.</summary>
+    public static double MemoryReadBandwidth(float[]? probe = null)
+    {
+        var a = probe ?? BandwidthProbe();
         int parts = Environment.ProcessorCount, n = a.Length / parts;
         double best = double.MaxValue;
         for (int r = 0; r < 3; r++)

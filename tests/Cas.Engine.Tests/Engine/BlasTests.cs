@@ -30,9 +30,11 @@ public class BlasTests
         {
             var rng = new Random(5);
             // (4..16, n, k % 16 == 0) take the register-tiled few-rows path where 512-bit vectors run it: a row count that
-            // is not a multiple of 4, and a column count that leaves 1–3 rows of B after the 4-row tiles.
+            // is not a multiple of 4, and a column count that leaves 1–3 rows of B after the 4-row tiles. The last two
+            // (M·N·K ≥ 2^18) are split over the cores for OpenBLAS, by columns (M < N) and by rows, at a point that is
+            // not the middle.
             foreach (var (m, n, k) in new[] { (1, 7, 5), (3, 1, 9), (1, 300, 200), (8, 129, 70), (17, 33, 65), (64, 48, 31),
-                (4, 9, 32), (13, 66, 48), (16, 131, 64), (7, 3, 16) })
+                (4, 9, 32), (13, 66, 48), (16, 131, 64), (7, 3, 16), (70, 129, 40), (150, 33, 70) })
             foreach (bool ta in new[] { false, true })
             foreach (bool tb in new[] { false, true })
             {

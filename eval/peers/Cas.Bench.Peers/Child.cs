@@ -74,7 +74,12 @@ static class Child
         double best = double.MaxValue;
         for (int r = 0; r < o.PrefillReps; r++) best = Math.Min(best, e.Prefill(prompt));
         Console.WriteLine($"prefill_tok_s={o.PrefillTokens / best:F2}");
+        // Each decode figure is the second of two identical runs, for every engine: the first warms what a long-running
+        // server has warm (our JIT's optimised tier, which a fresh process reaches only after ~0.5 s of decoding; every
+        // engine's caches and threads). Timed cold, our batch-1 decode read 65–72 tokens/s here against 92–98 warm.
+        e.Decode(1, context, o.DecodeSteps);
         Console.WriteLine($"decode_b1_tok_s={e.Decode(1, context, o.DecodeSteps):F2}");
+        e.Decode(16, context, o.DecodeSteps);
         Console.WriteLine($"decode_b16_tok_s={e.Decode(16, context, o.DecodeSteps):F2}");
         Console.WriteLine($"peak_rss_mb={PeakRssMb():F0}");
         return 0;

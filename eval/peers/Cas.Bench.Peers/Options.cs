@@ -13,7 +13,7 @@ sealed class Options
     public int Context = 512;
     public int DecodeSteps = 32;
     public int PrefillReps = 2;
-    public int DistillPrefix = 512, DistillSequences = 4, DistillLength = 256, TopK = 20, DistillSteps = 1;
+    public int DistillPrefix = 512, DistillSequences = 4, DistillLength = 256, TopK = 20, DistillSteps = 2;
     public bool SkipDistill;
     public int Threads = Environment.ProcessorCount;
     public string? WorkDir;
@@ -30,7 +30,7 @@ sealed class Options
           --decode-steps N        timed decode steps (32)
           --prefill-reps N        timed prefills per round, best kept (2)
           --distill-prefix N, --distill-sequences N, --distill-length N, --top-k N, --distill-steps N
-                                  distillation step shape (512, 4, 256, 20) and timed steps per round (1)
+                                  distillation step shape (512, 4, 256, 20) and timed steps per round, best kept (2)
           --skip-distill          no distillation step
           --threads N             threads for every engine (all cores)
           --work DIR              where the GGUF files are written (a temporary folder, removed at the end)

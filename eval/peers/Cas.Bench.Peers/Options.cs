@@ -12,7 +12,7 @@ sealed class Options
     public int PrefillTokens = 512;
     public int Context = 512;
     public int DecodeSteps = 32;
-    public int PrefillReps = 2;
+    public int PrefillReps = 3;
     public int DistillPrefix = 512, DistillSequences = 4, DistillLength = 256, TopK = 20, DistillSteps = 2;
     public bool SkipDistill;
     public int Threads = Environment.ProcessorCount;
@@ -28,7 +28,7 @@ sealed class Options
           --prefill-tokens N      prefill length (512)
           --context N             decode context: tokens in the KV cache before decoding (512)
           --decode-steps N        timed decode steps (32)
-          --prefill-reps N        timed prefills per round, best kept (2)
+          --prefill-reps N        timed prefills per round, best kept (3)
           --distill-prefix N, --distill-sequences N, --distill-length N, --top-k N, --distill-steps N
                                   distillation step shape (512, 4, 256, 20) and timed steps per round, best kept (2)
           --skip-distill          no distillation step

@@ -42,8 +42,6 @@ static class BenchCommand
             Console.WriteLine($"threads={Environment.ProcessorCount}");
             double peak = SgemmPeak();
             Console.WriteLine($"sgemm_peak_gflops={peak:F1}");
-            double bandwidth = MemoryReadBandwidth();
-            Console.WriteLine($"memory_read_gb_s={bandwidth:F1}");
 
             var precision = pr.GetValue(weights) switch
             {
@@ -111,7 +109,7 @@ static class BenchCommand
             // with the neighbours on a shared host, so each round reads it right before a decode run and the fraction
             // is the median of the rounds' own ratios: a fast moment of the probe and a slow one of the decode (or the
             // reverse) cannot pair up.
-            double weightBytes = WeightBytes(cfg, model);
+            double weightBytes = WeightBytes(model);
             int boundContext = contextList.Min();
             var rounds = BoundRounds(t, cfg, boundContext, decodeSteps, Prompt, logits, weightBytes, count: 5);
             Console.WriteLine($"decode_weight_bytes={weightBytes:F0}");
@@ -232,7 +230,7 @@ static class BenchCommand
     }
 
     /// <summary>Bytes of the weight matrices one decode step reads (projections, MLP, LM head), at their stored precision.</summary>
-    static double WeightBytes(ModelConfig c, Model model)
+    static double WeightBytes(Model model)
     {
         double n = model.Weights.LmHead.Bytes;
         foreach (var l in model.Weights.Layers) foreach (var m in l.Matrices) n += m.Bytes;
@@ -266,11 +264,10 @@ static class BenchCommand
         return a;
     }
 
-    /// <summary>Read bandwidth from memory with both cores: sums the probe array in one part per core in parallel,
-    /// best of three, in GB/s.</summary>
-    public static double MemoryReadBandwidth(float[]? probe = null)
+    /// <summary>Read bandwidth from memory with both cores: sums the probe array (<see cref="BandwidthProbe"/>) in one
+    /// part per core in parallel, best of three, in GB/s.</summary>
+    static double MemoryReadBandwidth(float[] a)
     {
-        var a = probe ?? BandwidthProbe();
         int parts = Environment.ProcessorCount, n = a.Length / parts;
         double best = double.MaxValue;
         for (int r = 0; r < 3; r++)
